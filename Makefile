@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine:
+#   make demo   create .venv, install, run the main job end to end on the sample data
+#   make test   create .venv, install, run lint and the whole test suite
+# Both are idempotent: the virtual environment is rebuilt only when a requirements file changes.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+demo: install
+	$(PY) main.py create-samples data/samples
+	$(PY) main.py extract data/samples data/processed --val-ratio 0.25 --instruction-format
+	@echo "Demo finished: training data in data/processed (see data/processed/extract_report.json)."
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: install
+	$(PY) scripts/benchmark_extract.py
+
+clean:
+	rm -rf $(VENV) outputs data/samples data/processed

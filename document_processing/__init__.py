@@ -1,0 +1,1 @@
+"""From documents (PDF, Markdown, text) to clean, chunked training data."""

@@ -1,0 +1,200 @@
+"""Command-line commands of the document side: `extract` and `create-samples`.
+
+Each command has an `add_*` function that declares its flags and a `run_*` handler. The handlers
+import their heavy libraries when called, so `python main.py --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from shared_utils.config import ToolkitConfig, apply_overrides
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_PARTIAL = 3
+
+
+def register_commands(
+    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+) -> None:
+    add_extract_command(subparsers, parent)
+    add_create_samples_command(subparsers, parent)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# extract
+# --------------------------------------------------------------------------------------------------
+
+
+def add_extract_command(
+    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+) -> None:
+    parser = subparsers.add_parser(
+        "extract",
+        parents=[parent],
+        help="turn a folder of PDF, Markdown and text files into chunked JSONL training data",
+        description="Extract, clean and chunk every PDF, Markdown and text file under INPUT_DIR "
+        "into OUTPUT_DIR (train.jsonl, valid.jsonl, extract_report.json). Flags override the "
+        "document_processing section of the config.",
+        epilog="Exit statuses: 0 every file succeeded; 3 some files failed and the rest was "
+        "written; 1 nothing could be processed; 2 usage or config error.",
+    )
+    parser.add_argument("input_dir", metavar="INPUT_DIR", type=Path, help="folder of documents")
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", type=Path, help="where to write")
+    parser.add_argument(
+        "--format",
+        dest="output_format",
+        choices=["jsonl", "text"],
+        help="jsonl: chunk records; text: one cleaned .txt per document",
+    )
+    parser.add_argument(
+        "--chunk-size", type=_positive_int, help="largest chunk, in characters (or tokens)"
+    )
+    parser.add_argument(
+        "--overlap", type=_non_negative_int, help="overlap between chunks, in characters (or tokens)"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="local Hugging Face tokenizer folder: sizes are counted in its tokens",
+    )
+    parser.add_argument(
+        "--instruction-format",
+        action="store_true",
+        default=None,
+        help="also write alpaca/ and chat/ instruction records derived from document structure",
+    )
+    parser.add_argument(
+        "--workers", type=_non_negative_int, help="worker processes (default: one per CPU core)"
+    )
+    parser.add_argument(
+        "--val-ratio", type=_ratio, help="share of documents written to valid.jsonl (by document)"
+    )
+    parser.add_argument(
+        "--pdf-engine",
+        choices=["pdfplumber", "pypdf", "pypdfium2"],
+        help="primary PDF engine (pypdfium2 is the fastest; pdfplumber keeps layout best)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, help="seconds one file (or PDF page range) may take before it is killed"
+    )
+    parser.add_argument(
+        "--max-file-size-mb", type=float, help="skip files larger than this (reported)"
+    )
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="skip files unchanged since the last run into OUTPUT_DIR (same output as a full run)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar, even on a terminal"
+    )
+    parser.set_defaults(handler=run_extract)
+
+
+def run_extract(args: argparse.Namespace, config: ToolkitConfig) -> int:
+    from document_processing.pipeline import ExtractRun
+
+    apply_overrides(
+        config,
+        {
+            "document_processing.output_format": args.output_format,
+            "document_processing.chunk_size": args.chunk_size,
+            "document_processing.overlap_size": args.overlap,
+            "document_processing.tokenizer": args.tokenizer,
+            "document_processing.instruction_format": args.instruction_format,
+            "document_processing.workers": args.workers,
+            "document_processing.val_ratio": args.val_ratio,
+            "document_processing.pdf.engine": args.pdf_engine,
+            "document_processing.file_timeout": args.timeout,
+            "document_processing.max_file_size_mb": args.max_file_size_mb,
+        },
+    )
+    run = ExtractRun(
+        args.input_dir,
+        args.output_dir,
+        config,
+        incremental=args.incremental,
+        show_progress=False if args.no_progress else None,
+    )
+    result = run.run()
+    totals = result.totals
+    for report in result.failed:
+        print(f"failed: {report.source}: {report.reason}", file=sys.stderr)
+    print(
+        f"extract: {totals['ok']} of {totals['files']} files ok, {totals['failed']} failed, "
+        f"{totals['skipped']} skipped; {totals['chunks'] - totals['duplicates_dropped']} chunks "
+        f"({totals['duplicates_dropped']} duplicates dropped) written to {args.output_dir} "
+        f"in {result.seconds:.1f} s; report: {args.output_dir / 'extract_report.json'}"
+    )
+    if not result.succeeded:
+        print(
+            f"error: no file under '{args.input_dir}' could be processed; see "
+            f"{args.output_dir / 'extract_report.json'}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return EXIT_PARTIAL if result.failed else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# create-samples
+# --------------------------------------------------------------------------------------------------
+
+
+def add_create_samples_command(
+    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+) -> None:
+    parser = subparsers.add_parser(
+        "create-samples",
+        parents=[parent],
+        help="write a small sample corpus and data set to try every command",
+        description="Write a deterministic sample corpus (PDF, Markdown, cp1252 text) and sample "
+        "instruction and chat JSONL to OUTPUT_DIR.",
+    )
+    parser.add_argument(
+        "output_dir",
+        metavar="OUTPUT_DIR",
+        type=Path,
+        nargs="?",
+        default=Path("data/samples"),
+        help="where to write (default: data/samples)",
+    )
+    parser.set_defaults(handler=run_create_samples)
+
+
+def run_create_samples(args: argparse.Namespace, config: ToolkitConfig) -> int:
+    from document_processing.samples import create_samples
+
+    written = create_samples(args.output_dir)
+    print(f"create-samples: wrote {len(written)} files to {args.output_dir}")
+    for path in written:
+        print(f"  {path}")
+    return EXIT_OK

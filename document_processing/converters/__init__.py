@@ -1,0 +1,1 @@
+"""Converters from parsed documents to training records."""

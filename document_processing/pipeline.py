@@ -1,0 +1,630 @@
+"""The `extract` pipeline: a folder of documents becomes chunked JSONL training data.
+
+    discover files -> parse in killable worker processes -> finish each document (running
+    headers, cleaning, chunking) -> cache its records -> assemble the outputs in a fixed order
+
+Workers only parse (the slow part: PDF text extraction). The parent finishes each document as
+soon as its last piece arrives and streams its records to a per-document cache file, so memory
+does not grow with the corpus. The outputs are assembled from those cache files in sorted source
+order at the end, which makes the result independent of worker timing, lets `--incremental`
+reuse the records of unchanged files, and lets every output be written to a temporary file that
+is renamed only on success.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from document_processing.parsers import SUPPORTED_SUFFIXES, parser_for
+from document_processing.records import PageText, ParsedDocument
+from shared_utils.config import DocumentProcessingConfig, ToolkitConfig, dump_config
+from shared_utils.errors import ConfigurationError, LLMToolkitError, SecurityError
+from shared_utils.file_utils import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    is_within,
+    iter_jsonl,
+    sha256_file,
+    validate_input_file,
+)
+from shared_utils.worker_pool import KillableProcessPool, TaskResult, default_worker_count
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR = ".extract_cache"
+MANIFEST = "manifest.json"
+REPORT = "extract_report.json"
+RESOLVED_CONFIG = "resolved_config.yaml"
+# Bump when the cached record format or the processing changes, so old caches are not reused.
+PIPELINE_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Report entries
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileReport:
+    source: str
+    status: str = "ok"  # ok | failed | skipped
+    reason: str = ""
+    type: str = ""
+    pages: int = 0
+    pages_needing_ocr: list[int] = field(default_factory=list)
+    engines: dict[str, str] = field(default_factory=dict)  # page number -> engine
+    chunks: int = 0
+    characters: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    split: str = ""  # train | valid
+    cached: bool = False  # reused from an earlier --incremental run
+
+
+@dataclass
+class ExtractResult:
+    files: list[FileReport]
+    outputs: list[str]
+    totals: dict[str, Any]
+    seconds: float
+
+    @property
+    def failed(self) -> list[FileReport]:
+        return [f for f in self.files if f.status == "failed"]
+
+    @property
+    def succeeded(self) -> list[FileReport]:
+        return [f for f in self.files if f.status == "ok"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------------------------------
+
+
+def discover_files(
+    input_dir: Path, output_dir: Path, max_bytes: int | None
+) -> tuple[list[tuple[Path, str]], list[FileReport]]:
+    """Supported files under `input_dir`, recursively, in sorted order, plus those refused.
+
+    Hidden files and folders are skipped; so is `output_dir` when it lies inside `input_dir`, so a
+    run never reads its own outputs. A symlink that resolves outside `input_dir` is refused.
+    """
+    accepted: list[tuple[Path, str]] = []
+    refused: list[FileReport] = []
+    root = input_dir.resolve()
+    out = output_dir.resolve()
+    for dirpath, dirnames, filenames in os.walk(input_dir, followlinks=False):
+        current = Path(dirpath)
+        keep_dirs = []
+        for name in sorted(dirnames):
+            sub = current / name
+            if name.startswith(".") or sub.resolve() == out:
+                continue
+            if sub.is_symlink():
+                source = sub.relative_to(input_dir).as_posix()
+                if not is_within(sub, root):
+                    refused.append(
+                        FileReport(
+                            source,
+                            "failed",
+                            f"folder symlink resolves to '{sub.resolve()}', outside the input "
+                            "folder; copy its files into the input folder instead",
+                        )
+                    )
+                continue  # symlinked folders inside the input would be read twice
+            keep_dirs.append(name)
+        dirnames[:] = keep_dirs
+        for name in sorted(filenames):
+            path = current / name
+            if name.startswith(".") or path.suffix.lower() not in SUPPORTED_SUFFIXES:
+                continue
+            source = path.relative_to(input_dir).as_posix()
+            try:
+                validate_input_file(path, root, max_bytes)
+            except SecurityError as exc:
+                status = "skipped" if "over the" in str(exc) else "failed"
+                refused.append(FileReport(source, status, _strip_path(str(exc), path)))
+                continue
+            if not os.access(path, os.R_OK):
+                refused.append(
+                    FileReport(source, "failed", "permission denied; make it readable (chmod +r)")
+                )
+                continue
+            accepted.append((path, source))
+    accepted.sort(key=lambda item: item[1])
+    refused.sort(key=lambda item: item.source)
+    return accepted, refused
+
+
+def _strip_path(message: str, path: Path) -> str:
+    """Per-file reasons are stored next to the file name; drop a leading 'path: ' from messages."""
+    for prefix in (f"{path}: ", f"{path.resolve()}: "):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
+# --------------------------------------------------------------------------------------------------
+# Work done in the worker processes (top-level functions: they are pickled by name)
+# --------------------------------------------------------------------------------------------------
+
+
+def _pdf_first_range(
+    path: Path, settings: DocumentProcessingConfig
+) -> tuple[Any, list[PageText], int]:
+    """Probe a PDF and extract its first page range; the parent queues the other ranges."""
+    from document_processing.parsers.pdf_parser import extract_pages, probe_pdf
+
+    info = probe_pdf(path, settings)
+    last = min(info.page_count, settings.pdf.pages_per_task)
+    pages = extract_pages(path, 1, last, settings) if last >= 1 else []
+    return info, pages, last
+
+
+def _pdf_range(
+    path: Path, first: int, last: int, settings: DocumentProcessingConfig
+) -> list[PageText]:
+    from document_processing.parsers.pdf_parser import extract_pages
+
+    return extract_pages(path, first, last, settings)
+
+
+def _parse_whole(path: Path, source: str, settings: DocumentProcessingConfig) -> ParsedDocument:
+    return parser_for(path).parse(path, source, settings)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _PdfJob:
+    path: Path
+    source: str
+    started: float
+    info: Any = None
+    pages: list[PageText] = field(default_factory=list)
+    ranges_left: int = 0
+
+
+class ExtractRun:
+    """One `extract` run from INPUT_DIR to OUTPUT_DIR with a resolved config."""
+
+    def __init__(
+        self,
+        input_dir: Path,
+        output_dir: Path,
+        config: ToolkitConfig,
+        incremental: bool = False,
+        show_progress: bool | None = None,
+    ) -> None:
+        self.input_dir = input_dir
+        self.output_dir = output_dir
+        self.config = config
+        self.settings = config.document_processing
+        self.incremental = incremental
+        self.show_progress = show_progress
+        self.cache_dir = output_dir / CACHE_DIR
+        self._converter: Any = None
+
+    # -- entry point --------------------------------------------------------------------------
+
+    def run(self) -> ExtractResult:
+        started = time.monotonic()
+        self._check_folders()
+        max_bytes = int(self.settings.max_file_size_mb * 1e6)
+        files, refused = discover_files(self.input_dir, self.output_dir, max_bytes)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        settings_key = self._settings_key()
+        manifest = self._load_manifest(settings_key) if self.incremental else {}
+        hashes = {source: sha256_file(path) for path, source in files} if self.incremental else {}
+
+        reports: dict[str, FileReport] = {r.source: r for r in refused}
+        todo: list[tuple[Path, str]] = []
+        for path, source in files:
+            entry = manifest.get(source)
+            cache_file = self.cache_dir / _cache_name(source)
+            if entry and entry.get("sha256") == hashes.get(source) and cache_file.exists():
+                report = FileReport(**entry["report"])
+                report.cached = True
+                reports[source] = report
+            else:
+                todo.append((path, source))
+
+        self._converter = self._make_converter()
+        for report in self._process(todo):
+            reports[report.source] = report
+
+        ordered = [reports[source] for source in sorted(reports)]
+        outputs, totals = self._assemble(ordered)
+        self._write_manifest(settings_key, ordered, hashes)
+        result = ExtractResult(ordered, outputs, totals, time.monotonic() - started)
+        self._write_report(result)
+        return result
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _check_folders(self) -> None:
+        if not self.input_dir.is_dir():
+            raise ConfigurationError(
+                f"input folder '{self.input_dir}' does not exist or is not a folder; "
+                "pass the folder that holds your PDF, Markdown and text files."
+            )
+        if self.input_dir.resolve() == self.output_dir.resolve():
+            raise ConfigurationError(
+                f"OUTPUT_DIR '{self.output_dir}' is the input folder; choose another folder."
+            )
+        if is_within(self.output_dir, self.input_dir):
+            logger.warning(
+                "output folder '%s' is inside the input folder: it is left out of the scan",
+                self.output_dir,
+            )
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ConfigurationError(f"OUTPUT_DIR '{self.output_dir}' exists and is not a folder.")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def _make_converter(self) -> Any:
+        from document_processing.converters.lm_studio_converter import LMStudioConverter
+
+        return LMStudioConverter.from_config(self.settings)
+
+    def _settings_key(self) -> str:
+        """Hash of everything that shapes a document's cached records."""
+        data = asdict(self.settings)
+        for key in ("workers", "file_timeout", "val_ratio", "deduplicate"):
+            data.pop(key)
+        data["pipeline_version"] = PIPELINE_VERSION
+        if self.settings.tokenizer:
+            tok = Path(self.settings.tokenizer)
+            files = sorted(tok.glob("*.json")) if tok.is_dir() else []
+            data["tokenizer_files"] = [sha256_file(f) for f in files]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    # -- parsing in workers ---------------------------------------------------------------------
+
+    def _process(self, todo: list[tuple[Path, str]]) -> Iterator[FileReport]:
+        if not todo:
+            return
+        workers = self.settings.workers or default_worker_count()
+        progress = _Progress(len(todo), self.show_progress)
+        jobs: dict[str, _PdfJob] = {}
+        with KillableProcessPool(workers, self.settings.file_timeout) as pool:
+            for path, source in todo:
+                if path.suffix.lower() == ".pdf":
+                    jobs[source] = _PdfJob(path, source, time.monotonic())
+                    pool.submit(_pdf_first_range, path, self.settings, tag=("pdf-first", source))
+                else:
+                    pool.submit(_parse_whole, path, source, self.settings, tag=("file", source))
+            for result in pool.results():
+                kind, source = result.tag[0], result.tag[1]
+                if kind == "file":
+                    report = self._finish_file(result, source)
+                else:
+                    report = self._on_pdf_result(pool, jobs, result, progress)
+                    if report is None:
+                        continue
+                progress.file_done(report)
+                yield report
+        progress.close()
+
+    def _finish_file(self, result: TaskResult, source: str) -> FileReport:
+        if not result.ok:
+            return self._failure(source, result)
+        doc: ParsedDocument = result.value
+        return self._finish_document(doc, result.seconds)
+
+    def _on_pdf_result(
+        self,
+        pool: KillableProcessPool,
+        jobs: dict[str, _PdfJob],
+        result: TaskResult,
+        progress: _Progress,
+    ) -> FileReport | None:
+        kind, source = result.tag[0], result.tag[1]
+        job = jobs.get(source)
+        if job is None:  # the file already failed on another page range
+            return None
+        if not result.ok:
+            del jobs[source]
+            if kind == "pdf-range":
+                result.error = f"pages {result.tag[2]}-{result.tag[3]}: {result.error}"
+            return self._failure(source, result)
+        if kind == "pdf-first":
+            info, pages, last = result.value
+            job.info = info
+            job.pages.extend(pages)
+            progress.add_pages(info.page_count, len(pages))
+            step = max(1, self.settings.pdf.pages_per_task)
+            for first in range(last + 1, info.page_count + 1, step):
+                end = min(first + step - 1, info.page_count)
+                pool.submit(
+                    _pdf_range, job.path, first, end, self.settings, tag=("pdf-range", source, first, end)
+                )
+                job.ranges_left += 1
+        else:
+            job.pages.extend(result.value)
+            job.ranges_left -= 1
+            progress.add_pages(0, len(result.value))
+        if job.ranges_left:
+            return None
+        del jobs[source]
+        from document_processing.parsers.pdf_parser import assemble_pdf_document
+
+        job.pages.sort(key=lambda page: page.number)
+        doc = assemble_pdf_document(source, job.info, job.pages, self.settings)
+        return self._finish_document(doc, time.monotonic() - job.started)
+
+    def _failure(self, source: str, result: TaskResult) -> FileReport:
+        path = self.input_dir / source
+        reason = _strip_path(result.error, path)
+        if result.error_type == "Timeout":
+            reason = (
+                f"{reason}; the parser hung or the file is pathological "
+                "(raise document_processing.file_timeout if it is just large)"
+            )
+        elif result.error_type == "PermissionError":
+            reason = "permission denied; make it readable (chmod +r)"
+        elif result.error_type not in _TOOLKIT_ERRORS:
+            reason = f"{result.error_type}: {reason}"
+        logger.warning("failed: %s: %s", source, reason)
+        return FileReport(source, "failed", reason, seconds=round(result.seconds, 3))
+
+    # -- finishing a document (parent process) --------------------------------------------------
+
+    def _finish_document(self, doc: ParsedDocument, seconds: float) -> FileReport:
+        report = FileReport(doc.source, type=doc.doc_type, seconds=round(seconds, 3))
+        report.warnings = list(doc.warnings)
+        report.pages_needing_ocr = list(doc.pages_needing_ocr)
+        report.engines = {str(page): engine for page, engine in sorted(doc.page_engines.items())}
+        report.pages = doc.metadata.page_count or 0
+        try:
+            chunks = self._converter.chunk_document(doc)
+        except LLMToolkitError as exc:
+            report.status, report.reason = "failed", str(exc)
+            return report
+        report.chunks = len(chunks)
+        report.characters = sum(len(section.text) for section in doc.sections)
+        if not chunks and not doc.text.strip():
+            report.status = "failed"
+            report.reason = (
+                "no text could be extracted"
+                + (" (scanned pages need OCR first)" if doc.pages_needing_ocr else "")
+            )
+            return report
+        with atomic_write(self.cache_dir / _cache_name(doc.source)) as handle:
+            for record in chunks:
+                handle.write(json.dumps({"chunk": record}, ensure_ascii=False) + "\n")
+            if self.settings.instruction_format:
+                alpaca, chat = self._converter.instruction_records(doc, chunks)
+                for record in alpaca:
+                    handle.write(json.dumps({"alpaca": record}, ensure_ascii=False) + "\n")
+                for record in chat:
+                    handle.write(json.dumps({"chat": record}, ensure_ascii=False) + "\n")
+            if self.settings.output_format == "text":
+                handle.write(json.dumps({"document_text": doc.text}, ensure_ascii=False) + "\n")
+        return report
+
+    # -- assembling the outputs -----------------------------------------------------------------
+
+    def _assemble(self, reports: list[FileReport]) -> tuple[list[str], dict[str, Any]]:
+        ok = [r for r in reports if r.status == "ok"]
+        valid_sources = _validation_sources([r.source for r in ok], self.settings.val_ratio)
+        for report in ok:
+            report.split = "valid" if report.source in valid_sources else "train"
+        if self.settings.output_format == "text":
+            outputs = self._write_texts(ok)
+            duplicates = 0
+            counts: dict[str, int] = {}
+        else:
+            outputs, counts, duplicates = self._write_jsonl(ok, valid_sources)
+        totals = {
+            "files": len(reports),
+            "ok": len(ok),
+            "failed": sum(r.status == "failed" for r in reports),
+            "skipped": sum(r.status == "skipped" for r in reports),
+            "reused_from_cache": sum(r.cached for r in ok),
+            "pages": sum(r.pages for r in ok),
+            "pages_needing_ocr": sum(len(r.pages_needing_ocr) for r in ok),
+            "chunks": sum(r.chunks for r in ok),
+            "duplicates_dropped": duplicates,
+            "characters": sum(r.characters for r in ok),
+            "records": counts,
+        }
+        return outputs, totals
+
+    def _write_jsonl(
+        self, ok: list[FileReport], valid_sources: set[str]
+    ) -> tuple[list[str], dict[str, int], int]:
+        kinds = ["chunk"] + (["alpaca", "chat"] if self.settings.instruction_format else [])
+        splits = ["train"] + (["valid"] if self.settings.val_ratio > 0 else [])
+        names = {
+            (kind, split): (Path(split) if kind == "chunk" else Path(kind) / split).with_suffix(
+                ".jsonl"
+            )
+            for kind in kinds
+            for split in splits
+        }
+        counts = dict.fromkeys((f"{n}" for n in names.values()), 0)
+        seen: set[bytes] = set()
+        dropped_ids: set[str] = set()
+        duplicates = 0
+        with _OutputSet(self.output_dir, list(names.values())) as handles:
+            for report in ok:
+                split = "valid" if report.source in valid_sources else "train"
+                for line in iter_jsonl(self.cache_dir / _cache_name(report.source)):
+                    ((kind, record),) = line.items()
+                    if kind == "chunk" and self.settings.deduplicate:
+                        digest = hashlib.blake2b(record["text"].encode(), digest_size=16).digest()
+                        if digest in seen:
+                            duplicates += 1
+                            dropped_ids.add(record["chunk_id"])
+                            continue
+                        seen.add(digest)
+                    elif kind in ("alpaca", "chat") and record["chunk_id"] in dropped_ids:
+                        continue
+                    if (kind, split) not in names:
+                        continue
+                    name = names[(kind, split)]
+                    handles[name].write(json.dumps(record, ensure_ascii=False) + "\n")
+                    counts[str(name)] += 1
+        self._remove_stale(set(names.values()))
+        return [str(name) for name in names.values()], counts, duplicates
+
+    def _write_texts(self, ok: list[FileReport]) -> list[str]:
+        outputs = []
+        for report in ok:
+            for line in iter_jsonl(self.cache_dir / _cache_name(report.source)):
+                if "document_text" in line:
+                    name = report.source if report.source.endswith(".txt") else report.source + ".txt"
+                    atomic_write_text(self.output_dir / name, line["document_text"] + "\n")
+                    outputs.append(name)
+        return outputs
+
+    def _remove_stale(self, written: set[Path]) -> None:
+        """Drop split files an earlier run wrote that this run's settings no longer produce."""
+        for name in ("train", "valid"):
+            for folder in (Path(), Path("alpaca"), Path("chat")):
+                candidate = (folder / name).with_suffix(".jsonl")
+                if candidate not in written and (self.output_dir / candidate).exists():
+                    (self.output_dir / candidate).unlink()
+
+    # -- manifest and report --------------------------------------------------------------------
+
+    def _load_manifest(self, settings_key: str) -> dict[str, Any]:
+        path = self.cache_dir / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if data.get("settings") != settings_key:
+            logger.info("settings changed since the last run: processing every file again")
+            return {}
+        return data.get("files", {})
+
+    def _write_manifest(
+        self, settings_key: str, reports: list[FileReport], hashes: dict[str, str]
+    ) -> None:
+        files = {}
+        for report in reports:
+            if report.status != "ok":
+                continue
+            digest = hashes.get(report.source) or sha256_file(self.input_dir / report.source)
+            entry = asdict(report)
+            entry.pop("cached")
+            files[report.source] = {"sha256": digest, "report": entry}
+        atomic_write_json(self.cache_dir / MANIFEST, {"settings": settings_key, "files": files})
+        live = {_cache_name(source) for source in files}
+        for cached in self.cache_dir.glob("*.jsonl"):
+            if cached.name not in live:
+                cached.unlink()
+
+    def _write_report(self, result: ExtractResult) -> None:
+        report = {
+            "input_dir": str(self.input_dir),
+            "output_dir": str(self.output_dir),
+            "seconds": round(result.seconds, 3),
+            "totals": result.totals,
+            "outputs": result.outputs,
+            "files": [asdict(f) for f in result.files],
+        }
+        atomic_write_json(self.output_dir / REPORT, report)
+        atomic_write_text(self.output_dir / RESOLVED_CONFIG, dump_config(self.config))
+
+
+_TOOLKIT_ERRORS = {
+    "LLMToolkitError",
+    "DocumentProcessingError",
+    "SecurityError",
+    "DataValidationError",
+    "ConfigurationError",
+}
+
+
+def _cache_name(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:24] + ".jsonl"
+
+
+def _validation_sources(sources: list[str], ratio: float) -> set[str]:
+    """The documents of the validation split: whole documents, chosen by a hash of their path.
+
+    The `round(ratio * n)` documents with the lowest hash go to validation (at least one when the
+    ratio is positive and there are two or more documents), so no document is split across train
+    and validation and the choice does not depend on file order or timing.
+    """
+    if ratio <= 0 or len(sources) < 2:
+        return set()
+    count = min(len(sources) - 1, max(1, math.floor(ratio * len(sources) + 0.5)))
+    ranked = sorted(sources, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
+    return set(ranked[:count])
+
+
+class _OutputSet:
+    """Several output files written together: all renamed into place on success, none on error."""
+
+    def __init__(self, root: Path, names: list[Path]) -> None:
+        self.root = root
+        self.names = names
+        self._contexts: list[Any] = []
+
+    def __enter__(self) -> dict[Path, Any]:
+        handles = {}
+        for name in self.names:
+            context = atomic_write(self.root / name)
+            handles[name] = context.__enter__()
+            self._contexts.append(context)
+        return handles
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for context in reversed(self._contexts):
+            context.__exit__(*exc_info)
+
+
+class _Progress:
+    """Progress bar over files and pages (tqdm; silent when stderr is not a terminal)."""
+
+    def __init__(self, files: int, enabled: bool | None) -> None:
+        from tqdm import tqdm
+
+        self.files_total = files
+        self.files_done = 0
+        self.pages_done = 0
+        self.pages_total = 0
+        # Work units: one per non-PDF file, one per PDF page once its page count is known.
+        self.bar = tqdm(
+            total=files, unit="unit", desc="extract", disable=None if enabled is None else not enabled
+        )
+
+    def add_pages(self, new_total: int, done: int) -> None:
+        if new_total:
+            self.pages_total += new_total
+            self.bar.total += new_total - 1  # the PDF counted as one unit until now
+        self.pages_done += done
+        self.bar.update(done)
+        self._postfix()
+
+    def file_done(self, report: FileReport) -> None:
+        self.files_done += 1
+        if report.type != "pdf" or report.status != "ok":
+            self.bar.update(1)
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(
+            f"files {self.files_done}/{self.files_total}, pages {self.pages_done}/{self.pages_total}",
+            refresh=False,
+        )
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,63 @@
+"""The record types every parser produces and the converter consumes.
+
+A parser turns one file into a `ParsedDocument`: document metadata plus a list of `Section`s. A
+section is the unit chunking never crosses (a Markdown section under one heading path, one PDF page
+when `extract_by_page` is on, a whole text file). Its text is already cleaned; `protected` lists the
+character spans (code blocks, tables) that chunking keeps whole and cleaning left verbatim.
+
+These objects cross process boundaries (workers pickle them back), so they hold plain data only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DocType = Literal["pdf", "markdown", "text"]
+
+
+@dataclass
+class PageText:
+    """Raw text of one PDF page as an engine returned it, before document-level cleaning."""
+
+    number: int  # 1-based page number
+    text: str
+    engine: str  # "pdfplumber", "pypdf", "pypdfium2", or "none" when no engine produced text
+    needs_ocr: bool = False  # no text layer: the page is an image
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Section:
+    text: str
+    heading_path: list[str] = field(default_factory=list)  # ["Guide", "Install"]
+    pages: list[int] = field(default_factory=list)  # 1-based; empty for non-paged formats
+    engines: list[str] = field(default_factory=list)  # PDF engine per page in `pages`
+    protected: list[tuple[int, int]] = field(default_factory=list)  # [start, end) char spans
+
+
+@dataclass
+class DocumentMetadata:
+    title: str
+    author: str | None = None
+    created: str | None = None  # ISO 8601 where the source gives a date
+    modified: str | None = None
+    page_count: int | None = None
+    encoding: str | None = None  # detected encoding of text files
+    extra: dict[str, str] = field(default_factory=dict)  # other frontmatter / info keys, as text
+
+
+@dataclass
+class ParsedDocument:
+    source: str  # path relative to INPUT_DIR, with forward slashes
+    doc_type: DocType
+    metadata: DocumentMetadata
+    sections: list[Section]
+    pages_needing_ocr: list[int] = field(default_factory=list)
+    page_engines: dict[int, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        """The cleaned text of the whole document, sections separated by a blank line."""
+        return "\n\n".join(section.text for section in self.sections if section.text)

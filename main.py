@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""LLM Complete Toolkit launcher: `python main.py <command> [options]`.
+
+This file only builds the command line and dispatches; every command lives in its package and is
+importable and testable in-process through `main([...])`. It is also the one error boundary: the
+toolkit's errors become one line on stderr and a documented exit status.
+
+Exit statuses:
+    0    success
+    1    failure (nothing could be processed, or an error stopped the command)
+    2    usage or configuration error
+    3    partial success: some input files failed, the rest was written (extract)
+    130  interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+from document_processing.cli import register_commands as register_document_commands
+from shared_utils.errors import LLMToolkitError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
+
+def _global_options(suppress_defaults: bool) -> argparse.ArgumentParser:
+    """--config, --log-level and --debug, accepted before or after the command name."""
+    default = argparse.SUPPRESS if suppress_defaults else None
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("global options")
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default,
+        help="YAML config, relative to the current folder (default: the shipped "
+        "configs/default.yaml)",
+    )
+    group.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default=default,
+        help="logging verbosity (default: common.log_level of the config)",
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress_defaults else False,
+        help="show the full traceback of an error",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="LLM Complete Toolkit: from a folder of documents to training data and "
+        "fine-tuned models.",
+        parents=[_global_options(suppress_defaults=False)],
+        epilog="Exit statuses: 0 ok, 1 failed, 2 usage or config error, 3 some files failed "
+        "(the rest was written), 130 interrupted.",
+    )
+    subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    subparsers.required = True
+    register_document_commands(subparsers, _global_options(suppress_defaults=True))
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
+        return int(exc.code or 0)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        from shared_utils.config import load_config
+
+        config = load_config(args.config)
+        level = args.log_level or config.common.log_level
+        config.common.log_level = level
+        _configure_logging(level)
+        return int(args.handler(args, config))
+    except LLMToolkitError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

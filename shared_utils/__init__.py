@@ -1,0 +1,1 @@
+"""Pieces every command shares: config, errors, file handling, logging."""

@@ -1,0 +1,523 @@
+"""Typed configuration: dataclass defaults < YAML file < command-line flags.
+
+Every section of `configs/default.yaml` is one dataclass here, and the defaults live only in these
+dataclasses. `load_config` reads YAML with safe loading, coerces scalars to the declared field types
+(PyYAML reads `2e-4` as a string), and rejects unknown keys and wrong types with a
+`ConfigurationError` that names the dotted key, the valid keys and a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from shared_utils.errors import ConfigurationError, SecurityError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A dataclass field with help text in its metadata."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata={"help": text}, **kwargs)
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# common
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CommonConfig:
+    seed: int = _help("Random seed for every command that draws random numbers.", 42)
+    device: Literal["auto", "cuda", "mps", "cpu"] = _help(
+        "Where models run: auto picks cuda, then mps, then cpu.", "auto"
+    )
+    output_dir: str = _help("Root folder for run outputs when a command is not given one.", "outputs")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _help("Logging verbosity.", "INFO")
+
+
+# --------------------------------------------------------------------------------------------------
+# document_processing
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PdfConfig:
+    engine: Literal["pdfplumber", "pypdf", "pypdfium2"] = _help(
+        "Primary PDF text engine. pdfplumber keeps layout best; pypdfium2 is fastest.", "pdfplumber"
+    )
+    use_pdfplumber_first: bool = _help(
+        "Try pdfplumber before any other engine (when false, the first engine is pypdf).", True
+    )
+    fallback_to_pypdf2: bool = _help(
+        "When the primary engine fails on a file or a page fails the quality check, retry with pypdf "
+        "(PyPDF2 when only it is installed).",
+        True,
+    )
+    extract_by_page: bool = _help(
+        "Keep each page its own unit (chunks never span pages); false lets text flow across pages.",
+        True,
+    )
+    x_tolerance: float = _help(
+        "pdfplumber horizontal gap (points) that still joins letters into one word; 3 merges words "
+        "on LaTeX PDFs, 1.5 keeps the spaces.",
+        1.5,
+    )
+    y_tolerance: float = _help("pdfplumber vertical tolerance (points) for one text line.", 3.0)
+    use_text_flow: bool = _help(
+        "Follow the PDF's content-stream order, which keeps two-column text in reading order.", True
+    )
+    password: str = _help("Password tried on encrypted PDFs after the empty one.", "")
+    pages_per_task: int = _help(
+        "A PDF with more pages is split into page ranges of this size that run in parallel.", 40
+    )
+    max_mean_word_length: float = _help(
+        "Quality check: a page whose mean word length exceeds this lost its spaces and is retried "
+        "with the fallback engine.",
+        12.0,
+    )
+
+
+@dataclass
+class DocumentProcessingConfig:
+    chunk_size: int = _help("Largest chunk, in characters (or tokens with --tokenizer).", 512)
+    overlap_size: int = _help(
+        "Whole trailing sentences of up to this many characters (or tokens) repeated at the start "
+        "of the next chunk.",
+        50,
+    )
+    min_chunk_size: int = _help(
+        "Chunks shorter than this (characters) are merged into their neighbour in the same section.",
+        20,
+    )
+    tokenizer: str | None = _help(
+        "Path of a local Hugging Face tokenizer: chunk sizes are then counted in its tokens.", None
+    )
+    output_format: Literal["jsonl", "text"] = _help(
+        "jsonl: chunk records; text: one cleaned .txt per document.", "jsonl"
+    )
+    instruction_format: bool = _help(
+        "Also write instruction records (alpaca and chat) derived from document structure.", False
+    )
+    val_ratio: float = _help(
+        "Share of documents (by hash of their path) written to valid.jsonl instead of train.jsonl.",
+        0.0,
+    )
+    workers: int = _help("Worker processes; 0 means one per CPU core.", 0)
+    file_timeout: float = _help(
+        "Seconds one file (or one page range of a large PDF) may take before its worker is killed.",
+        300.0,
+    )
+    max_file_size_mb: float = _help("Files larger than this are skipped and reported.", 200.0)
+    max_text_length: int = _help(
+        "Sanitisation limit: a document's text is cut at this many characters (reported).",
+        50_000_000,
+    )
+    remove_headers_footers: bool = _help(
+        "Drop running headers, footers and page numbers that repeat across pages.", True
+    )
+    deduplicate: bool = _help("Drop exact duplicate chunks (counted in the report).", True)
+    pdf: PdfConfig = field(default_factory=PdfConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# transfer_learning
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingConfig:
+    num_epochs: float = _help("Passes over the training data.", 3.0)
+    batch_size: int = _help("Examples per device per step.", 4)
+    gradient_accumulation_steps: int = _help("Steps whose gradients add up before an update.", 1)
+    learning_rate: float = _help("Peak learning rate.", 2e-4)
+    weight_decay: float = _help("AdamW weight decay.", 0.0)
+    warmup_ratio: float = _help("Share of the steps with a linear warm-up.", 0.03)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _help(
+        "Learning-rate schedule after warm-up.", "cosine"
+    )
+    max_grad_norm: float = _help("Gradient clipping norm.", 1.0)
+    max_steps: int = _help("Stop after this many updates; -1 runs all epochs.", -1)
+    logging_steps: int = _help("Log training loss every this many updates.", 10)
+    gradient_checkpointing: bool = _help("Trade compute for memory by recomputing activations.", False)
+    optim: str = _help("Optimizer name as Hugging Face Trainer knows it.", "adamw_torch")
+
+
+@dataclass
+class QuantizationConfig:
+    load_in_4bit: bool = _help("Load the base model in 4-bit (bitsandbytes).", True)
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = _help("4-bit data type.", "nf4")
+    bnb_4bit_use_double_quant: bool = _help("Quantize the quantization constants too.", True)
+    bnb_4bit_compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = _help(
+        "Dtype of the 4-bit matmuls; auto picks bfloat16 where supported.", "auto"
+    )
+
+
+@dataclass
+class LoraConfig:
+    model_name: str = _help(
+        "Hugging Face hub id or local folder of the base causal LM.", "data/models/tiny-llama"
+    )
+    lora_r: int = _help("LoRA rank.", 16)
+    lora_alpha: int = _help("LoRA scaling numerator (scale = alpha / r).", 32)
+    lora_dropout: float = _help("Dropout on the LoRA input.", 0.1)
+    target_modules: str | list[str] = _help(
+        "Module names to adapt, or 'auto' for every linear layer of the architecture.", "auto"
+    )
+    max_length: int = _help("Longest example in tokens; longer ones are truncated and counted.", 512)
+    train_data: str = _help("Training JSONL (what `extract` writes).", "data/processed/train.jsonl")
+    eval_data: str | None = _help("Evaluation JSONL; when absent, val_size is split off.", None)
+    val_size: float = _help("Share of the training data held out when eval_data is absent.", 0.1)
+    output_dir: str = _help("Where the adapter, metrics and samples are written.", "outputs/lora")
+    train_on_prompt: bool = _help("Also compute the loss on prompt tokens.", False)
+    packing: bool = _help("Concatenate examples up to max_length.", False)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+@dataclass
+class QLoraConfig(LoraConfig):
+    lora_r: int = _help("LoRA rank.", 64)
+    lora_alpha: int = _help("LoRA scaling numerator (scale = alpha / r).", 16)
+    output_dir: str = _help("Where the adapter, metrics and samples are written.", "outputs/qlora")
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+
+
+@dataclass
+class TransferLearningConfig:
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    qlora: QLoraConfig = field(default_factory=QLoraConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# reinforcement_learning
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PPOConfig:
+    state_dim: int | None = _help("Observation size; taken from the environment when null.", None)
+    action_dim: int | None = _help("Number of actions; taken from the environment when null.", None)
+    hidden_dim: int = _help("Width of the hidden layers.", 64)
+    learning_rate: float = _help("Adam learning rate (linearly annealed).", 3e-4)
+    gamma: float = _help("Discount factor.", 0.99)
+    gae_lambda: float = _help("GAE lambda.", 0.95)
+    eps_clip: float = _help("PPO clip range of the probability ratio.", 0.2)
+    k_epochs: int = _help("Optimisation epochs over each rollout.", 4)
+    batch_size: int = _help("Minibatch size.", 64)
+    entropy_coef: float = _help("Entropy bonus weight.", 0.0)
+    value_coef: float = _help("Value loss weight.", 0.5)
+
+
+@dataclass
+class DQNConfig:
+    state_dim: int | None = _help("Observation size; taken from the environment when null.", None)
+    action_dim: int | None = _help("Number of actions; taken from the environment when null.", None)
+    hidden_dim: int = _help("Width of the hidden layers.", 256)
+    learning_rate: float = _help("Adam learning rate.", 1e-3)
+    gamma: float = _help("Discount factor.", 0.99)
+    epsilon_start: float = _help("Exploration rate at the start.", 1.0)
+    epsilon_end: float = _help("Exploration rate floor.", 0.01)
+    epsilon_decay: float = _help("Multiplicative epsilon decay per update.", 0.995)
+    buffer_size: int = _help("Replay buffer capacity.", 100_000)
+    batch_size: int = _help("Replay minibatch size.", 64)
+    target_update: int = _help("Updates between target-network syncs.", 10)
+    use_dueling: bool = _help("Dueling value/advantage heads.", True)
+
+
+@dataclass
+class RLTrainingConfig:
+    env_id: str = _help("Gymnasium environment id.", "CartPole-v1")
+    max_episodes: int = _help("Episodes to train for.", 1000)
+    max_steps_per_episode: int = _help("Cut an episode after this many steps.", 500)
+    update_frequency: int = _help("Environment steps between updates.", 2048)
+    save_frequency: int = _help("Episodes between checkpoints.", 100)
+
+
+@dataclass
+class ReinforcementLearningConfig:
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    dqn: DQNConfig = field(default_factory=DQNConfig)
+    training: RLTrainingConfig = field(default_factory=RLTrainingConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# logging, evaluation, checkpoint, early_stopping
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoggingConfig:
+    log_dir: str = _help("TensorBoard folder inside each run's output directory.", "logs")
+    use_tensorboard: bool = _help("Write TensorBoard event files.", True)
+    use_wandb: bool = _help("Also log to Weights & Biases (offline when no API key is set).", False)
+    wandb_project: str = _help("Weights & Biases project name.", "llm-complete-toolkit")
+
+
+@dataclass
+class EvaluationConfig:
+    eval_frequency: int = _help("Evaluate every this many updates.", 100)
+    num_samples: int = _help("Generations written to samples.txt after training.", 3)
+    eval_episodes: int = _help("Episodes per RL evaluation.", 10)
+
+
+@dataclass
+class CheckpointConfig:
+    save_steps: int = _help("Save a checkpoint every this many updates.", 100)
+    max_checkpoints: int = _help("Keep at most this many checkpoints.", 3)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = _help("Stop when the evaluation loss stops improving.", True)
+    patience: int = _help("Evaluations without improvement before stopping.", 3)
+    min_delta: float = _help("Smallest change that counts as an improvement.", 0.0)
+    restore_best_weights: bool = _help("Load the best checkpoint at the end.", True)
+
+
+@dataclass
+class ToolkitConfig:
+    common: CommonConfig = field(default_factory=CommonConfig)
+    document_processing: DocumentProcessingConfig = field(default_factory=DocumentProcessingConfig)
+    transfer_learning: TransferLearningConfig = field(default_factory=TransferLearningConfig)
+    reinforcement_learning: ReinforcementLearningConfig = field(
+        default_factory=ReinforcementLearningConfig
+    )
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, coercion and overrides
+# --------------------------------------------------------------------------------------------------
+
+
+def _did_you_mean(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(v) for v in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp`, or raise ConfigurationError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigurationError:
+                continue
+    elif origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        hint = _did_you_mean(str(value), [str(c) for c in choices])
+        raise ConfigurationError(
+            f"config key '{key}' is {value!r}; choose one of {', '.join(map(repr, choices))}.{hint}"
+        )
+    elif origin is list:
+        if isinstance(value, list):
+            (item_tp,) = typing.get_args(tp)
+            return [_coerce(item, item_tp, f"{key}[{i}]") for i, item in enumerate(value)]
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.replace("_", ""))
+            except ValueError:
+                pass
+            else:
+                if number.is_integer():
+                    return int(number)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.replace("_", ""))
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigurationError(
+        f"config key '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})."
+    )
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys."""
+    where = prefix or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"config section '{where}' must be a mapping, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            valid = sorted(fields)
+            raise ConfigurationError(
+                f"unknown config key '{key}'.{_did_you_mean(str(name), valid)} "
+                f"Valid keys in {where}: {', '.join(valid)}."
+            )
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value if value is not None else {}, key)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """Safe loader that also reads floats without a dot (`2e-4`), which YAML 1.1 leaves as strings."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """Read a YAML file with safe loading; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"config file '{path}' not found; pass an existing file with --config."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"config file '{path}' cannot be read: {exc}.") from None
+    try:
+        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise SecurityError(
+            f"{path}{line}: refused YAML tag ({exc.problem}); only plain YAML is allowed."
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigurationError(f"{path}{line}: invalid YAML ({problem}).") from None
+
+
+def config_from_dict(data: dict[str, Any]) -> ToolkitConfig:
+    """Build a `ToolkitConfig` from a (possibly partial) nested mapping."""
+    return _build(ToolkitConfig, data or {}, "")
+
+
+def load_config(path: str | Path | None = None) -> ToolkitConfig:
+    """Load a config file over the dataclass defaults.
+
+    `path` is relative to the current directory; `None` loads the shipped `configs/default.yaml`,
+    found relative to the repository wherever the user stands.
+    """
+    config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    data = read_yaml(config_path)
+    if data is None:
+        data = {}
+    try:
+        return config_from_dict(data)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{config_path}: {exc}") from None
+
+
+def apply_overrides(config: Any, overrides: dict[str, Any]) -> None:
+    """Set dotted keys (`document_processing.chunk_size`) from command-line flags, in place.
+
+    `None` values are flags the user did not give and leave the config as it is.
+    """
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        target = config
+        for part in parents:
+            target = getattr(target, part)
+        hints = typing.get_type_hints(type(target))
+        if leaf not in hints:
+            raise ConfigurationError(f"unknown config key '{dotted}'.")
+        setattr(target, leaf, _coerce(value, hints[leaf], dotted))
+
+
+def render_default_yaml() -> str:
+    """`configs/default.yaml` as generated from the dataclasses: every key, its default, its help.
+
+    The shipped file is this text (a test checks it), so the defaults live only in the dataclasses.
+    """
+    lines = [
+        "# LLM Complete Toolkit configuration: every key, with its default.",
+        "# Generated from shared_utils/config.py by `python scripts/write_default_config.py`.",
+        "# Copy this file, change what you need and pass it with --config; command-line flags",
+        "# override the file, and the file overrides these defaults.",
+    ]
+    _render_section(ToolkitConfig(), 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _render_section(section: Any, depth: int, lines: list[str]) -> None:
+    indent = "  " * depth
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            if depth == 0:
+                lines.append("")
+            lines.append(f"{indent}{f.name}:")
+            _render_section(value, depth + 1, lines)
+            continue
+        rendered = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+        rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
+        help_text = f.metadata.get("help", "")
+        lines.append(f"{indent}{f.name}: {rendered}" + (f"  # {help_text}" if help_text else ""))
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Any) -> str:
+    """The resolved config as YAML, in declaration order."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,113 @@
+"""The launcher: fast help, one error line, documented exit statuses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_help_lists_only_working_commands(run_main) -> None:
+    status, out, _ = run_main("--help")
+    assert status == 0
+    assert "extract" in out and "create-samples" in out
+    for later in ("train-lora", "train-qlora", "train-rl"):
+        assert later not in out
+
+
+def test_help_imports_no_heavy_library() -> None:
+    code = (
+        "import sys, main\n"
+        "main.build_parser().format_help()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'pdfplumber', 'pypdf') "
+        "if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_usage_errors_exit_2(run_main) -> None:
+    status, _, err = run_main()
+    assert status == 2 and "required" in err
+    status, _, err = run_main("extract")
+    assert status == 2 and "INPUT_DIR" in err
+    status, _, err = run_main("extract", "a", "b", "--chunk-size", "-5")
+    assert status == 2 and "positive" in err
+    status, _, err = run_main("no-such-command")
+    assert status == 2
+
+
+def test_config_error_is_one_line_without_traceback(run_main, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("document_processing:\n  chunk_sise: 3\n")
+    status, _, err = run_main("--config", config, "extract", tmp_path, tmp_path / "out")
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "document_processing.chunk_sise" in err and "Traceback" not in err
+
+
+def test_global_options_work_after_the_command(run_main, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("common:\n  sed: 1\n")
+    status, _, err = run_main("extract", tmp_path, tmp_path / "out", "--config", config)
+    assert status == 2 and "Did you mean 'seed'" in err
+
+
+def test_debug_shows_the_traceback(run_main, tmp_path: Path) -> None:
+    status, _, err = run_main("--debug", "extract", tmp_path / "absent", tmp_path / "out")
+    assert status == 2
+    assert "Traceback" in err and "error: input folder" in err
+
+
+def test_missing_input_folder_is_a_clear_error(run_main, tmp_path: Path) -> None:
+    status, _, err = run_main("extract", tmp_path / "absent", tmp_path / "out")
+    assert status == 2
+    assert err.strip() == (
+        f"error: input folder '{tmp_path / 'absent'}' does not exist or is not a folder; "
+        "pass the folder that holds your PDF, Markdown and text files."
+    )
+
+
+def test_ctrl_c_exits_130_without_traceback(
+    run_main, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from document_processing import pipeline
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.ExtractRun, "run", interrupted)
+    status, _, err = run_main("extract", tmp_path, tmp_path / "out")
+    assert status == 130
+    assert err.strip() == "interrupted"
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [("create_samples.py", ["{tmp}/s"]), ("extract_documents.py", ["{tmp}/s/documents", "{tmp}/o"])],
+)
+def test_scripts_are_thin_wrappers(tmp_path: Path, script: str, args: list[str]) -> None:
+    if script == "extract_documents.py":
+        from document_processing.samples import create_samples
+
+        create_samples(tmp_path / "s")
+    argv = [a.format(tmp=tmp_path) for a in args]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), *argv, "--log-level", "WARNING"],
+        cwd=tmp_path,  # the shipped config is found from the repo wherever the user stands
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    if script == "create_samples.py":
+        assert (tmp_path / "s" / "documents" / "compost_handbook.pdf").exists()
+    else:
+        assert (tmp_path / "o" / "train.jsonl").stat().st_size > 0
+        assert (tmp_path / "o" / "resolved_config.yaml").exists()

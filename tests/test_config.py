@@ -1,0 +1,116 @@
+"""Config: defaults < YAML < flags, strict keys and types, safe YAML, the shipped file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared_utils.config import (
+    DEFAULT_CONFIG_PATH,
+    ToolkitConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    render_default_yaml,
+)
+from shared_utils.errors import ConfigurationError, SecurityError
+
+
+def test_shipped_default_yaml_is_generated_from_the_dataclasses() -> None:
+    assert DEFAULT_CONFIG_PATH.read_text(encoding="utf-8") == render_default_yaml()
+    assert load_config() == ToolkitConfig()
+
+
+def test_shipped_config_has_every_section_of_the_specification() -> None:
+    text = DEFAULT_CONFIG_PATH.read_text(encoding="utf-8")
+    for section in (
+        "common:",
+        "document_processing:",
+        "transfer_learning:",
+        "  lora:",
+        "  qlora:",
+        "    training:",
+        "    quantization:",
+        "reinforcement_learning:",
+        "  ppo:",
+        "  dqn:",
+        "logging:",
+        "evaluation:",
+        "checkpoint:",
+        "early_stopping:",
+    ):
+        assert f"\n{section}\n" in text, section
+
+
+def test_yaml_overrides_defaults_and_scientific_notation_is_a_float(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "transfer_learning:\n  lora:\n    training:\n      learning_rate: 2e-4\n"
+        "document_processing:\n  chunk_size: 256\n"
+    )
+    config = load_config(path)
+    assert config.transfer_learning.lora.training.learning_rate == pytest.approx(2e-4)
+    assert isinstance(config.transfer_learning.lora.training.learning_rate, float)
+    assert config.document_processing.chunk_size == 256
+    assert config.document_processing.overlap_size == 50  # untouched default
+
+
+def test_flags_override_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("document_processing:\n  chunk_size: 256\n")
+    config = load_config(path)
+    apply_overrides(config, {"document_processing.chunk_size": 128, "common.seed": None})
+    assert config.document_processing.chunk_size == 128
+    assert config.common.seed == 42  # None means the flag was not given
+
+
+def test_unknown_key_names_the_dotted_key_and_suggests(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("document_processing:\n  chunk_sise: 256\n")
+    with pytest.raises(ConfigurationError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "document_processing.chunk_sise" in message
+    assert "Did you mean 'chunk_size'" in message
+    assert "overlap_size" in message  # lists the valid keys
+    assert str(path) in message
+
+
+def test_wrong_type_names_key_and_type() -> None:
+    with pytest.raises(ConfigurationError, match=r"'common\.seed' must be int, got 'many'"):
+        config_from_dict({"common": {"seed": "many"}})
+    with pytest.raises(ConfigurationError, match=r"'common\.device' is 'gpu'"):
+        config_from_dict({"common": {"device": "gpu"}})
+    with pytest.raises(ConfigurationError, match="section 'logging' must be a mapping"):
+        config_from_dict({"logging": 3})
+
+
+def test_python_tags_are_refused_not_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"common: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(SecurityError, match=r"c\.yaml:1"):
+        load_config(path)
+    assert not marker.exists()
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("common:\n  seed: [1, 2\n")
+    with pytest.raises(ConfigurationError, match=r"bad\.yaml:\d+: invalid YAML"):
+        load_config(bad)
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == ToolkitConfig()
+
+
+def test_target_modules_accepts_auto_or_a_list() -> None:
+    config = config_from_dict({"transfer_learning": {"lora": {"target_modules": ["q_proj"]}}})
+    assert config.transfer_learning.lora.target_modules == ["q_proj"]
+    assert ToolkitConfig().transfer_learning.lora.target_modules == "auto"

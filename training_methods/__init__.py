@@ -1,0 +1,1 @@
+"""Fine-tuning (LoRA, QLoRA) and reinforcement-learning methods."""
