@@ -78,7 +78,9 @@ def add_extract_command(
         "--chunk-size", type=_positive_int, help="largest chunk, in characters (or tokens)"
     )
     parser.add_argument(
-        "--overlap", type=_non_negative_int, help="overlap between chunks, in characters (or tokens)"
+        "--overlap",
+        type=_non_negative_int,
+        help="overlap between chunks, in characters (or tokens)",
     )
     parser.add_argument(
         "--tokenizer",
@@ -103,7 +105,9 @@ def add_extract_command(
         help="primary PDF engine (pypdfium2 is the fastest; pdfplumber keeps layout best)",
     )
     parser.add_argument(
-        "--timeout", type=float, help="seconds one file (or PDF page range) may take before it is killed"
+        "--timeout",
+        type=float,
+        help="seconds one file (or PDF page range) may take before it is killed",
     )
     parser.add_argument(
         "--max-file-size-mb", type=float, help="skip files larger than this (reported)"

@@ -350,7 +350,12 @@ class ExtractRun:
             for first in range(last + 1, info.page_count + 1, step):
                 end = min(first + step - 1, info.page_count)
                 pool.submit(
-                    _pdf_range, job.path, first, end, self.settings, tag=("pdf-range", source, first, end)
+                    _pdf_range,
+                    job.path,
+                    first,
+                    end,
+                    self.settings,
+                    tag=("pdf-range", source, first, end),
                 )
                 job.ranges_left += 1
         else:
@@ -398,9 +403,8 @@ class ExtractRun:
         report.characters = sum(len(section.text) for section in doc.sections)
         if not chunks and not doc.text.strip():
             report.status = "failed"
-            report.reason = (
-                "no text could be extracted"
-                + (" (scanned pages need OCR first)" if doc.pages_needing_ocr else "")
+            report.reason = "no text could be extracted" + (
+                " (scanned pages need OCR first)" if doc.pages_needing_ocr else ""
             )
             return report
         with atomic_write(self.cache_dir / _cache_name(doc.source)) as handle:
@@ -487,7 +491,9 @@ class ExtractRun:
         for report in ok:
             for line in iter_jsonl(self.cache_dir / _cache_name(report.source)):
                 if "document_text" in line:
-                    name = report.source if report.source.endswith(".txt") else report.source + ".txt"
+                    name = (
+                        report.source if report.source.endswith(".txt") else report.source + ".txt"
+                    )
                     atomic_write_text(self.output_dir / name, line["document_text"] + "\n")
                     outputs.append(name)
         return outputs
@@ -603,7 +609,10 @@ class _Progress:
         self.pages_total = 0
         # Work units: one per non-PDF file, one per PDF page once its page count is known.
         self.bar = tqdm(
-            total=files, unit="unit", desc="extract", disable=None if enabled is None else not enabled
+            total=files,
+            unit="unit",
+            desc="extract",
+            disable=None if enabled is None else not enabled,
         )
 
     def add_pages(self, new_total: int, done: int) -> None:
@@ -622,7 +631,8 @@ class _Progress:
 
     def _postfix(self) -> None:
         self.bar.set_postfix_str(
-            f"files {self.files_done}/{self.files_total}, pages {self.pages_done}/{self.pages_total}",
+            f"files {self.files_done}/{self.files_total}, "
+            f"pages {self.pages_done}/{self.pages_total}",
             refresh=False,
         )
 

@@ -44,7 +44,9 @@ class CommonConfig:
     device: Literal["auto", "cuda", "mps", "cpu"] = _help(
         "Where models run: auto picks cuda, then mps, then cpu.", "auto"
     )
-    output_dir: str = _help("Root folder for run outputs when a command is not given one.", "outputs")
+    output_dir: str = _help(
+        "Root folder for run outputs when a command is not given one.", "outputs"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _help("Logging verbosity.", "INFO")
 
 
@@ -62,8 +64,8 @@ class PdfConfig:
         "Try pdfplumber before any other engine (when false, the first engine is pypdf).", True
     )
     fallback_to_pypdf2: bool = _help(
-        "When the primary engine fails on a file or a page fails the quality check, retry with pypdf "
-        "(PyPDF2 when only it is installed).",
+        "When the primary engine fails on a file or a page fails the quality check, retry "
+        "with pypdf (PyPDF2 when only it is installed).",
         True,
     )
     extract_by_page: bool = _help(
@@ -99,7 +101,8 @@ class DocumentProcessingConfig:
         50,
     )
     min_chunk_size: int = _help(
-        "Chunks shorter than this (characters) are merged into their neighbour in the same section.",
+        "Chunks shorter than this (characters) are merged into their neighbour in the same "
+        "section.",
         20,
     )
     tokenizer: str | None = _help(
@@ -151,7 +154,9 @@ class TrainingConfig:
     max_grad_norm: float = _help("Gradient clipping norm.", 1.0)
     max_steps: int = _help("Stop after this many updates; -1 runs all epochs.", -1)
     logging_steps: int = _help("Log training loss every this many updates.", 10)
-    gradient_checkpointing: bool = _help("Trade compute for memory by recomputing activations.", False)
+    gradient_checkpointing: bool = _help(
+        "Trade compute for memory by recomputing activations.", False
+    )
     optim: str = _help("Optimizer name as Hugging Face Trainer knows it.", "adamw_torch")
 
 
@@ -176,7 +181,9 @@ class LoraConfig:
     target_modules: str | list[str] = _help(
         "Module names to adapt, or 'auto' for every linear layer of the architecture.", "auto"
     )
-    max_length: int = _help("Longest example in tokens; longer ones are truncated and counted.", 512)
+    max_length: int = _help(
+        "Longest example in tokens; longer ones are truncated and counted.", 512
+    )
     train_data: str = _help("Training JSONL (what `extract` writes).", "data/processed/train.jsonl")
     eval_data: str | None = _help("Evaluation JSONL; when absent, val_size is split off.", None)
     val_size: float = _help("Share of the training data held out when eval_data is absent.", 0.1)
@@ -403,7 +410,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 class _SafeLoader(yaml.SafeLoader):
-    """Safe loader that also reads floats without a dot (`2e-4`), which YAML 1.1 leaves as strings."""
+    """Safe loader that also reads floats without a dot (`2e-4`); YAML 1.1 leaves them strings."""
 
 
 _SafeLoader.add_implicit_resolver(

@@ -74,7 +74,7 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 class KillableProcessPool:
-    """Run picklable top-level functions in `workers` processes, each task under `timeout` seconds."""
+    """Run picklable top-level functions in `workers` processes, each task within `timeout` s."""
 
     def __init__(self, workers: int, timeout: float) -> None:
         self.max_workers = max(1, workers)
@@ -167,7 +167,9 @@ class KillableProcessPool:
         seconds = time.monotonic() - started
         if ok:
             return TaskResult(task_id, tag, True, value=payload, seconds=seconds)
-        return TaskResult(task_id, tag, False, error=payload, error_type=error_type, seconds=seconds)
+        return TaskResult(
+            task_id, tag, False, error=payload, error_type=error_type, seconds=seconds
+        )
 
     def _kill(self, worker: _Worker, error_type: str, message: str) -> TaskResult:
         assert worker.task is not None

@@ -91,7 +91,10 @@ def test_ctrl_c_exits_130_without_traceback(
 
 @pytest.mark.parametrize(
     ("script", "args"),
-    [("create_samples.py", ["{tmp}/s"]), ("extract_documents.py", ["{tmp}/s/documents", "{tmp}/o"])],
+    [
+        ("create_samples.py", ["{tmp}/s"]),
+        ("extract_documents.py", ["{tmp}/s/documents", "{tmp}/o"]),
+    ],
 )
 def test_scripts_are_thin_wrappers(tmp_path: Path, script: str, args: list[str]) -> None:
     if script == "extract_documents.py":

@@ -1,0 +1,320 @@
+"""Chunk records and instruction records: one fixed schema for every document type, honest
+instruction pairs, and files that `datasets.load_dataset("json")` reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from document_processing.converters.lm_studio_converter import (
+    LMStudioConverter,
+    chunk_features,
+    sentence_spans,
+)
+from document_processing.records import DocumentMetadata, ParsedDocument, Section
+
+PAGE_ONE = (
+    "Solar panels turn light into electricity. Their output depends on the angle of the sun. "
+    "Dust on the glass lowers it by a few percent. Cleaning twice a year is usually enough."
+)
+PAGE_TWO = (
+    "Inverters convert direct current to alternating current. A string inverter serves many "
+    "panels at once. Micro inverters sit behind each panel. They cost more but cope with shade."
+)
+INSTALL = (
+    "Download the archive from the release page. Unpack it into a folder of your choice. "
+    "Run the installer and follow the prompts on screen. Restart the shell afterwards."
+)
+CODE = "```bash\npip install toolkit\ntoolkit --help\n```"
+USAGE_BEFORE = "Call the command with a folder of documents. "
+USAGE_AFTER = "\n\nThe output lands in the processed folder. Each line is one JSON record."
+NOTES = (
+    "These notes were written in a hurry. Some of them are wrong. "
+    "Check the facts before relying on them. The author takes no responsibility."
+)
+
+
+def pdf_document() -> ParsedDocument:
+    return ParsedDocument(
+        source="reports/solar.pdf",
+        doc_type="pdf",
+        metadata=DocumentMetadata(
+            title="Solar basics", author="A. Writer", created="2024-01-02T03:04:05", page_count=2
+        ),
+        sections=[
+            Section(PAGE_ONE, pages=[1], engines=["pdfplumber"]),
+            Section(PAGE_TWO, pages=[2], engines=["pypdf"]),
+        ],
+        page_engines={1: "pdfplumber", 2: "pypdf"},
+    )
+
+
+def markdown_document() -> ParsedDocument:
+    usage = USAGE_BEFORE + CODE + USAGE_AFTER
+    start = len(USAGE_BEFORE)
+    return ParsedDocument(
+        source="guide.md",
+        doc_type="markdown",
+        metadata=DocumentMetadata(title="Toolkit guide"),
+        sections=[
+            Section("A short introduction.", heading_path=["Guide"]),
+            Section(INSTALL, heading_path=["Guide", "Install"]),
+            Section(usage, heading_path=["Guide", "Usage"], protected=[(start, start + len(CODE))]),
+        ],
+    )
+
+
+def text_document() -> ParsedDocument:
+    return ParsedDocument(
+        source="notes/notes.txt",
+        doc_type="text",
+        metadata=DocumentMetadata(title="notes", encoding="utf-8"),
+        sections=[Section(NOTES)],
+    )
+
+
+DOCUMENTS = [pdf_document, markdown_document, text_document]
+
+
+@pytest.fixture
+def converter() -> LMStudioConverter:
+    return LMStudioConverter(chunk_size=120, overlap_size=40, min_chunk_size=10)
+
+
+def _type_shape(value: Any) -> Any:
+    """The JSON type of a value; lists by their item type."""
+    if isinstance(value, dict):
+        return {key: _type_shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return ["list", sorted({type(item).__name__ for item in value})]
+    return type(value).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# Chunk records
+# --------------------------------------------------------------------------------------------------
+
+OPTIONAL_TEXT = {"author", "created", "modified", "encoding"}
+
+
+def test_chunk_records_share_one_schema(converter: LMStudioConverter) -> None:
+    records = [record for make in DOCUMENTS for record in converter.chunk_document(make())]
+    assert {record["type"] for record in records} == {"pdf", "markdown", "text"}
+    first = records[0]
+    for record in records:
+        json.dumps(record)  # JSON-serialisable as is
+        assert record.keys() == first.keys()
+        assert record["metadata"].keys() == first["metadata"].keys()
+        for key in ("text", "source", "title", "type", "chunk_id"):
+            assert isinstance(record[key], str)
+        meta = record["metadata"]
+        for key in ("chunk_index", "total_chunks", "char_start", "char_end", "section_index"):
+            assert type(meta[key]) is int
+        # No nulls and no empty lists: `datasets` would type such a column from them.
+        assert meta["section_path"] and all(isinstance(h, str) for h in meta["section_path"])
+        for key in ("page_start", "page_end", "page_count"):
+            assert type(meta[key]) is int
+        for key in (*OPTIONAL_TEXT, "engine"):
+            assert isinstance(meta[key], str)
+
+
+@pytest.mark.parametrize("make", DOCUMENTS)
+def test_chunk_ids_offsets_and_counts(converter: LMStudioConverter, make) -> None:
+    doc = make()
+    records = converter.chunk_document(doc)
+    assert len(records) > len(doc.sections)  # the fixture texts are longer than one chunk
+    for index, record in enumerate(records):
+        meta = record["metadata"]
+        assert record["chunk_id"] == f"{doc.source}#{index}"
+        assert meta["chunk_index"] == index
+        assert meta["total_chunks"] == len(records)
+        section = doc.sections[meta["section_index"]]
+        assert section.text[meta["char_start"] : meta["char_end"]] == record["text"]
+        assert len(record["text"]) <= converter.chunk_size
+        assert meta["section_path"] == (section.heading_path or [doc.metadata.title])
+        assert record["source"] == doc.source
+        assert record["title"] == doc.metadata.title
+
+
+def test_pdf_chunks_carry_their_page_and_engine(converter: LMStudioConverter) -> None:
+    records = converter.chunk_document(pdf_document())
+    by_page = {
+        (r["metadata"]["page_start"], r["metadata"]["page_end"], r["metadata"]["engine"])
+        for r in records
+    }
+    assert by_page == {(1, 1, "pdfplumber"), (2, 2, "pypdf")}
+    meta = records[0]["metadata"]
+    assert (meta["author"], meta["created"], meta["page_count"]) == (
+        "A. Writer",
+        "2024-01-02T03:04:05",
+        2,
+    )
+    assert meta["encoding"] == ""
+
+
+def test_chunks_never_cross_sections(converter: LMStudioConverter) -> None:
+    doc = markdown_document()
+    for record in converter.chunk_document(doc):
+        assert record["text"] in doc.sections[record["metadata"]["section_index"]].text
+    text_meta = converter.chunk_document(text_document())[0]["metadata"]
+    assert (text_meta["page_start"], text_meta["engine"], text_meta["encoding"]) == (0, "", "utf-8")
+
+
+# --------------------------------------------------------------------------------------------------
+# Instruction records
+# --------------------------------------------------------------------------------------------------
+
+
+def _instructions(converter: LMStudioConverter, doc: ParsedDocument):
+    chunks = converter.chunk_document(doc)
+    alpaca, chat = converter.instruction_records(doc, chunks)
+    return chunks, alpaca, chat
+
+
+def test_section_records_answer_with_the_first_chunk_of_each_section(
+    converter: LMStudioConverter,
+) -> None:
+    doc = markdown_document()
+    chunks, alpaca, _ = _instructions(converter, doc)
+    sections = [record for record in alpaca if record["kind"] == "section"]
+    assert len(sections) == len(doc.sections)
+    for index, section in enumerate(doc.sections):
+        first = next(c for c in chunks if c["metadata"]["section_index"] == index)
+        (record,) = [r for r in sections if r["chunk_id"] == first["chunk_id"]]
+        assert record["output"] == first["text"]
+        assert record["input"] == ""
+        assert record["instruction"] == (
+            f'Write the section "{" > ".join(section.heading_path)}" of "Toolkit guide".'
+        )
+
+
+def test_documents_without_headings_get_no_section_records(converter: LMStudioConverter) -> None:
+    for make in (pdf_document, text_document):
+        _, alpaca, _ = _instructions(converter, make())
+        assert alpaca and all(record["kind"] == "continuation" for record in alpaca)
+
+
+@pytest.mark.parametrize("make", DOCUMENTS)
+def test_continuations_split_a_chunk_at_a_sentence_boundary(
+    converter: LMStudioConverter, make
+) -> None:
+    chunks, alpaca, _ = _instructions(converter, make())
+    text_of = {chunk["chunk_id"]: chunk["text"] for chunk in chunks}
+    continuations = [record for record in alpaca if record["kind"] == "continuation"]
+    assert continuations
+    for record in continuations:
+        chunk = text_of[record["chunk_id"]]
+        first, rest = record["input"], record["output"]
+        assert record["instruction"] == "Continue the text."
+        assert first and rest and first.strip() == first and rest.strip() == rest
+        assert chunk.startswith(first) and chunk.endswith(rest)
+        assert chunk[len(first) : len(chunk) - len(rest)].isspace()  # only the gap is dropped
+        assert len(first) + len(rest) < len(chunk)  # input and output share no text
+        first_sentences = {first[s:e] for s, e in sentence_spans(first)}
+        rest_sentences = {rest[s:e] for s, e in sentence_spans(rest)}
+        assert not first_sentences & rest_sentences
+
+
+def test_continuation_splits_near_one_third() -> None:
+    text = "Aa aa. Bb bb. Cc cc. Dd dd. Ee ee. Ff ff."
+    doc = ParsedDocument("x.txt", "text", DocumentMetadata(title="x"), [Section(text)])
+    converter = LMStudioConverter(chunk_size=200, overlap_size=0, min_chunk_size=5)
+    alpaca, _ = converter.instruction_records(doc, converter.chunk_document(doc))
+    (record,) = alpaca
+    assert (record["input"], record["output"]) == ("Aa aa. Bb bb.", "Cc cc. Dd dd. Ee ee. Ff ff.")
+
+
+def test_no_continuation_for_one_sentence_or_tiny_chunks() -> None:
+    doc = ParsedDocument(
+        "x.txt",
+        "text",
+        DocumentMetadata(title="x"),
+        [Section("Only one sentence here, with no end"), Section("Hi. Yo.")],
+    )
+    converter = LMStudioConverter(chunk_size=200, overlap_size=0, min_chunk_size=5)
+    assert converter.instruction_records(doc, converter.chunk_document(doc)) == ([], [])
+
+
+def test_code_block_is_not_split_for_a_continuation(converter: LMStudioConverter) -> None:
+    chunks, alpaca, _ = _instructions(converter, markdown_document())
+    with_code = {chunk["chunk_id"] for chunk in chunks if CODE in chunk["text"]}
+    records = [r for r in alpaca if r["kind"] == "continuation" and r["chunk_id"] in with_code]
+    assert records
+    for record in records:
+        assert CODE in record["input"] or CODE in record["output"]
+
+
+def test_chat_records_mirror_alpaca_records(converter: LMStudioConverter) -> None:
+    _, alpaca, chat = _instructions(converter, markdown_document())
+    assert len(chat) == len(alpaca)
+    for plain, messages in zip(alpaca, chat, strict=True):
+        assert set(messages) == {"messages", "source", "chunk_id", "kind"}
+        user, assistant = messages["messages"]
+        prompt = plain["instruction"] + ("\n\n" + plain["input"] if plain["input"] else "")
+        assert user == {"role": "user", "content": prompt}
+        assert assistant == {"role": "assistant", "content": plain["output"]}
+        for key in ("source", "chunk_id", "kind"):
+            assert messages[key] == plain[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading the written files with `datasets`
+# --------------------------------------------------------------------------------------------------
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def load_json(tmp_path: Path):
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+
+    def load(files: list[str], **kwargs: Any):
+        return datasets.load_dataset(
+            "json", data_files=files, split="train", cache_dir=str(tmp_path / "cache"), **kwargs
+        )
+
+    return load
+
+
+def test_chunk_files_of_every_type_load_together(
+    converter: LMStudioConverter, load_json, tmp_path: Path
+) -> None:
+    per_doc = [converter.chunk_document(make()) for make in DOCUMENTS]
+    mixed = _write_jsonl(tmp_path / "train.jsonl", [r for records in per_doc for r in records])
+    loaded = load_json([mixed])
+    assert len(loaded) == sum(len(records) for records in per_doc)
+    assert loaded[0]["metadata"]["page_start"] == 1
+    assert loaded[-1]["metadata"]["author"] == ""
+
+    # One file per document, the text file (no author, no pages) first: with nulls or empty
+    # lists `datasets` would type those columns from it and refuse the PDF's values.
+    files = [
+        _write_jsonl(tmp_path / f"{n}.jsonl", records)
+        for n, records in enumerate(reversed(per_doc))
+    ]
+    for features in (None, chunk_features()):
+        loaded = load_json(files, features=features)
+        assert len(loaded) == sum(len(records) for records in per_doc)
+        assert {row["metadata"]["author"] for row in loaded} == {"", "A. Writer"}
+
+
+def test_instruction_files_load(converter: LMStudioConverter, load_json, tmp_path: Path) -> None:
+    alpaca, chat = [], []
+    for make in DOCUMENTS:
+        doc = make()
+        plain, messages = converter.instruction_records(doc, converter.chunk_document(doc))
+        alpaca += plain
+        chat += messages
+    loaded = load_json([_write_jsonl(tmp_path / "alpaca.jsonl", alpaca)])
+    assert loaded.column_names == ["instruction", "input", "output", "source", "chunk_id", "kind"]
+    assert len(loaded) == len(alpaca)
+    loaded = load_json([_write_jsonl(tmp_path / "chat.jsonl", chat)])
+    assert len(loaded) == len(chat)
+    assert loaded[0]["messages"] == chat[0]["messages"]
