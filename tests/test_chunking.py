@@ -18,6 +18,7 @@ from document_processing.converters.lm_studio_converter import (
 )
 from shared_utils.config import DocumentProcessingConfig
 from shared_utils.errors import ConfigurationError
+from tests.conftest import TOKENIZER_TRAINING_SENTENCES
 
 # --------------------------------------------------------------------------------------------------
 # Generated section texts
@@ -328,34 +329,6 @@ def test_overlap_must_be_smaller_than_the_chunk(overlap: int) -> None:
 # Token mode
 # --------------------------------------------------------------------------------------------------
 
-TRAINING_SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Documents are cut into chunks for training a language model.",
-    "def add(a, b): return a + b",
-    "| name | value |",
-] * 20
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A byte-level BPE tokenizer trained here on a few sentences, saved like a hub folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<eos>"],
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(TRAINING_SENTENCES, trainer)
-    folder = tmp_path_factory.mktemp("tiny-tokenizer")
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>").save_pretrained(folder)
-    return folder
-
 
 @pytest.fixture(scope="module")
 def count_tokens(tiny_tokenizer: Path):
@@ -383,7 +356,7 @@ def test_token_mode_never_exceeds_the_token_limit(
 
 
 def test_token_mode_counts_tokens_not_characters(tiny_tokenizer: Path, count_tokens) -> None:
-    text = " ".join(TRAINING_SENTENCES[:8])
+    text = " ".join(TOKENIZER_TRAINING_SENTENCES[:8])
     converter = LMStudioConverter(30, 0, 0, tokenizer=str(tiny_tokenizer))
     assert converter.unit == "tokens"
     chunks = converter.chunk_text(text)

@@ -389,3 +389,30 @@ def test_interrupted_run_leaves_earlier_outputs_intact(
 
 def _interrupt(self, doc, seconds):
     raise KeyboardInterrupt
+
+
+def test_token_chunking_through_the_command(
+    run_main, samples_dir: Path, tmp_path: Path, tiny_tokenizer: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "out"
+    status, _, err = run_main(
+        "extract",
+        samples_dir / "documents",
+        out,
+        "--tokenizer",
+        tiny_tokenizer,
+        "--chunk-size",
+        "48",
+        "--overlap",
+        "8",
+    )
+    assert status == 0, err
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer), local_files_only=True)
+    counts = [
+        len(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in _all_chunks(out)
+    ]
+    assert max(counts) <= 48
+    assert max(counts) > 30  # the limit is in tokens, not characters
+    assert f"tokenizer: {tiny_tokenizer}" in (out / "resolved_config.yaml").read_text()
