@@ -20,7 +20,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 demo: install
 	$(PY) main.py create-samples data/samples
-	$(PY) main.py extract data/samples data/processed --val-ratio 0.25 --instruction-format
+	$(PY) main.py extract data/samples/documents data/processed --val-ratio 0.25 --instruction-format
 	@echo "Demo finished: training data in data/processed (see data/processed/extract_report.json)."
 
 test: install
