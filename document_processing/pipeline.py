@@ -29,6 +29,7 @@ from document_processing.records import PageText, ParsedDocument
 from shared_utils.config import DocumentProcessingConfig, ToolkitConfig, dump_config
 from shared_utils.errors import ConfigurationError, LLMToolkitError, SecurityError
 from shared_utils.file_utils import (
+    FileTooLargeError,
     atomic_write,
     atomic_write_json,
     atomic_write_text,
@@ -37,6 +38,7 @@ from shared_utils.file_utils import (
     sha256_file,
     validate_input_file,
 )
+from shared_utils.security import sanitize_text
 from shared_utils.worker_pool import KillableProcessPool, TaskResult, default_worker_count
 
 logger = logging.getLogger(__name__)
@@ -133,7 +135,7 @@ def discover_files(
             try:
                 validate_input_file(path, root, max_bytes)
             except SecurityError as exc:
-                status = "skipped" if "over the" in str(exc) else "failed"
+                status = "skipped" if isinstance(exc, FileTooLargeError) else "failed"
                 refused.append(FileReport(source, status, _strip_path(str(exc), path)))
                 continue
             if not os.access(path, os.R_OK):
@@ -149,7 +151,7 @@ def discover_files(
 
 def _strip_path(message: str, path: Path) -> str:
     """Per-file reasons are stored next to the file name; drop a leading 'path: ' from messages."""
-    for prefix in (f"{path}: ", f"{path.resolve()}: "):
+    for prefix in (f"{path}: ", f"{path.absolute()}: "):
         if message.startswith(prefix):
             return message[len(prefix) :]
     return message
@@ -257,6 +259,7 @@ class ExtractRun:
     # -- set-up -------------------------------------------------------------------------------
 
     def _check_folders(self) -> None:
+        self.settings.check()
         if not self.input_dir.is_dir():
             raise ConfigurationError(
                 f"input folder '{self.input_dir}' does not exist or is not a folder; "
@@ -383,12 +386,13 @@ class ExtractRun:
             reason = "permission denied; make it readable (chmod +r)"
         elif result.error_type not in _TOOLKIT_ERRORS:
             reason = f"{result.error_type}: {reason}"
-        logger.warning("failed: %s: %s", source, reason)
+        logger.debug("failed: %s: %s", source, reason)  # the command lists failures at the end
         return FileReport(source, "failed", reason, seconds=round(result.seconds, 3))
 
     # -- finishing a document (parent process) --------------------------------------------------
 
     def _finish_document(self, doc: ParsedDocument, seconds: float) -> FileReport:
+        _sanitize_metadata(doc)
         report = FileReport(doc.source, type=doc.doc_type, seconds=round(seconds, 3))
         report.warnings = list(doc.warnings)
         report.pages_needing_ocr = list(doc.pages_needing_ocr)
@@ -429,6 +433,7 @@ class ExtractRun:
             report.split = "valid" if report.source in valid_sources else "train"
         if self.settings.output_format == "text":
             outputs = self._write_texts(ok)
+            self._remove_stale(set())
             duplicates = 0
             counts: dict[str, int] = {}
         else:
@@ -483,8 +488,13 @@ class ExtractRun:
                     name = names[(kind, split)]
                     handles[name].write(json.dumps(record, ensure_ascii=False) + "\n")
                     counts[str(name)] += 1
-        self._remove_stale(set(names.values()))
-        return [str(name) for name in names.values()], counts, duplicates
+        # An empty file is no data set (`load_dataset` refuses it): drop splits nothing went to.
+        written = {name for name in names.values() if counts[str(name)]}
+        for name in set(names.values()) - written:
+            (self.output_dir / name).unlink()
+            del counts[str(name)]
+        self._remove_stale(written)
+        return [str(name) for name in names.values() if name in written], counts, duplicates
 
     def _write_texts(self, ok: list[FileReport]) -> list[str]:
         outputs = []
@@ -556,6 +566,16 @@ _TOOLKIT_ERRORS = {
     "DataValidationError",
     "ConfigurationError",
 }
+
+
+def _sanitize_metadata(doc: ParsedDocument) -> None:
+    """Titles and authors come from untrusted files (PDF info, frontmatter): no markup in them."""
+    meta = doc.metadata
+    for name in ("title", "author", "created", "modified"):
+        value = getattr(meta, name)
+        if value:
+            setattr(meta, name, " ".join(sanitize_text(value, 1000)[0].split()))
+    meta.extra = {k: sanitize_text(v, 10_000)[0] for k, v in meta.extra.items()}
 
 
 def _cache_name(source: str) -> str:

@@ -134,6 +134,31 @@ class DocumentProcessingConfig:
     deduplicate: bool = _help("Drop exact duplicate chunks (counted in the report).", True)
     pdf: PdfConfig = field(default_factory=PdfConfig)
 
+    def check(self) -> None:
+        """Range checks the types alone cannot express; raises ConfigurationError naming the key."""
+        limits = [
+            ("chunk_size", self.chunk_size > 0, "must be at least 1"),
+            (
+                "overlap_size",
+                0 <= self.overlap_size < self.chunk_size,
+                "must be in [0, chunk_size)",
+            ),
+            ("min_chunk_size", self.min_chunk_size >= 0, "must be 0 or more"),
+            ("val_ratio", 0.0 <= self.val_ratio < 1.0, "must be in [0, 1)"),
+            ("workers", self.workers >= 0, "must be 0 (one per core) or more"),
+            ("file_timeout", self.file_timeout > 0, "must be more than 0 seconds"),
+            ("max_file_size_mb", self.max_file_size_mb > 0, "must be more than 0"),
+            ("max_text_length", self.max_text_length > 0, "must be at least 1"),
+            ("pdf.pages_per_task", self.pdf.pages_per_task >= 1, "must be at least 1"),
+            ("pdf.x_tolerance", self.pdf.x_tolerance >= 0, "must be 0 or more"),
+        ]
+        for key, ok, rule in limits:
+            if not ok:
+                value = getattr(self.pdf, key[4:]) if key.startswith("pdf.") else getattr(self, key)
+                raise ConfigurationError(
+                    f"config key 'document_processing.{key}' is {value!r}; it {rule}."
+                )
+
 
 # --------------------------------------------------------------------------------------------------
 # transfer_learning

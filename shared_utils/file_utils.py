@@ -32,11 +32,19 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600; give the file the mode a plain open() would have.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -91,17 +99,27 @@ def validate_input_file(path: Path, root: Path, max_bytes: int | None) -> None:
 
     Raises `SecurityError` with a message that names the file and says what to do.
     """
-    if not is_within(path, root):
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # broken link, symlink loop
         raise SecurityError(
-            f"{path}: resolves to '{path.resolve()}', outside the input folder '{root}'; "
+            f"{path}: cannot be resolved ({exc}); fix or remove the link."
+        ) from None
+    if not is_within(resolved, root):
+        raise SecurityError(
+            f"{path}: resolves to '{resolved}', outside the input folder '{root}'; "
             "copy the file into the input folder instead of linking to it."
         )
-    if not path.resolve().is_file():
+    if not resolved.is_file():
         raise SecurityError(f"{path}: not a regular file.")
     if max_bytes is not None:
         size = path.stat().st_size
         if size > max_bytes:
-            raise SecurityError(
+            raise FileTooLargeError(
                 f"{path}: {size / 1e6:.1f} MB is over the {max_bytes / 1e6:.0f} MB limit; raise "
                 "document_processing.max_file_size_mb to include it."
             )
+
+
+class FileTooLargeError(SecurityError):
+    """A file over the configured size limit: skipped by configuration rather than failed."""

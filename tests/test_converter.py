@@ -313,7 +313,18 @@ def test_instruction_files_load(converter: LMStudioConverter, load_json, tmp_pat
         alpaca += plain
         chat += messages
     loaded = load_json([_write_jsonl(tmp_path / "alpaca.jsonl", alpaca)])
-    assert loaded.column_names == ["instruction", "input", "output", "source", "chunk_id", "kind"]
+    assert loaded.column_names == [
+        "instruction",
+        "input",
+        "output",
+        "prompt",
+        "completion",
+        "source",
+        "chunk_id",
+        "kind",
+    ]
+    for row in loaded:
+        assert row["prompt"].startswith(row["instruction"]) and row["completion"] == row["output"]
     assert len(loaded) == len(alpaca)
     loaded = load_json([_write_jsonl(tmp_path / "chat.jsonl", chat)])
     assert len(loaded) == len(chat)

@@ -101,7 +101,7 @@ def test_sample_markdown_and_text(run_main, samples_dir: Path, tmp_path: Path) -
     assert any("Vegetable peelings | yes | chop them small" in r["text"] for r in md)
     txt = [r for r in _all_chunks(out) if r["type"] == "text"]
     assert "compost café" in txt[0]["text"] and "“lasagne”" in "".join(r["text"] for r in txt)
-    assert txt[0]["metadata"]["encoding"] is not None
+    assert txt[0]["metadata"]["encoding"] == "cp1252"
 
 
 def test_validation_split_is_by_document(run_main, samples_dir: Path, tmp_path: Path) -> None:
@@ -416,3 +416,69 @@ def test_token_chunking_through_the_command(
     assert max(counts) <= 48
     assert max(counts) > 30  # the limit is in tokens, not characters
     assert f"tokenizer: {tiny_tokenizer}" in (out / "resolved_config.yaml").read_text()
+
+
+def test_one_document_with_a_validation_ratio_writes_no_empty_split(
+    run_main, tmp_path: Path
+) -> None:
+    from datasets import load_dataset
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "only.txt").write_text("The only document here. It has two sentences. " * 20)
+    out = tmp_path / "out"
+    assert run_main("extract", docs, out, "--val-ratio", "0.2", "--instruction-format")[0] == 0
+    assert not (out / "valid.jsonl").exists() and not (out / "chat" / "valid.jsonl").exists()
+    for path in (out / "train.jsonl", out / "alpaca" / "train.jsonl", out / "chat" / "train.jsonl"):
+        assert len(load_dataset("json", data_files=str(path), split="train")) > 0
+    assert (out / "train.jsonl").stat().st_mode & 0o044  # readable like any file the user writes
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("document_processing:\n  val_ratio: 5\n", "document_processing.val_ratio"),
+        ("document_processing:\n  file_timeout: 0\n", "document_processing.file_timeout"),
+        ("document_processing:\n  pdf:\n    pages_per_task: 0\n", "pages_per_task"),
+        ("document_processing:\n  overlap_size: 600\n", "document_processing.overlap_size"),
+    ],
+)
+def test_out_of_range_settings_are_config_errors(
+    run_main, samples_dir: Path, tmp_path: Path, yaml_text: str, key: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text)
+    status, _, err = run_main(
+        "--config", config, "extract", samples_dir / "documents", tmp_path / "o"
+    )
+    assert status == 2
+    assert key in err and err.count("\n") == 1
+
+
+def test_symlink_loop_is_a_per_file_error(run_main, samples_dir: Path, tmp_path: Path) -> None:
+    docs = samples_dir / "documents"
+    os.symlink(docs / "loop_b.txt", docs / "loop_a.txt")
+    os.symlink(docs / "loop_a.txt", docs / "loop_b.txt")
+    out = tmp_path / "out"
+    status, _, err = run_main("extract", docs, out)
+    assert status == 3
+    assert "cannot be resolved" in _by_source(out)["loop_a.txt"]["reason"]
+    assert "Traceback" not in err
+
+
+def test_output_dir_under_a_file_is_one_line(run_main, samples_dir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    status, _, err = run_main("extract", samples_dir / "documents", blocker / "out")
+    assert status in (1, 2) and err.count("\n") == 1 and err.startswith("error: ")
+
+
+def test_markup_in_metadata_is_removed(run_main, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text(
+        '---\ntitle: "<b>Bold</b> <script>alert(1)</script>title"\n---\n\nBody text here.\n'
+    )
+    out = tmp_path / "out"
+    assert run_main("extract", docs, out)[0] == 0
+    assert _records(out / "train.jsonl")[0]["title"] == "Bold title"

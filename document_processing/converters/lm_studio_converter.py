@@ -420,8 +420,16 @@ def _instruction_pair(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One example as an Alpaca record and as a chat ("messages") record."""
     common = {"source": record["source"], "chunk_id": record["chunk_id"], "kind": kind}
-    alpaca = {"instruction": instruction, "input": input_text, "output": output, **common}
     prompt = instruction + ("\n\n" + input_text if input_text else "")
+    # prompt/completion repeat the pair in the form TRL's SFTTrainer and MLX-LM read as is.
+    alpaca = {
+        "instruction": instruction,
+        "input": input_text,
+        "output": output,
+        "prompt": prompt,
+        "completion": output,
+        **common,
+    }
     chat = {
         "messages": [
             {"role": "user", "content": prompt},
