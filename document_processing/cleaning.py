@@ -118,14 +118,13 @@ def _join_hyphenated(match: re.Match[str]) -> str:
     start = match.start()
     before = match.string[start - 1] if start else ""
     if not (before.isalnum() or before == "_"):
-        return match.group()  # "- \n" or a lone "-": a dash, not hyphenation
+        return match.group()  # "word -" or "--": a dash, not hyphenation
     after = match.string[match.end()]
     return "" if before.islower() and after.islower() else "-"
 
 
 def _join_wrapped_lines(text: str) -> str:
-    """Paragraph breaks become exactly "\n\n"; other newlines become spaces unless a list item
-    follows."""
+    """Paragraph breaks become "\n\n"; other newlines become spaces unless a list item follows."""
     text = _BLANK_LINE_RUN.sub("\n\n", text)
     text = text.replace("\n\n", _PARAGRAPH_MARK)
     text = _LIST_ITEM_LINE.sub(_LIST_MARK, text)

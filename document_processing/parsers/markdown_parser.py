@@ -343,9 +343,10 @@ def _normalise_label(label: str) -> str:
 # Placeholders keep code spans, escaped characters and autolinks away from the markup passes;
 # NUL cannot occur in the text (control characters were removed when the file was read).
 _PLACEHOLDER = re.compile(r"\x00(\d+)\x00")
-# Code spans and emphasis are matched within one line: an unmatched marker then costs a scan of
-# its line, not of the whole (possibly very long) block.
-_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
+_MARKUP_CHAR = re.compile(r"[`\\<>&\[\]*_~+!]")  # text without any of these has no markup
+# Code spans and emphasis are matched within one line and a bounded length: an unmatched marker
+# then costs a short scan, not one to the end of a (possibly huge) line, which would be quadratic.
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.{1,2000}?)(?<!`)\1(?!`)")
 _ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
 _AUTOLINK = re.compile(r"<((?:https?|ftp|mailto):[^\s<>]+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+)>")
 _LINK_TEXT = r"\[((?:[^\[\]]|\[[^\[\]]*\])*)\]"
@@ -357,11 +358,11 @@ _IMAGE = re.compile(r"!" + _LINK_TEXT + r"(?:" + _LINK_DESTINATION + r"|\[[^\]]*
 _INLINE_LINK = re.compile(_LINK_TEXT + _LINK_DESTINATION)
 _REFERENCE_LINK = re.compile(_LINK_TEXT + r"\[([^\]]*)\]")
 _SHORTCUT_LINK = re.compile(r"\[([^\[\]^][^\[\]]*)\](?!\()")
-_STRONG_STAR = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
-_STRONG_UNDERSCORE = re.compile(r"(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)")
-_STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
-_EMPHASIS_STAR = re.compile(r"\*(?=[^\s*])(.+?)(?<=[^\s*])\*")
-_EMPHASIS_UNDERSCORE = re.compile(r"(?<!\w)_(?=[^\s_])(.+?)(?<=[^\s_])_(?!\w)")
+_STRONG_STAR = re.compile(r"\*\*(?=\S)(.{1,500}?)(?<=\S)\*\*")
+_STRONG_UNDERSCORE = re.compile(r"(?<!\w)__(?=\S)(.{1,500}?)(?<=\S)__(?!\w)")
+_STRIKE = re.compile(r"~~(?=\S)(.{1,500}?)(?<=\S)~~")
+_EMPHASIS_STAR = re.compile(r"\*(?=[^\s*])(.{1,500}?)(?<=[^\s*])\*")
+_EMPHASIS_UNDERSCORE = re.compile(r"(?<!\w)_(?=[^\s_])(.{1,500}?)(?<=[^\s_])_(?!\w)")
 _QUOTE_MARKERS = re.compile(r"^(?:[ \t]{0,3}>[ \t]?)+", re.MULTILINE)
 _BULLET = re.compile(r"^([ \t]*)[*+](?=[ \t])", re.MULTILINE)
 _HARD_BREAK = re.compile(r"\\$", re.MULTILINE)
@@ -376,6 +377,8 @@ def markdown_to_text(markdown: str, reference_labels: set[str] | None = None) ->
     when they are full ("[text][ref]") or collapsed ("[text][]"), and shortcut links ("[text]")
     when a definition for the label exists in `reference_labels`.
     """
+    if not _MARKUP_CHAR.search(markdown):
+        return clean_text(markdown)
     saved: list[str] = []
 
     def save(text: str) -> str:
