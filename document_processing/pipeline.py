@@ -49,6 +49,7 @@ REPORT = "extract_report.json"
 RESOLVED_CONFIG = "resolved_config.yaml"
 # Bump when the cached record format or the processing changes, so old caches are not reused.
 PIPELINE_VERSION = 1
+FIRST_RANGE_PAGES = 8
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,7 +170,9 @@ def _pdf_first_range(
     from document_processing.parsers.pdf_parser import extract_pages, probe_pdf
 
     info = probe_pdf(path, settings)
-    last = min(info.page_count, settings.pdf.pages_per_task)
+    # A short first range: the other ranges are queued only once it returns, and until then the
+    # other workers may have nothing to do (a corpus of one book).
+    last = min(info.page_count, settings.pdf.pages_per_task, FIRST_RANGE_PAGES)
     pages = extract_pages(path, 1, last, settings) if last >= 1 else []
     return info, pages, last
 

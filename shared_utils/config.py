@@ -83,7 +83,7 @@ class PdfConfig:
     )
     password: str = _help("Password tried on encrypted PDFs after the empty one.", "")
     pages_per_task: int = _help(
-        "A PDF with more pages is split into page ranges of this size that run in parallel.", 40
+        "A PDF with more pages is split into page ranges of this size that run in parallel.", 20
     )
     max_mean_word_length: float = _help(
         "Quality check: a page whose mean word length exceeds this lost its spaces and is retried "

@@ -482,3 +482,14 @@ def test_markup_in_metadata_is_removed(run_main, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert run_main("extract", docs, out)[0] == 0
     assert _records(out / "train.jsonl")[0]["title"] == "Bold title"
+
+
+def test_pdf_split_into_page_ranges_gives_the_same_output(
+    run_main, samples_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("document_processing:\n  pdf:\n    pages_per_task: 1\n")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert run_main("extract", samples_dir / "documents", whole)[0] == 0
+    assert run_main("--config", config, "extract", samples_dir / "documents", split)[0] == 0
+    assert _outputs(whole) == _outputs(split)
