@@ -21,13 +21,7 @@ import sys
 import traceback
 
 from document_processing.cli import register_commands as register_document_commands
-from shared_utils.errors import LLMToolkitError
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_PARTIAL = 3
-EXIT_INTERRUPTED = 130
+from shared_utils.errors import EXIT_FAILURE, EXIT_INTERRUPTED, LLMToolkitError
 
 
 def _global_options(suppress_defaults: bool) -> argparse.ArgumentParser:

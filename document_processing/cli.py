@@ -12,12 +12,9 @@ import sys
 from pathlib import Path
 
 from shared_utils.config import ToolkitConfig, apply_overrides
+from shared_utils.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_PARTIAL = 3
 
 
 def register_commands(

@@ -7,17 +7,24 @@ it, naming the file, line or config key involved.
 
 from __future__ import annotations
 
+# Exit statuses of every command (documented in main.py and the README).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
 
 class LLMToolkitError(Exception):
     """Base class of every error the toolkit raises on purpose."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILURE
 
 
 class ConfigurationError(LLMToolkitError):
     """A config file, config key or command-line value is wrong."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class DocumentProcessingError(LLMToolkitError):
