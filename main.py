@@ -22,6 +22,8 @@ import traceback
 
 from document_processing.cli import register_commands as register_document_commands
 from shared_utils.errors import EXIT_FAILURE, EXIT_INTERRUPTED, LLMToolkitError
+from training_methods.finetune_cli import register_commands as register_finetune_commands
+from training_methods.rl_cli import register_commands as register_rl_commands
 
 
 def _global_options(suppress_defaults: bool) -> argparse.ArgumentParser:
@@ -62,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     subparsers.required = True
-    register_document_commands(subparsers, _global_options(suppress_defaults=True))
+    for register in (
+        register_document_commands,
+        register_finetune_commands,
+        register_rl_commands,
+    ):
+        register(subparsers, _global_options(suppress_defaults=True))
     return parser
 
 
