@@ -1,11 +1,210 @@
-"""Placeholder: filled in by its command's implementation."""
+"""Command-line commands of fine-tuning: `train-lora`, `train-qlora` and `merge`.
+
+Flags override `transfer_learning.<lora|qlora>` of the config (defaults < YAML < flags). Heavy
+libraries are imported inside the handlers, so `python main.py --help` stays instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from shared_utils.config import ToolkitConfig, apply_overrides
+from shared_utils.errors import EXIT_OK
+
+logger = logging.getLogger(__name__)
 
 
 def register_commands(
     subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
 ) -> None:
-    """Registers nothing yet."""
+    for section, name, summary in (
+        ("lora", "train-lora", "fine-tune a causal LM with LoRA adapters"),
+        ("qlora", "train-qlora", "fine-tune a causal LM with LoRA on a 4-bit base (QLoRA)"),
+    ):
+        add_train_command(subparsers, parent, section, name, summary)
+    add_merge_command(subparsers, parent)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def add_train_command(
+    subparsers: argparse._SubParsersAction,
+    parent: argparse.ArgumentParser,
+    section: str,
+    name: str,
+    summary: str,
+) -> None:
+    key = f"transfer_learning.{section}"
+    parser = subparsers.add_parser(
+        name,
+        parents=[parent],
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}. Reads what `extract` writes (text, "
+        f"alpaca, chat or prompt/completion JSONL); settings come from `{key}` of the config, "
+        "and these flags override them.",
+    )
+    parser.add_argument("--train-data", metavar="FILE", help=f"training JSONL ({key}.train_data)")
+    parser.add_argument(
+        "--eval-data",
+        metavar="FILE",
+        help=f"evaluation JSONL ({key}.eval_data; default: {key}.val_size of the training data)",
+    )
+    parser.add_argument(
+        "--model-name", metavar="ID_OR_PATH", help=f"hub id or local folder ({key}.model_name)"
+    )
+    parser.add_argument("--output-dir", metavar="DIR", help=f"run folder ({key}.output_dir)")
+    parser.add_argument(
+        "--epochs", type=_positive_float, metavar="N", help=f"{key}.training.num_epochs"
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, metavar="N", help=f"{key}.training.batch_size"
+    )
+    parser.add_argument(
+        "--learning-rate", type=_positive_float, metavar="X", help=f"{key}.training.learning_rate"
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=_positive_int,
+        metavar="N",
+        help=f"stop after N updates ({key}.training.max_steps)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in the output folder",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="also write the adapter merged into its base to OUTPUT_DIR/merged",
+    )
+    parser.set_defaults(handler=run_train, section=section, command_name=name)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    key = f"transfer_learning.{args.section}"
+    return {
+        f"{key}.train_data": args.train_data,
+        f"{key}.eval_data": args.eval_data,
+        f"{key}.model_name": args.model_name,
+        f"{key}.output_dir": args.output_dir,
+        f"{key}.training.num_epochs": args.epochs,
+        f"{key}.training.batch_size": args.batch_size,
+        f"{key}.training.learning_rate": args.learning_rate,
+        f"{key}.training.max_steps": args.max_steps,
+    }
+
+
+def run_train(args: argparse.Namespace, config: ToolkitConfig) -> int:
+    apply_overrides(config, _overrides(args))
+    result = train_from_config(config, args.section, resume=args.resume, merge=args.merge)
+    data = result.data
+    eval_part = (
+        f", eval loss {result.eval_loss:.4f} (perplexity {result.eval_perplexity:.2f})"
+        if result.eval_loss is not None
+        else ""
+    )
+    stopped = " (stopped early)" if result.stopped_early else ""
+    print(
+        f"{args.command_name}: {result.global_step} steps{stopped}, train loss "
+        f"{result.train_loss:.4f}{eval_part}; {data['examples']} examples tokenised, "
+        f"{data['truncated']} truncated, {data['dropped_no_response']} dropped; adapter in "
+        f"{result.output_dir}"
+    )
+    return EXIT_OK
+
+
+def train_from_config(
+    config: ToolkitConfig, section: str, *, resume: bool = False, merge: bool = False
+):
+    """Read the data, train, and write the run folder; what train-lora/train-qlora do."""
+    from accelerate import PartialState
+    from transformers.utils import logging as hf_logging
+
+    from training_methods.lora_finetuner import LoRAFineTuner
+    from training_methods.merge import merge_adapter
+    from training_methods.qlora_finetuner import QLoRAFineTuner
+
+    hf_logging.set_verbosity_error()
+    tuner_class = QLoRAFineTuner if section == "qlora" else LoRAFineTuner
+    settings = getattr(config.transfer_learning, section)
+    tuner = tuner_class.from_config(config)
+    state = PartialState()
+    # Rank 0 builds the Arrow caches first; the other ranks then read them instead of racing.
+    with state.main_process_first():
+        train_rows = tuner.load_jsonl(settings.train_data)
+        eval_rows = None
+        if settings.eval_data:
+            eval_rows = tuner.load_jsonl(settings.eval_data)
+        elif settings.val_size > 0 and len(train_rows) >= 2:
+            held_out = max(1, round(settings.val_size * len(train_rows)))
+            split = train_rows.train_test_split(
+                test_size=min(held_out, len(train_rows) - 1), seed=config.common.seed
+            )
+            train_rows, eval_rows = split["train"], split["test"]
+        train_dataset = tuner.tokenize(train_rows, shuffle=True)
+        eval_dataset = tuner.tokenize(eval_rows) if eval_rows is not None else None
+    output_dir = Path(settings.output_dir)
+    result = tuner.train(
+        train_dataset,
+        eval_dataset,
+        output_dir,
+        resume=resume,
+        samples_from=eval_rows if eval_rows is not None else train_rows,
+    )
+    if merge and state.is_main_process:
+        merged = merge_adapter(output_dir, output_dir / "merged", force=True)
+        print(f"merged model: {merged}")
+    return result
+
+
+def add_merge_command(
+    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+) -> None:
+    parser = subparsers.add_parser(
+        "merge",
+        parents=[parent],
+        help="merge a LoRA/QLoRA adapter into its base model",
+        description="Merge an adapter into its base (reloaded in 16/32 bits, never 4 bits) and "
+        "save a model plain AutoModelForCausalLM.from_pretrained loads.",
+    )
+    parser.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder")
+    parser.add_argument("--output", required=True, metavar="DIR", help="merged model folder")
+    parser.add_argument(
+        "--base-model",
+        metavar="ID_OR_PATH",
+        help="base model (default: the one named in adapter_config.json)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="weight dtype of the merged model (default: float32)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.set_defaults(handler=run_merge)
+
+
+def run_merge(args: argparse.Namespace, config: ToolkitConfig) -> int:
+    from training_methods.merge import merge_adapter
+
+    merged = merge_adapter(
+        args.adapter, args.output, base_model=args.base_model, dtype=args.dtype, force=args.force
+    )
+    print(f"merge: wrote {merged}")
+    return EXIT_OK

@@ -1,0 +1,716 @@
+"""LoRA fine-tuning of Hugging Face causal LMs with peft and the Hugging Face Trainer.
+
+`LoRAFineTuner` holds the one LoRA implementation of the toolkit; `QLoRAFineTuner`
+(`qlora_finetuner.py`) only swaps the base-model loader for a 4-bit one. A run is:
+
+    tuner = LoRAFineTuner.from_config(config)            # tokenizer now, model on first use
+    train = tuner.prepare_dataset(texts)                 # or prepare_instruction_dataset / load_jsonl
+    result = tuner.train(train, eval_dataset, output_dir="outputs/lora")
+
+Why the Hugging Face Trainer and not TRL's SFTTrainer: the data side (chat templates, response-only
+labels, packing without cross-example attention) lives in `shared_utils/data_loader.py` where it is
+tested token by token, so the plain Trainer is all that is left to need, and it is one dependency
+fewer with a stable checkpoint/resume format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared_utils.config import LoraConfig, ToolkitConfig, dump_config
+from shared_utils.data_loader import DataLoaderFactory, detect_format, normalize_record
+from shared_utils.errors import ConfigurationError, DataValidationError, TrainingError
+from shared_utils.file_utils import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint"
+BEST_ADAPTER_DIR = "best_adapter"
+EARLY_STOPPING_STATE = "early_stopping.json"
+SAMPLE_MAX_NEW_TOKENS = 48
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading models and tokenizers
+# --------------------------------------------------------------------------------------------------
+
+
+def _model_not_found(model_name: str, exc: Exception) -> ConfigurationError:
+    return ConfigurationError(
+        f"model {model_name!r} could not be loaded ({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0] if str(exc) else 'not found'}) — give a local folder made with "
+        "save_pretrained or a hub id; offline, hub ids only work once cached "
+        "(`python main.py create-samples` builds data/models/tiny-llama)"
+    )
+
+
+def load_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_name)
+    except (OSError, ValueError) as exc:
+        raise _model_not_found(model_name, exc) from None
+
+
+def find_linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Names (last path component) of every linear layer except the output head.
+
+    Covers `torch.nn.Linear`, GPT-2's `Conv1D` (c_attn, c_proj, c_fc) and bitsandbytes'
+    `Linear4bit`/`Linear8bitLt`, which subclass `torch.nn.Linear`.
+    """
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    output_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = set()
+    for name, module in model.named_modules():
+        if module is output_head or not name:
+            continue
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
+            names.add(name.rsplit(".", 1)[-1])
+    names.discard("lm_head")
+    return sorted(names)
+
+
+def uses_conv1d(model: torch.nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(module, Conv1D) for module in model.modules())
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the GPU supports it, else fp16 on GPUs; fp32 on CPU and MPS."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+# --------------------------------------------------------------------------------------------------
+# Trainer pieces: NaN guard, metrics, early stopping
+# --------------------------------------------------------------------------------------------------
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class GuardedTrainer(Trainer):
+        """A Trainer that stops on a non-finite loss before the optimizer applies it."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: ANN001
+            import torch
+
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if not torch.isfinite(loss).all():
+                last = _last_checkpoint(Path(self.args.output_dir))
+                kept = f"last good checkpoint: {last}" if last else "no checkpoint was saved yet"
+                raise TrainingError(
+                    f"loss became {loss.item()} at step {self.state.global_step + 1} ({kept}) — "
+                    "lower training.learning_rate or check the data for broken records"
+                )
+            return loss
+
+    return GuardedTrainer
+
+
+def _callbacks(metrics_logger, early_stopping_config, model, output_dir: Path):
+    from transformers import TrainerCallback
+
+    from shared_utils.training_utils import EarlyStopping
+
+    class MetricsCallback(TrainerCallback):
+        """Trainer logs → MetricsLogger (metrics.jsonl, TensorBoard, W&B), perplexity added."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            if not state.is_world_process_zero or not logs:
+                return
+            values = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
+            evals = {k.removeprefix("eval_"): v for k, v in values.items() if k.startswith("eval_")}
+            if evals:
+                if "loss" in evals:
+                    evals["perplexity"] = _perplexity(evals["loss"])
+                metrics_logger.log(evals, step=state.global_step, split="eval")
+            trains = {k: v for k, v in values.items() if not k.startswith("eval_")}
+            if trains:
+                metrics_logger.log(trains, step=state.global_step, split="train")
+
+    class EarlyStoppingCallback(TrainerCallback):
+        """Stops after `patience` evaluations without improvement; keeps the best adapter."""
+
+        def __init__(self) -> None:
+            self.stopper = EarlyStopping(
+                patience=early_stopping_config.patience,
+                min_delta=early_stopping_config.min_delta,
+                mode="min",
+            )
+            self.stopped_early = False
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
+            if not metrics or "eval_loss" not in metrics:
+                return
+            should_stop = self.stopper.step(float(metrics["eval_loss"]), state.global_step)
+            if self.stopper.improved and state.is_world_process_zero:
+                model.save_pretrained(output_dir / BEST_ADAPTER_DIR)
+            if should_stop and early_stopping_config.enabled:
+                self.stopped_early = True
+                control.should_training_stop = True
+
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            if state.is_world_process_zero:
+                folder = output_dir / f"{CHECKPOINT_PREFIX}-{state.global_step}"
+                if folder.is_dir():
+                    atomic_write_json(folder / EARLY_STOPPING_STATE, self.stopper.state_dict())
+
+    return MetricsCallback(), EarlyStoppingCallback()
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+def _last_checkpoint(output_dir: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not output_dir.is_dir():
+        return None
+    found = get_last_checkpoint(str(output_dir))
+    return Path(found) if found else None
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# The fine-tuner
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced; also written as training_summary.json."""
+
+    output_dir: str
+    global_step: int
+    train_loss: float | None
+    eval_loss: float | None
+    eval_perplexity: float | None
+    best_eval_loss: float | None
+    best_step: int | None
+    stopped_early: bool
+    restored_best: bool
+    resumed_from: str | None
+    train_runtime_s: float
+    train_samples_per_second: float | None
+    train_examples: int
+    eval_examples: int
+    peak_rss_mb: float
+    cuda_peak_allocated_mb: float | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class LoRAFineTuner:
+    """LoRA adapters on a causal LM, trained with the Hugging Face Trainer."""
+
+    quantized = False
+    section = "lora"
+
+    def __init__(
+        self,
+        model_name: str,
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.1,
+        target_modules: str | Sequence[str] = "auto",
+        *,
+        max_length: int = 512,
+        train_on_prompt: bool = False,
+        packing: bool = False,
+        config: ToolkitConfig | None = None,
+    ) -> None:
+        from shared_utils.training_utils import resolve_device
+
+        self.config = config if config is not None else ToolkitConfig()
+        self.model_name = model_name
+        self.lora_r = lora_r
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
+        self.target_modules = target_modules
+        self.max_length = max_length
+        self.device = resolve_device(self.config.common.device)
+        self.tokenizer = load_tokenizer(model_name)
+        self.data = DataLoaderFactory(
+            self.tokenizer,
+            max_length,
+            train_on_prompt=train_on_prompt,
+            packing=packing,
+            seed=self.config.common.seed,
+        )
+        self._model: PreTrainedModel | None = None
+
+    @classmethod
+    def from_config(cls, config: ToolkitConfig) -> LoRAFineTuner:
+        """A fine-tuner with every setting from `transfer_learning.<lora|qlora>` of `config`."""
+        section: LoraConfig = getattr(config.transfer_learning, cls.section)
+        return cls(
+            section.model_name,
+            lora_r=section.lora_r,
+            lora_alpha=section.lora_alpha,
+            lora_dropout=section.lora_dropout,
+            target_modules=section.target_modules,
+            max_length=section.max_length,
+            train_on_prompt=section.train_on_prompt,
+            packing=section.packing,
+            config=config,
+        )
+
+    @property
+    def section_config(self) -> LoraConfig:
+        return getattr(self.config.transfer_learning, self.section)
+
+    # ---------------------------------------------------------------------------- model
+
+    @property
+    def model(self) -> PreTrainedModel:
+        """The peft model; the base is loaded on first use."""
+        if self._model is None:
+            self._model = self._wrap_with_lora(self._load_base_model())
+        return self._model
+
+    def _load_base_model(self) -> PreTrainedModel:
+        from transformers import AutoModelForCausalLM
+
+        dtype = autocast_dtype(self.device)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise _model_not_found(self.model_name, exc) from None
+        return model
+
+    def resolved_target_modules(self, model: torch.nn.Module) -> list[str]:
+        if self.target_modules == "auto":
+            names = find_linear_module_names(model)
+            if not names:
+                raise ConfigurationError(
+                    f"target_modules: auto found no linear layer in {self.model_name!r} — list the "
+                    f"module names in transfer_learning.{self.section}.target_modules"
+                )
+            return names
+        wanted = (
+            [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+        )
+        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [name for name in wanted if name not in present]
+        if missing:
+            raise ConfigurationError(
+                f"transfer_learning.{self.section}.target_modules: {', '.join(missing)} not in "
+                f"{self.model_name!r}; its linear layers are "
+                f"{', '.join(find_linear_module_names(model))} (or use auto)"
+            )
+        return list(wanted)
+
+    def _wrap_with_lora(self, model: PreTrainedModel) -> PreTrainedModel:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        peft_config = PeftLoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.resolved_target_modules(model),
+            fan_in_fan_out=uses_conv1d(model),  # GPT-2's Conv1D stores weights transposed
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        if self.section_config.training.gradient_checkpointing:
+            model.enable_input_require_grads()  # gradients must reach the frozen embeddings' output
+        peft_model = get_peft_model(model, peft_config)
+        trainable, total = peft_model.get_nb_trainable_parameters()
+        logger.info(
+            "LoRA r=%d alpha=%d on %s: %d trainable of %d parameters (%.2f%%)",
+            self.lora_r,
+            self.lora_alpha,
+            ", ".join(peft_config.target_modules),
+            trainable,
+            total,
+            100.0 * trainable / max(total, 1),
+        )
+        return peft_model
+
+    # ---------------------------------------------------------------------------- data
+
+    def prepare_dataset(self, texts: Sequence[str], max_length: int | None = None):
+        """Plain texts for causal-LM training: every token is learned, EOS appended."""
+        rows = [
+            {"prompt": "", "completion": text, "messages": []} for text in texts if text.strip()
+        ]
+        return self._dataset_from_rows(rows, max_length)
+
+    def prepare_instruction_dataset(self, instructions: Sequence[Mapping[str, Any]]):
+        """Alpaca, chat, prompt/completion or text records: loss on the responses only."""
+        rows = []
+        for index, record in enumerate(instructions):
+            where = f"instructions[{index}]"
+            record_format = detect_format(record)
+            if record_format is None:
+                raise DataValidationError(
+                    f"{where}: a record the trainer cannot use (keys: {', '.join(sorted(record))})"
+                )
+            row = normalize_record(record, record_format, where)
+            if row is not None:
+                rows.append(row)
+        return self._dataset_from_rows(rows)
+
+    def load_jsonl(self, path: str | Path) -> datasets.Dataset:
+        """Normalised rows of a JSONL file (streamed into the Arrow cache), not yet tokenised."""
+        return self.data.load_rows(path)
+
+    def tokenize(self, rows: datasets.Dataset, *, shuffle: bool = False) -> datasets.Dataset:
+        return self.data.build_dataset(rows, shuffle=shuffle)
+
+    def _dataset_from_rows(self, rows: list[dict[str, Any]], max_length: int | None = None):
+        import datasets
+
+        if not rows:
+            raise DataValidationError("no usable record: every text or response is empty")
+        if max_length is not None and max_length != self.data.max_length:
+            self.data.max_length = max_length
+            self.data.example_tokenizer.max_length = max_length
+        features = datasets.Features(
+            {
+                "prompt": datasets.Value("string"),
+                "completion": datasets.Value("string"),
+                "messages": datasets.List(
+                    {"role": datasets.Value("string"), "content": datasets.Value("string")}
+                ),
+            }
+        )
+        table = datasets.Dataset.from_list(rows, features=features)
+        return self.data.build_dataset(table, shuffle=True)
+
+    # ---------------------------------------------------------------------------- training
+
+    def training_arguments(self, output_dir: Path, has_eval: bool):
+        from transformers import TrainingArguments
+
+        training = self.section_config.training
+        device_type = self.device.type
+        dtype = autocast_dtype(self.device)
+        import torch
+
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            num_train_epochs=training.num_epochs,
+            max_steps=training.max_steps,
+            per_device_train_batch_size=training.batch_size,
+            per_device_eval_batch_size=training.batch_size,
+            gradient_accumulation_steps=training.gradient_accumulation_steps,
+            learning_rate=training.learning_rate,
+            weight_decay=training.weight_decay,
+            warmup_steps=training.warmup_ratio,  # a float below 1 is a share of the total steps
+            lr_scheduler_type=training.lr_scheduler_type,
+            max_grad_norm=training.max_grad_norm,
+            optim=self.optimizer_name(),
+            logging_steps=training.logging_steps,
+            logging_first_step=True,
+            activation_checkpointing=training.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False},
+            train_sampling_strategy=(
+                "group_by_length"
+                if training.group_by_length and not self.data.packing
+                else "random"
+            ),
+            length_column_name="length",
+            save_strategy="steps",
+            save_steps=self.config.checkpoint.save_steps,
+            save_total_limit=self.config.checkpoint.max_checkpoints,
+            eval_strategy="steps" if has_eval else "no",
+            eval_steps=self.config.evaluation.eval_frequency,
+            seed=self.config.common.seed,
+            data_seed=self.config.common.seed,
+            bf16=device_type == "cuda" and dtype == torch.bfloat16,
+            fp16=device_type == "cuda" and dtype == torch.float16,
+            use_cpu=device_type == "cpu",
+            report_to="none",  # MetricsLogger does TensorBoard and W&B itself
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            disable_tqdm=False,
+        )
+
+    def optimizer_name(self) -> str:
+        optim = self.section_config.training.optim
+        if optim == "auto":
+            return "adamw_torch"
+        return optim
+
+    def train(
+        self,
+        train_dataset: datasets.Dataset,
+        eval_dataset: datasets.Dataset | None = None,
+        output_dir: str | Path | None = None,
+        *,
+        resume: bool = False,
+        samples_from: datasets.Dataset | None = None,
+    ) -> TrainResult:
+        """Train the adapter and write it with its metrics, plot and samples to `output_dir`."""
+        import torch
+        from transformers.trainer_utils import set_seed
+
+        from shared_utils.training_utils import (
+            MetricsLogger,
+            cuda_peak_allocated_mb,
+            peak_rss_mb,
+        )
+
+        output_dir = Path(output_dir or self.section_config.output_dir)
+        resume_checkpoint = self._checkpoint_to_resume(output_dir, resume)
+        set_seed(self.config.common.seed)
+        args = self.training_arguments(output_dir, has_eval=eval_dataset is not None)
+        is_main = args.process_index == 0
+        metrics_logger = (
+            MetricsLogger(
+                output_dir,
+                self.config.logging,
+                run_name=f"train-{self.section}",
+                config=json.loads(json.dumps(_config_dict(self.config), default=str)),
+                resume_from_step=_checkpoint_step(resume_checkpoint) if resume_checkpoint else None,
+            )
+            if is_main
+            else _NullLogger()
+        )
+        metrics_callback, stopping = _callbacks(
+            metrics_logger, self.config.early_stopping, self.model, output_dir
+        )
+        if resume_checkpoint is not None:
+            state_file = resume_checkpoint / EARLY_STOPPING_STATE
+            if state_file.is_file():
+                stopping.stopper.load_state_dict(json.loads(state_file.read_text()))
+        trainer = _trainer_class()(
+            model=self.model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=self.data.collator,
+            callbacks=[metrics_callback, stopping],
+        )
+        started = time.monotonic()
+        try:
+            output = trainer.train(
+                resume_from_checkpoint=str(resume_checkpoint) if resume_checkpoint else None
+            )
+        except KeyboardInterrupt:
+            if trainer.state.global_step > 0:
+                trainer._save_checkpoint(trainer.model, trial=None)  # resumable, like save_steps
+                logger.warning(
+                    "interrupted: checkpoint saved at step %d in %s; continue with --resume",
+                    trainer.state.global_step,
+                    output_dir,
+                )
+            metrics_logger.close()
+            raise
+        except torch.cuda.OutOfMemoryError:
+            metrics_logger.close()
+            raise TrainingError(
+                f"CUDA out of memory with batch_size={self.section_config.training.batch_size} "
+                f"and max_length={self.max_length} — lower transfer_learning.{self.section}."
+                "training.batch_size (raise gradient_accumulation_steps to keep the effective "
+                "batch), set training.gradient_checkpointing: true, or use train-qlora"
+            ) from None
+        except Exception:
+            metrics_logger.close()
+            raise
+        runtime = time.monotonic() - started
+
+        restored = False
+        best_dir = output_dir / BEST_ADAPTER_DIR
+        if self.config.early_stopping.restore_best_weights and best_dir.is_dir():
+            restored = self._restore_adapter(best_dir)
+        final_eval = trainer.evaluate() if eval_dataset is not None else {}
+        if final_eval and is_main:
+            metrics_logger.log(
+                {
+                    "loss": final_eval["eval_loss"],
+                    "perplexity": _perplexity(final_eval["eval_loss"]),
+                },
+                step=trainer.state.global_step,
+                split="final_eval",
+            )
+        result = TrainResult(
+            output_dir=str(output_dir),
+            global_step=trainer.state.global_step,
+            train_loss=output.metrics.get("train_loss"),
+            eval_loss=final_eval.get("eval_loss"),
+            eval_perplexity=(
+                _perplexity(final_eval["eval_loss"]) if "eval_loss" in final_eval else None
+            ),
+            best_eval_loss=stopping.stopper.best,
+            best_step=stopping.stopper.best_step,
+            stopped_early=stopping.stopped_early,
+            restored_best=restored,
+            resumed_from=str(resume_checkpoint) if resume_checkpoint else None,
+            train_runtime_s=round(runtime, 3),
+            train_samples_per_second=output.metrics.get("train_samples_per_second"),
+            train_examples=len(train_dataset),
+            eval_examples=len(eval_dataset) if eval_dataset is not None else 0,
+            peak_rss_mb=round(peak_rss_mb(), 1),
+            cuda_peak_allocated_mb=cuda_peak_allocated_mb(),
+            data={
+                "files": [asdict(stats) for stats in self.data.read_stats],
+                **self.data.tokenize_stats.as_dict(),
+            },
+        )
+        if is_main:
+            self._write_outputs(output_dir, result, metrics_logger, samples_from)
+        metrics_logger.close()
+        if args.world_size > 1:
+            logger.warning(
+                "rank %d of %d: trained %d steps",
+                args.process_index,
+                args.world_size,
+                trainer.state.global_step,
+            )
+        return result
+
+    def _checkpoint_to_resume(self, output_dir: Path, resume: bool) -> Path | None:
+        last = _last_checkpoint(output_dir)
+        if resume:
+            if last is None:
+                raise ConfigurationError(
+                    f"--resume: no {CHECKPOINT_PREFIX}-* folder in {output_dir} — run without "
+                    "--resume to start training, or point --output-dir at the earlier run"
+                )
+            return last
+        if last is not None:
+            raise ConfigurationError(
+                f"{output_dir} holds checkpoints of an earlier run ({last.name}) — pass --resume "
+                "to continue it, or choose another --output-dir"
+            )
+        return None
+
+    def _restore_adapter(self, adapter_dir: Path) -> bool:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = adapter_dir / "adapter_model.safetensors"
+        if not weights.is_file():
+            return False
+        set_peft_model_state_dict(self.model, load_file(str(weights)))
+        return True
+
+    def _write_outputs(
+        self,
+        output_dir: Path,
+        result: TrainResult,
+        metrics_logger,
+        sample_source: datasets.Dataset | None,
+    ) -> None:
+        self.model.save_pretrained(output_dir)  # adapter_model.safetensors + adapter_config.json
+        self.tokenizer.save_pretrained(output_dir)
+        atomic_write_text(output_dir / "resolved_config.yaml", dump_config(self.config))
+        atomic_write_json(output_dir / "training_summary.json", asdict(result))
+        metrics_logger.plot(
+            output_dir / "loss.png",
+            series=[("train", "loss"), ("eval", "loss")],
+            title=f"train-{self.section}: {self.model_name}",
+            ylabel="loss",
+        )
+        prompts = self.sample_prompts(sample_source, self.config.evaluation.num_samples)
+        if prompts:
+            generations = self.generate(prompts)
+            blocks = [
+                f"### Prompt {i}\n{prompt}\n### Generation\n{text}\n"
+                for i, (prompt, text) in enumerate(zip(prompts, generations, strict=True), 1)
+            ]
+            atomic_write_text(output_dir / "samples.txt", "\n".join(blocks))
+
+    # ---------------------------------------------------------------------------- generation
+
+    def sample_prompts(self, rows: datasets.Dataset | None, count: int) -> list[str]:
+        """Up to `count` prompts from normalised rows: the conversation up to its first response,
+        or the first words of a text."""
+        if rows is None or count <= 0 or "messages" not in rows.column_names:
+            return []
+        prompts = []
+        for row in rows.select(range(min(count, len(rows)))):
+            messages = row["messages"]
+            if messages:
+                first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+                prompts.append(
+                    self.tokenizer.apply_chat_template(
+                        messages[:first], tokenize=False, add_generation_prompt=True
+                    )
+                )
+            else:
+                words = (row["prompt"] + row["completion"]).split()
+                prompts.append(" ".join(words[:12]))
+        return prompts
+
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int = SAMPLE_MAX_NEW_TOKENS
+    ) -> list[str]:
+        """Greedy continuations of `prompts`, without the prompt text."""
+        import torch
+
+        model = self.model
+        was_training = model.training
+        model.eval()
+        outputs = []
+        bos = self.tokenizer.bos_token
+        try:
+            for prompt in prompts:
+                encoded = self.tokenizer(
+                    prompt,
+                    return_tensors="pt",
+                    add_special_tokens=not (bos and prompt.startswith(bos)),
+                ).to(model.device)
+                with torch.no_grad():
+                    generated = model.generate(
+                        **encoded,
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                    )
+                new_tokens = generated[0, encoded["input_ids"].shape[1] :]
+                outputs.append(self.tokenizer.decode(new_tokens, skip_special_tokens=True))
+        finally:
+            model.train(was_training)
+        return outputs
+
+
+class _NullLogger:
+    """Stands in for MetricsLogger on the non-main processes of a distributed run."""
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def plot(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def _config_dict(config: ToolkitConfig) -> dict[str, Any]:
+    from shared_utils.config import config_to_dict
+
+    return config_to_dict(config)
+
+
+def world_rank() -> int:
+    """This process's rank under `accelerate launch`/torchrun (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
