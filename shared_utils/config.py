@@ -182,7 +182,16 @@ class TrainingConfig:
     gradient_checkpointing: bool = _help(
         "Trade compute for memory by recomputing activations.", False
     )
-    optim: str = _help("Optimizer name as Hugging Face Trainer knows it.", "adamw_torch")
+    optim: str = _help(
+        "Optimizer name as Hugging Face Trainer knows it; auto is adamw_torch, and "
+        "paged_adamw_8bit for QLoRA on CUDA.",
+        "auto",
+    )
+    group_by_length: bool = _help(
+        "Batch examples of similar length together so dynamic padding adds few pad tokens "
+        "(ignored with packing).",
+        True,
+    )
 
 
 @dataclass
@@ -239,10 +248,16 @@ class TransferLearningConfig:
 
 @dataclass
 class PPOConfig:
-    state_dim: int | None = _help("Observation size; taken from the environment when null.", None)
-    action_dim: int | None = _help("Number of actions; taken from the environment when null.", None)
-    hidden_dim: int = _help("Width of the hidden layers.", 64)
-    learning_rate: float = _help("Adam learning rate (linearly annealed).", 3e-4)
+    state_dim: int | None = _help(
+        "Observation size; null takes it from the environment, a number must match it.", None
+    )
+    action_dim: int | None = _help(
+        "Number of actions (Discrete) or action dimensions (Box); null takes it from the "
+        "environment, a number must match it.",
+        None,
+    )
+    hidden_dim: int = _help("Width of the two tanh hidden layers of actor and critic.", 64)
+    learning_rate: float = _help("Adam learning rate (annealed linearly with anneal_lr).", 3e-4)
     gamma: float = _help("Discount factor.", 0.99)
     gae_lambda: float = _help("GAE lambda.", 0.95)
     eps_clip: float = _help("PPO clip range of the probability ratio.", 0.2)
@@ -250,31 +265,116 @@ class PPOConfig:
     batch_size: int = _help("Minibatch size.", 64)
     entropy_coef: float = _help("Entropy bonus weight.", 0.0)
     value_coef: float = _help("Value loss weight.", 0.5)
+    num_envs: int = _help(
+        "Environments collected in parallel through the vector-env interface (--num-envs).", 8
+    )
+    max_grad_norm: float | None = _help(
+        "Clip the global gradient norm to this; null disables clipping.", 0.5
+    )
+    clip_value_loss: bool = _help(
+        "Clip each value update to eps_clip around the rollout's value estimate.", False
+    )
+    target_kl: float | None = _help(
+        "Stop an update early when the approximate KL to the rollout policy exceeds 1.5x this; "
+        "null never stops early.",
+        None,
+    )
+    anneal_lr: bool = _help(
+        "Anneal the learning rate linearly to 0 over the training budget.", True
+    )
+    normalize_observations: bool = _help(
+        "Normalise observations with running mean and variance (saved with the checkpoint).", False
+    )
+    normalize_rewards: bool = _help(
+        "Scale rewards by the running standard deviation of the discounted return.", False
+    )
+    shared_features: bool = _help(
+        "Actor and critic share their feature layers (false: separate networks).", False
+    )
 
 
 @dataclass
 class DQNConfig:
-    state_dim: int | None = _help("Observation size; taken from the environment when null.", None)
-    action_dim: int | None = _help("Number of actions; taken from the environment when null.", None)
-    hidden_dim: int = _help("Width of the hidden layers.", 256)
+    state_dim: int | None = _help(
+        "Observation size; null takes it from the environment, a number must match it.", None
+    )
+    action_dim: int | None = _help(
+        "Number of actions; null takes it from the environment, a number must match it.", None
+    )
+    hidden_dim: int = _help("Width of the two ReLU hidden layers.", 256)
     learning_rate: float = _help("Adam learning rate.", 1e-3)
     gamma: float = _help("Discount factor.", 0.99)
     epsilon_start: float = _help("Exploration rate at the start.", 1.0)
     epsilon_end: float = _help("Exploration rate floor.", 0.01)
-    epsilon_decay: float = _help("Multiplicative epsilon decay per update.", 0.995)
+    epsilon_decay: float = _help(
+        "Multiplicative epsilon decay per update (exponential schedule).", 0.995
+    )
+    epsilon_schedule: Literal["exponential", "linear"] = _help(
+        "exponential: epsilon *= epsilon_decay after each update; linear: from epsilon_start to "
+        "epsilon_end over exploration_steps environment steps.",
+        "exponential",
+    )
+    exploration_steps: int = _help(
+        "Environment steps over which the linear schedule lowers epsilon.", 10_000
+    )
     buffer_size: int = _help("Replay buffer capacity.", 100_000)
     batch_size: int = _help("Replay minibatch size.", 64)
     target_update: int = _help("Updates between target-network syncs.", 10)
+    tau: float = _help(
+        "Target sync weight: 1 copies the online network (hard update), less moves the target "
+        "that fraction of the way (soft update).",
+        1.0,
+    )
     use_dueling: bool = _help("Dueling value/advantage heads.", True)
+    double_dqn: bool = _help(
+        "Double DQN targets: the online network picks the next action, the target evaluates it.",
+        True,
+    )
+    learning_starts: int = _help("Environment steps of random play before the first update.", 1000)
+    train_freq: int = _help("Environment steps between training phases.", 4)
+    gradient_steps: int = _help("Updates (gradient steps) per training phase.", 1)
+    max_grad_norm: float | None = _help(
+        "Clip the global gradient norm to this; null disables clipping.", 10.0
+    )
+    num_envs: int = _help(
+        "Environments collected in parallel through the vector-env interface (--num-envs).", 1
+    )
 
 
 @dataclass
 class RLTrainingConfig:
-    env_id: str = _help("Gymnasium environment id.", "CartPole-v1")
-    max_episodes: int = _help("Episodes to train for.", 1000)
-    max_steps_per_episode: int = _help("Cut an episode after this many steps.", 500)
-    update_frequency: int = _help("Environment steps between updates.", 2048)
-    save_frequency: int = _help("Episodes between checkpoints.", 100)
+    env_id: str = _help("Gymnasium environment id (--env).", "CartPole-v1")
+    total_timesteps: int | None = _help(
+        "Environment steps to train for (--total-timesteps); null trains for max_episodes "
+        "episodes instead.",
+        None,
+    )
+    max_episodes: int = _help(
+        "Episodes to train for (--episodes) when total_timesteps is null.", 1000
+    )
+    max_steps_per_episode: int | None = _help(
+        "Cut an episode after this many steps (a time-limit truncation) when the environment's "
+        "own limit is longer; null keeps the environment's limit.",
+        500,
+    )
+    update_frequency: int = _help(
+        "PPO: environment steps, all environments together, collected between updates (the "
+        "rollout; rounded down to a multiple of ppo.num_envs). DQN uses dqn.train_freq.",
+        2048,
+    )
+    save_frequency: int = _help(
+        "Episodes between periodic checkpoints (at most checkpoint.max_checkpoints are kept).", 100
+    )
+    eval_every_steps: int = _help(
+        "Environment steps between deterministic evaluations of evaluation.eval_episodes "
+        "episodes; the best one is saved as best_model.pt. 0 evaluates only at the end.",
+        10_000,
+    )
+    vector_env: Literal["sync", "async"] = _help(
+        "Vector-env backend: sync steps the environments in this process, async in one "
+        "subprocess each (only worth it for slow environments).",
+        "sync",
+    )
 
 
 @dataclass
@@ -282,6 +382,71 @@ class ReinforcementLearningConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     dqn: DQNConfig = field(default_factory=DQNConfig)
     training: RLTrainingConfig = field(default_factory=RLTrainingConfig)
+
+    def check(self) -> None:
+        """Range checks the types alone cannot express; raises ConfigurationError naming the key."""
+        ppo, dqn, run = self.ppo, self.dqn, self.training
+
+        def positive_or_null(value: float | None) -> bool:
+            return value is None or value > 0
+
+        rules = [
+            ("ppo.hidden_dim", ppo.hidden_dim >= 1, "must be at least 1"),
+            ("ppo.learning_rate", ppo.learning_rate > 0, "must be more than 0"),
+            ("ppo.gamma", 0 <= ppo.gamma <= 1, "must be in [0, 1]"),
+            ("ppo.gae_lambda", 0 <= ppo.gae_lambda <= 1, "must be in [0, 1]"),
+            ("ppo.eps_clip", ppo.eps_clip > 0, "must be more than 0"),
+            ("ppo.k_epochs", ppo.k_epochs >= 1, "must be at least 1"),
+            ("ppo.batch_size", ppo.batch_size >= 1, "must be at least 1"),
+            ("ppo.num_envs", ppo.num_envs >= 1, "must be at least 1"),
+            ("ppo.max_grad_norm", positive_or_null(ppo.max_grad_norm), "must be > 0 or null"),
+            ("ppo.target_kl", positive_or_null(ppo.target_kl), "must be > 0 or null"),
+            ("dqn.hidden_dim", dqn.hidden_dim >= 1, "must be at least 1"),
+            ("dqn.learning_rate", dqn.learning_rate > 0, "must be more than 0"),
+            ("dqn.gamma", 0 <= dqn.gamma <= 1, "must be in [0, 1]"),
+            ("dqn.epsilon_start", 0 <= dqn.epsilon_start <= 1, "must be in [0, 1]"),
+            (
+                "dqn.epsilon_end",
+                0 <= dqn.epsilon_end <= dqn.epsilon_start,
+                "must be in [0, epsilon_start]",
+            ),
+            ("dqn.epsilon_decay", 0 < dqn.epsilon_decay <= 1, "must be in (0, 1]"),
+            ("dqn.exploration_steps", dqn.exploration_steps >= 0, "must be 0 or more"),
+            ("dqn.batch_size", dqn.batch_size >= 1, "must be at least 1"),
+            ("dqn.buffer_size", dqn.buffer_size >= dqn.batch_size, "must be >= dqn.batch_size"),
+            ("dqn.target_update", dqn.target_update >= 1, "must be at least 1"),
+            ("dqn.tau", 0 < dqn.tau <= 1, "must be in (0, 1]"),
+            ("dqn.learning_starts", dqn.learning_starts >= 0, "must be 0 or more"),
+            ("dqn.train_freq", dqn.train_freq >= 1, "must be at least 1"),
+            ("dqn.gradient_steps", dqn.gradient_steps >= 1, "must be at least 1"),
+            ("dqn.max_grad_norm", positive_or_null(dqn.max_grad_norm), "must be > 0 or null"),
+            ("dqn.num_envs", dqn.num_envs >= 1, "must be at least 1"),
+            (
+                "training.total_timesteps",
+                positive_or_null(run.total_timesteps),
+                "must be > 0 or null",
+            ),
+            ("training.max_episodes", run.max_episodes >= 1, "must be at least 1"),
+            (
+                "training.max_steps_per_episode",
+                positive_or_null(run.max_steps_per_episode),
+                "must be > 0 or null",
+            ),
+            (
+                "training.update_frequency",
+                run.update_frequency >= ppo.num_envs,
+                "must be at least ppo.num_envs",
+            ),
+            ("training.save_frequency", run.save_frequency >= 1, "must be at least 1"),
+            ("training.eval_every_steps", run.eval_every_steps >= 0, "must be 0 or more"),
+        ]
+        for key, ok, rule in rules:
+            if not ok:
+                section, name = key.split(".")
+                value = getattr(getattr(self, section), name)
+                raise ConfigurationError(
+                    f"config key 'reinforcement_learning.{key}' is {value!r}; it {rule}."
+                )
 
 
 # --------------------------------------------------------------------------------------------------

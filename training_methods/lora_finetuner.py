@@ -4,7 +4,7 @@
 (`qlora_finetuner.py`) only swaps the base-model loader for a 4-bit one. A run is:
 
     tuner = LoRAFineTuner.from_config(config)            # tokenizer now, model on first use
-    train = tuner.prepare_dataset(texts)                 # or prepare_instruction_dataset / load_jsonl
+    train = tuner.prepare_dataset(texts)       # or prepare_instruction_dataset, load_jsonl
     result = tuner.train(train, eval_dataset, output_dir="outputs/lora")
 
 Why the Hugging Face Trainer and not TRL's SFTTrainer: the data side (chat templates, response-only

@@ -62,7 +62,8 @@ def merge_adapter(
         )
     if output_dir.exists() and any(output_dir.iterdir()) and not force:
         raise ConfigurationError(
-            f"{output_dir} already exists and is not empty — choose another --output or pass --force"
+            f"{output_dir} already exists and is not empty — choose another --output or pass "
+            "--force"
         )
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
