@@ -337,6 +337,9 @@ class LoRAFineTuner:
             bias="none",
             task_type="CAUSAL_LM",
         )
+        # Training needs no KV cache, and packed rows need its absence: without a cache,
+        # transformers derives a per-example causal mask from the restarting position ids.
+        model.config.use_cache = False
         if self.section_config.training.gradient_checkpointing:
             model.enable_input_require_grads()  # gradients must reach the frozen embeddings' output
         peft_model = get_peft_model(model, peft_config)
@@ -466,8 +469,13 @@ class LoRAFineTuner:
         *,
         resume: bool = False,
         samples_from: datasets.Dataset | None = None,
+        callbacks: Sequence[Any] = (),
     ) -> TrainResult:
-        """Train the adapter and write it with its metrics, plot and samples to `output_dir`."""
+        """Train the adapter and write it with its metrics, plot and samples to `output_dir`.
+
+        `samples_from` holds normalised rows whose prompts seed samples.txt; `callbacks` are extra
+        `transformers.TrainerCallback`s.
+        """
         import torch
         from transformers.trainer_utils import set_seed
 
@@ -506,7 +514,7 @@ class LoRAFineTuner:
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             data_collator=self.data.collator,
-            callbacks=[metrics_callback, stopping],
+            callbacks=[metrics_callback, stopping, *callbacks],
         )
         started = time.monotonic()
         try:

@@ -70,6 +70,7 @@ def merge_adapter(
     except (OSError, ValueError) as exc:
         raise _model_not_found(base, exc) from None
     model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    model.config.use_cache = True  # training switched the KV cache off; inference wants it
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)

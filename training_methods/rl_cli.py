@@ -1,11 +1,184 @@
-"""Placeholder: filled in by its command's implementation."""
+"""Command-line commands of reinforcement learning: `train-rl` and `evaluate-rl`.
+
+Flags override the `reinforcement_learning` section of the config. torch and gymnasium are
+imported inside the handlers, so `python main.py --help` stays instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from shared_utils.config import ToolkitConfig, apply_overrides
+from shared_utils.errors import EXIT_OK
 
 
 def register_commands(
     subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
 ) -> None:
-    """Registers nothing yet."""
+    add_train_rl_command(subparsers, parent)
+    add_evaluate_rl_command(subparsers, parent)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# train-rl
+# --------------------------------------------------------------------------------------------------
+
+
+def add_train_rl_command(
+    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+) -> None:
+    parser = subparsers.add_parser(
+        "train-rl",
+        parents=[parent],
+        help="train a PPO or DQN agent on a gymnasium environment",
+        description="Train PPO (Discrete or Box actions) or DQN (Discrete actions) on any "
+        "registered gymnasium environment. Writes checkpoints, best_model.pt, final_model.pt, "
+        "metrics.jsonl, TensorBoard events, returns.png, summary.json and resolved_config.yaml "
+        "to the output folder. Flags override the reinforcement_learning section of the config; "
+        "tuned settings ship in configs/rl/<env>.yaml.",
+        epilog="Example: python main.py train-rl --algorithm ppo --env CartPole-v1 "
+        "--config configs/rl/CartPole-v1.yaml. Exit statuses: 0 trained; 1 training failed "
+        "(e.g. a non-finite loss); 2 usage or config error; 130 interrupted (a checkpoint was "
+        "saved: continue with --resume).",
+    )
+    parser.add_argument(
+        "--algorithm", required=True, choices=["ppo", "dqn"], help="the agent to train"
+    )
+    parser.add_argument("--env", metavar="ID", help="gymnasium environment id (default: config)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--total-timesteps",
+        metavar="N",
+        type=_positive_int,
+        help="train for N environment steps",
+    )
+    budget.add_argument(
+        "--episodes", metavar="N", type=_positive_int, help="train for N episodes instead"
+    )
+    parser.add_argument("--seed", type=_int, help="random seed (default: common.seed)")
+    parser.add_argument(
+        "--num-envs", metavar="K", type=_positive_int, help="environments run in parallel"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help="where to write (default: <common.output_dir>/rl/<algorithm>-<env>-seed<seed>)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output-dir from its latest checkpoint",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar, even on a terminal"
+    )
+    parser.set_defaults(handler=run_train_rl)
+
+
+def run_train_rl(args: argparse.Namespace, config: ToolkitConfig) -> int:
+    from training_methods.reinforcement_learning.trainer import train
+
+    training = "reinforcement_learning.training"
+    apply_overrides(
+        config,
+        {
+            f"{training}.env_id": args.env,
+            f"{training}.total_timesteps": args.total_timesteps,
+            f"{training}.max_episodes": args.episodes,
+            "common.seed": args.seed,
+            f"reinforcement_learning.{args.algorithm}.num_envs": args.num_envs,
+        },
+    )
+    if args.episodes is not None:  # an episode budget replaces a step budget from the config
+        config.reinforcement_learning.training.total_timesteps = None
+    env_id = config.reinforcement_learning.training.env_id
+    output_dir = args.output_dir or (
+        Path(config.common.output_dir)
+        / "rl"
+        / f"{args.algorithm}-{env_id.replace('/', '_')}-seed{config.common.seed}"
+    )
+    summary = train(
+        config,
+        args.algorithm,
+        output_dir,
+        resume=args.resume,
+        show_progress=False if args.no_progress else None,
+    )
+    final, best = summary["final_eval"], summary["best_eval"]
+    print(
+        f"train-rl: {args.algorithm} on {env_id}, {summary['steps']:,} steps "
+        f"({summary['episodes']:,} episodes) in {summary['train_seconds']:.1f} s "
+        f"({summary['steps_per_second']:,.0f} steps/s); final eval {final['mean_return']:.1f} "
+        f"± {final['std_return']:.1f}, best {best['mean_return']:.1f} at step "
+        f"{best['step']:,}; written to {output_dir} (best_model.pt, final_model.pt, "
+        "summary.json, returns.png)"
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluate-rl
+# --------------------------------------------------------------------------------------------------
+
+
+def add_evaluate_rl_command(
+    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+) -> None:
+    parser = subparsers.add_parser(
+        "evaluate-rl",
+        parents=[parent],
+        help="play deterministic episodes with a train-rl checkpoint",
+        description="Load a checkpoint written by train-rl and play deterministic episodes on "
+        "the environment it was trained on; prints the mean return.",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="best_model.pt, final_model.pt or checkpoints/step_*.pt of a train-rl run",
+    )
+    parser.add_argument(
+        "--episodes",
+        type=_positive_int,
+        metavar="N",
+        help="episodes to play (default: evaluation.eval_episodes)",
+    )
+    parser.add_argument("--seed", type=_int, help="seed of the episodes (default: common.seed)")
+    parser.set_defaults(handler=run_evaluate_rl)
+
+
+def run_evaluate_rl(args: argparse.Namespace, config: ToolkitConfig) -> int:
+    from training_methods.reinforcement_learning.trainer import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        args.episodes or config.evaluation.eval_episodes,
+        config.common.seed if args.seed is None else args.seed,
+        config.common.device,
+    )
+    print(
+        f"evaluate-rl: {result['algorithm']} on {result['env_id']} "
+        f"({result['trained_steps']:,} training steps), {result['episodes']} episodes: "
+        f"mean return {result['mean_return']:.1f} ± {result['std_return']:.1f} "
+        f"(min {result['min_return']:.1f}, max {result['max_return']:.1f})"
+    )
+    return EXIT_OK

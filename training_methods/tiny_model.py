@@ -6,6 +6,10 @@ the same `from_pretrained` call a hub id takes. The tokenizer follows the ChatML
 Qwen-style models: `<|im_start|>role\\n...<|im_end|>`, EOS is `<|im_end|>` (generation stops at the
 end of an assistant turn) and padding has its own `<|endoftext|>` token. Its pre-tokenizer is the
 GPT-2 byte-level regex, which llama.cpp knows as `gpt-2`.
+
+The weights are initialised wider than Llama's 0.02: with a frozen random output head of width
+0.02, no adapter can make the logits confident, and LoRA alone could not fit even a handful of
+sentences. With 0.1 a LoRA run on the sample data visibly learns in a minute on a CPU.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ def build_tiny_model(
     num_key_value_heads: int = 4,
     intermediate_size: int = 688,
     max_position_embeddings: int = 1024,
+    initializer_range: float = 0.1,
     seed: int = 0,
 ) -> Path:
     """Write a random tiny Llama and its tokenizer to `output_dir`; returns the folder."""
@@ -102,6 +107,7 @@ def build_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
