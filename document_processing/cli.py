@@ -188,6 +188,17 @@ def add_create_samples_command(
         default=Path("data/samples"),
         help="where to write (default: data/samples)",
     )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path("data/models/tiny-llama"),
+        metavar="DIR",
+        help="where to write the tiny Llama model the default config trains "
+        "(default: data/models/tiny-llama)",
+    )
+    parser.add_argument(
+        "--no-model", action="store_true", help="write only the documents and data sets"
+    )
     parser.set_defaults(handler=run_create_samples)
 
 
@@ -198,4 +209,12 @@ def run_create_samples(args: argparse.Namespace, config: ToolkitConfig) -> int:
     print(f"create-samples: wrote {len(written)} files to {args.output_dir}")
     for path in written:
         print(f"  {path}")
+    if not args.no_model:
+        from transformers.utils import logging as hf_logging
+
+        from training_methods.tiny_model import build_tiny_model
+
+        hf_logging.disable_progress_bar()
+        model_dir = build_tiny_model(args.model_dir, seed=config.common.seed)
+        print(f"create-samples: tiny Llama model (random weights) in {model_dir}")
     return EXIT_OK

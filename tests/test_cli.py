@@ -87,19 +87,26 @@ def test_ctrl_c_exits_130_without_traceback(
     assert err.strip() == "interrupted"
 
 
+TRAIN_ARGS = ["--train-data", "{tmp}/s/datasets/chat.jsonl", "--max-steps", "2"]
+
+
 @pytest.mark.parametrize(
     ("script", "args"),
     [
         ("create_samples.py", ["{tmp}/s"]),
         ("extract_documents.py", ["{tmp}/s/documents", "{tmp}/o"]),
+        ("train_lora.py", ["--model-name", "{model}", "--output-dir", "{tmp}/o", *TRAIN_ARGS]),
+        ("train_qlora.py", ["--model-name", "{model}", "--output-dir", "{tmp}/o", *TRAIN_ARGS]),
     ],
 )
-def test_scripts_are_thin_wrappers(tmp_path: Path, script: str, args: list[str]) -> None:
-    if script == "extract_documents.py":
+def test_scripts_are_thin_wrappers(
+    tmp_path: Path, script: str, args: list[str], tiny_llama: Path
+) -> None:
+    if script != "create_samples.py":
         from document_processing.samples import create_samples
 
         create_samples(tmp_path / "s")
-    argv = [a.format(tmp=tmp_path) for a in args]
+    argv = [a.format(tmp=tmp_path, model=tiny_llama) for a in args]
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / script), *argv, "--log-level", "WARNING"],
         cwd=tmp_path,  # the shipped config is found from the repo wherever the user stands
@@ -109,6 +116,10 @@ def test_scripts_are_thin_wrappers(tmp_path: Path, script: str, args: list[str])
     assert proc.returncode == 0, proc.stderr
     if script == "create_samples.py":
         assert (tmp_path / "s" / "documents" / "compost_handbook.pdf").exists()
+        assert (tmp_path / "data" / "models" / "tiny-llama" / "model.safetensors").exists()
+    elif script.startswith("train_"):
+        assert (tmp_path / "o" / "adapter_model.safetensors").exists()
+        assert "2 steps" in proc.stdout
     else:
         assert (tmp_path / "o" / "train.jsonl").stat().st_size > 0
         assert (tmp_path / "o" / "resolved_config.yaml").exists()

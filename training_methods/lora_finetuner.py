@@ -136,8 +136,10 @@ def _callbacks(metrics_logger, early_stopping_config, model, output_dir: Path):
     class MetricsCallback(TrainerCallback):
         """Trainer logs → MetricsLogger (metrics.jsonl, TensorBoard, W&B), perplexity added."""
 
+        active = True  # off for the final evaluation, which is logged as `final_eval`
+
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-            if not state.is_world_process_zero or not logs:
+            if not self.active or not state.is_world_process_zero or not logs:
                 return
             values = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
             evals = {k.removeprefix("eval_"): v for k, v in values.items() if k.startswith("eval_")}
@@ -160,8 +162,10 @@ def _callbacks(metrics_logger, early_stopping_config, model, output_dir: Path):
             )
             self.stopped_early = False
 
+        active = True
+
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
-            if not metrics or "eval_loss" not in metrics:
+            if not self.active or not metrics or "eval_loss" not in metrics:
                 return
             should_stop = self.stopper.step(float(metrics["eval_loss"]), state.global_step)
             if self.stopper.improved and state.is_world_process_zero:
@@ -548,6 +552,7 @@ class LoRAFineTuner:
         best_dir = output_dir / BEST_ADAPTER_DIR
         if self.config.early_stopping.restore_best_weights and best_dir.is_dir():
             restored = self._restore_adapter(best_dir)
+        metrics_callback.active = stopping.active = False
         final_eval = trainer.evaluate() if eval_dataset is not None else {}
         if final_eval and is_main:
             metrics_logger.log(

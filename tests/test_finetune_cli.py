@@ -1,0 +1,342 @@
+"""train-lora / train-qlora / merge through `main([...])`: outputs, config keys, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_finetune import make_config
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What `extract --instruction-format` writes for the sample documents."""
+    from document_processing.samples import create_samples
+    from main import main
+
+    root = tmp_path_factory.mktemp("processed")
+    create_samples(root / "samples")
+    out = root / "data"
+    status = main(
+        [
+            "extract",
+            str(root / "samples" / "documents"),
+            str(out),
+            "--instruction-format",
+            "--val-ratio",
+            "0",
+        ]
+    )
+    assert status == 0
+    return out
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -------------------------------------------------------------------------------- end to end
+
+
+def test_train_lora_end_to_end_with_eval_checkpoints_samples_and_merge(
+    run_main, tmp_path: Path, tiny_llama: Path, processed: Path
+) -> None:
+    config = write_config(
+        tmp_path,
+        f"""
+common: {{device: cpu}}
+transfer_learning:
+  lora:
+    model_name: {tiny_llama}
+    train_data: {processed / "chat" / "train.jsonl"}
+    val_size: 0.25
+    max_length: 96
+    training: {{max_steps: 6, batch_size: 2, learning_rate: 0.005, logging_steps: 1}}
+logging: {{log_dir: tb, use_wandb: true}}
+evaluation: {{eval_frequency: 2, num_samples: 2}}
+checkpoint: {{save_steps: 3, max_checkpoints: 1}}
+early_stopping: {{enabled: false}}
+""",
+    )
+    out = tmp_path / "run"
+    status, stdout, err = run_main("train-lora", "--config", config, "--output-dir", out, "--merge")
+    assert status == 0, err
+    assert "train-lora: 6 steps" in stdout and f"adapter in {out}" in stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "eval"] == [2, 4, 6]
+    assert all(r["perplexity"] > 1 for r in records if r["split"] == "eval")
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-6"]  # max_checkpoints: 1
+    assert list((out / "tb").glob("events.out.tfevents.*"))  # logging.log_dir
+    assert list((out / "wandb").glob("offline-run-*"))  # use_wandb, offline without a key
+    assert (out / "samples.txt").read_text().count("### Prompt") == 2  # evaluation.num_samples
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["eval_examples"] >= 1 and summary["peak_rss_mb"] > 0
+    assert summary["data"]["files"][0]["record_format"] == "chat"
+    resolved = (out / "resolved_config.yaml").read_text()
+    assert "max_steps: 6" in resolved
+
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert merged.config.model_type == "llama"
+    status, _, err = run_main("merge", "--adapter", out, "--output", out / "merged")
+    assert status == 2 and "--force" in err
+    status, stdout, _ = run_main("merge", "--adapter", out, "--output", out / "merged", "--force")
+    assert status == 0 and "merge: wrote" in stdout
+
+
+def test_text_records_from_extract_train(
+    run_main, tmp_path: Path, tiny_llama: Path, processed: Path
+) -> None:
+    status, stdout, err = run_main(
+        "train-lora",
+        "--model-name",
+        tiny_llama,
+        "--train-data",
+        processed / "train.jsonl",
+        "--output-dir",
+        tmp_path / "run",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+    )
+    assert status == 0, err
+    assert "2 steps" in stdout
+
+
+# -------------------------------------------------------------------------------- config keys
+
+
+def test_training_keys_reach_the_trainer(tmp_path: Path, tiny_llama: Path) -> None:
+    """Each key of transfer_learning.lora.training, checkpoint and evaluation changes the
+    arguments the Trainer runs with."""
+    from training_methods.lora_finetuner import LoRAFineTuner
+
+    cases = {
+        "training.num_epochs": (7.0, "num_train_epochs", 7.0),
+        "training.batch_size": (5, "per_device_train_batch_size", 5),
+        "training.gradient_accumulation_steps": (3, "gradient_accumulation_steps", 3),
+        "training.learning_rate": (1e-5, "learning_rate", 1e-5),
+        "training.weight_decay": (0.05, "weight_decay", 0.05),
+        "training.warmup_ratio": (0.2, "warmup_steps", 0.2),
+        "training.lr_scheduler_type": ("linear", "lr_scheduler_type", "linear"),
+        "training.max_grad_norm": (0.3, "max_grad_norm", 0.3),
+        "training.max_steps": (9, "max_steps", 9),
+        "training.logging_steps": (4, "logging_steps", 4),
+        "training.gradient_checkpointing": (True, "activation_checkpointing", True),
+        "training.optim": ("adafactor", "optim", "adafactor"),
+        "training.group_by_length": (False, "train_sampling_strategy", "random"),
+        "checkpoint.save_steps": (11, "save_steps", 11),
+        "checkpoint.max_checkpoints": (2, "save_total_limit", 2),
+        "evaluation.eval_frequency": (13, "eval_steps", 13),
+        "common.seed": (7, "seed", 7),
+    }
+    default_args = LoRAFineTuner.from_config(make_config(tmp_path, tiny_llama)).training_arguments(
+        tmp_path, has_eval=True
+    )
+    for key, (value, attribute, expected) in cases.items():
+        config = make_config(tmp_path, tiny_llama, **{key: value})
+        args = LoRAFineTuner.from_config(config).training_arguments(tmp_path, has_eval=True)
+        got = getattr(args, attribute)
+        got = getattr(got, "value", got)  # enums
+        assert got == expected, key
+        assert getattr(default_args, attribute) != getattr(args, attribute), key
+
+
+def test_lora_keys_shape_the_adapter_and_data(tmp_path: Path, tiny_llama: Path) -> None:
+    from training_methods.lora_finetuner import LoRAFineTuner
+
+    config = make_config(
+        tmp_path,
+        tiny_llama,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.25,
+        target_modules=["q_proj", "v_proj"],
+        max_length=32,
+        train_on_prompt=True,
+        packing=True,
+    )
+    tuner = LoRAFineTuner.from_config(config)
+    peft_config = tuner.model.peft_config["default"]
+    assert (peft_config.r, peft_config.lora_alpha, peft_config.lora_dropout) == (4, 8, 0.25)
+    assert sorted(peft_config.target_modules) == ["q_proj", "v_proj"]
+    records = [{"instruction": "Say it", "input": "", "output": "compost " * 20}] * 3
+    dataset = tuner.prepare_instruction_dataset(records)
+    assert tuner.data.tokenize_stats.truncated == 3  # max_length: 32
+    assert "position_ids" in dataset.column_names  # packing
+    assert all(len(row) <= 32 for row in dataset["input_ids"])
+    first = dataset[0]
+    # train_on_prompt: every token but the first of each packed example is labelled
+    assert sum(label == -100 for label in first["labels"]) == first["position_ids"].count(0)
+
+
+def test_early_stopping_and_restore_best_weights(tmp_path: Path, tiny_llama: Path) -> None:
+    from safetensors.torch import load_file
+
+    from tests.test_finetune import MEMORISE
+    from training_methods.lora_finetuner import LoRAFineTuner
+
+    def run(name: str, **overrides):
+        config = make_config(
+            tmp_path / name,
+            tiny_llama,
+            **{
+                "training.max_steps": 8,
+                "evaluation.eval_frequency": 2,
+                "early_stopping.patience": 1,
+                "early_stopping.min_delta": 1e9,
+                **overrides,
+            },
+        )
+        tuner = LoRAFineTuner.from_config(config)
+        data = tuner.prepare_dataset(MEMORISE)
+        return tuner.train(data, data, output_dir=tmp_path / name / "run"), tmp_path / name / "run"
+
+    stopped, out = run("stop")
+    # min_delta is huge, so no evaluation after the first improves: stop at the second one.
+    assert stopped.stopped_early and stopped.global_step == 4 and stopped.best_step == 2
+    final = load_file(str(out / "adapter_model.safetensors"))
+    best = load_file(str(out / "best_adapter" / "adapter_model.safetensors"))
+    assert all((final[k] == best[k]).all() for k in final)  # restore_best_weights
+
+    full, _ = run("nostop", **{"early_stopping.enabled": False})
+    assert not full.stopped_early and full.global_step == 8
+
+    kept, out = run("norestore", **{"early_stopping.restore_best_weights": False})
+    assert not kept.restored_best
+    final = load_file(str(out / "adapter_model.safetensors"))
+    best = load_file(str(out / "best_adapter" / "adapter_model.safetensors"))
+    assert any(not (final[k] == best[k]).all() for k in final)
+
+
+def test_use_tensorboard_false_writes_no_event_files(
+    run_main, tmp_path: Path, tiny_llama: Path, processed: Path
+) -> None:
+    config = write_config(tmp_path, "logging: {use_tensorboard: false}\ncommon: {device: cpu}\n")
+    status, _, err = run_main(
+        "train-lora",
+        "--config",
+        config,
+        "--model-name",
+        tiny_llama,
+        "--train-data",
+        processed / "chat" / "train.jsonl",
+        "--output-dir",
+        tmp_path / "run",
+        "--max-steps",
+        "1",
+    )
+    assert status == 0, err
+    assert not (tmp_path / "run" / "logs").exists()
+    assert (tmp_path / "run" / "metrics.jsonl").stat().st_size > 0
+
+
+# -------------------------------------------------------------------------------- bad input
+
+
+def test_unknown_model_is_one_line_with_the_offline_hint(
+    run_main, tmp_path: Path, processed: Path
+) -> None:
+    status, _, err = run_main(
+        "train-lora",
+        "--model-name",
+        tmp_path / "no-such-model",
+        "--train-data",
+        processed / "train.jsonl",
+        "--output-dir",
+        tmp_path / "run",
+    )
+    assert status == 2
+    assert err.count("\n") == 1 and "no-such-model" in err and "offline" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "fine"}\n{broken\n', "data.jsonl:2: not valid JSON"),
+        ('{"text": ""}\n', "no usable record"),
+        ('{"query": "q", "reply": "r"}\n', "data.jsonl:1: a record the trainer cannot use"),
+    ],
+)
+def test_bad_training_data_names_file_and_line(
+    run_main, tmp_path: Path, tiny_llama: Path, content: str, message: str
+) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text(content, encoding="utf-8")
+    status, _, err = run_main(
+        "train-lora",
+        "--model-name",
+        tiny_llama,
+        "--train-data",
+        data,
+        "--output-dir",
+        tmp_path / "run",
+    )
+    assert status == 1
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_without_checkpoint_and_merge_without_adapter(
+    run_main, tmp_path: Path, tiny_llama: Path, processed: Path
+) -> None:
+    status, _, err = run_main(
+        "train-lora",
+        "--model-name",
+        tiny_llama,
+        "--train-data",
+        processed / "train.jsonl",
+        "--output-dir",
+        tmp_path / "run",
+        "--resume",
+    )
+    assert status == 2 and "--resume: no checkpoint-* folder" in err
+    status, _, err = run_main("merge", "--adapter", tmp_path, "--output", tmp_path / "m")
+    assert status == 2 and "adapter_config.json" in err
+
+
+def test_cuda_requested_without_cuda(
+    run_main, tmp_path: Path, tiny_llama: Path, processed: Path
+) -> None:
+    config = write_config(tmp_path, "common: {device: cuda}\n")
+    status, _, err = run_main(
+        "train-lora",
+        "--config",
+        config,
+        "--model-name",
+        tiny_llama,
+        "--train-data",
+        processed / "train.jsonl",
+    )
+    assert status == 2 and "common.device" in err
+
+
+def test_cuda_out_of_memory_names_the_remedies(
+    run_main, tmp_path: Path, tiny_llama: Path, processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from transformers import Trainer
+
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train", out_of_memory)
+    status, _, err = run_main(
+        "train-lora",
+        "--model-name",
+        tiny_llama,
+        "--train-data",
+        processed / "train.jsonl",
+        "--output-dir",
+        tmp_path / "run",
+        "--batch-size",
+        "8",
+    )
+    assert status == 1
+    assert "batch_size=8" in err and "gradient_checkpointing" in err and "train-qlora" in err
