@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,59 @@ def test_cuda_out_of_memory_names_the_remedies(
     )
     assert status == 1
     assert "batch_size=8" in err and "gradient_checkpointing" in err and "train-qlora" in err
+
+
+@pytest.mark.slow
+def test_accelerate_runs_data_parallel_on_two_cpu_processes(
+    tmp_path: Path, tiny_llama: Path, processed: Path
+) -> None:
+    """`accelerate launch` with 2 processes (gloo on CPU): both ranks train, one adapter."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    accelerate = Path(sys.executable).parent / "accelerate"
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(repo / "main.py"),
+            "train-lora",
+            "--model-name",
+            str(tiny_llama),
+            "--train-data",
+            str(processed / "chat" / "train.jsonl"),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 of 2: trained 3 steps" in proc.stderr
+    assert "rank 1 of 2: trained 3 steps" in proc.stderr
+    assert proc.stdout.count("train-lora: 3 steps") == 1  # only rank 0 reports
+    assert (out / "adapter_model.safetensors").is_file()
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    examples = json.loads((out / "training_summary.json").read_text())["train_examples"]
+    # The distributed sampler gives each rank half the examples, so an epoch is half as many
+    # steps as a single process needs.
+    assert state["epoch"] == pytest.approx(3 / math.ceil(examples / 2))

@@ -112,7 +112,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace, config: ToolkitConfig) -> int:
     apply_overrides(config, _overrides(args))
+    from training_methods.lora_finetuner import world_rank
+
     result = train_from_config(config, args.section, resume=args.resume, merge=args.merge)
+    if world_rank() != 0:  # under accelerate/torchrun only rank 0 reports
+        return EXIT_OK
     data = result.data
     eval_part = (
         f", eval loss {result.eval_loss:.4f} (perplexity {result.eval_perplexity:.2f})"
