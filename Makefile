@@ -17,10 +17,18 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
+DEMO_RUN := outputs/demo-lora
+
 demo: install
 	$(PY) main.py create-samples data/samples
 	$(PY) main.py extract data/samples/documents data/processed --val-ratio 0.25 --instruction-format
-	@echo "Demo finished: training data in data/processed (see data/processed/extract_report.json)."
+	rm -rf $(DEMO_RUN)  # a fresh run each time; train-lora refuses to mix two runs in one folder
+	$(PY) main.py train-lora --log-level WARNING --train-data data/processed/chat/train.jsonl \
+		--eval-data data/processed/chat/valid.jsonl --output-dir $(DEMO_RUN) \
+		--learning-rate 3e-3 --epochs 15
+	@echo "--- sample generations ($(DEMO_RUN)/samples.txt) ---"
+	@cat $(DEMO_RUN)/samples.txt
+	@echo "Demo finished: training data in data/processed, adapter and metrics in $(DEMO_RUN)."
 
 test: install
 	$(PY) -m ruff check .
@@ -32,6 +40,7 @@ lint: install
 
 bench: install
 	$(PY) scripts/benchmark_extract.py
+	$(PY) scripts/benchmark_finetune.py
 
 clean:
-	rm -rf $(VENV) outputs data/samples data/processed
+	rm -rf $(VENV) outputs data/samples data/processed data/models

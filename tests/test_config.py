@@ -16,6 +16,8 @@ from shared_utils.config import (
 )
 from shared_utils.errors import ConfigurationError, SecurityError
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def test_shipped_default_yaml_is_generated_from_the_dataclasses() -> None:
     assert DEFAULT_CONFIG_PATH.read_text(encoding="utf-8") == render_default_yaml()
@@ -114,3 +116,11 @@ def test_target_modules_accepts_auto_or_a_list() -> None:
     config = config_from_dict({"transfer_learning": {"lora": {"target_modules": ["q_proj"]}}})
     assert config.transfer_learning.lora.target_modules == ["q_proj"]
     assert ToolkitConfig().transfer_learning.lora.target_modules == "auto"
+
+
+@pytest.mark.parametrize(
+    "name", sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml"))
+)
+def test_every_shipped_config_loads(name: str) -> None:
+    config = load_config(REPO / "configs" / name)
+    assert config.transfer_learning.lora.training.learning_rate > 0

@@ -642,36 +642,37 @@ class LoRAFineTuner:
             title=f"train-{self.section}: {self.model_name}",
             ylabel="loss",
         )
-        prompts = self.sample_prompts(sample_source, self.config.evaluation.num_samples)
-        if prompts:
-            generations = self.generate(prompts)
+        pairs = self.sample_prompts(sample_source, self.config.evaluation.num_samples)
+        if pairs:
+            generations = self.generate([prompt for prompt, _ in pairs])
             blocks = [
-                f"### Prompt {i}\n{prompt}\n### Generation\n{text}\n"
-                for i, (prompt, text) in enumerate(zip(prompts, generations, strict=True), 1)
+                f"### Prompt {i}\n{prompt}\n### Reference\n{reference}\n### Generation\n{text}\n"
+                for i, ((prompt, reference), text) in enumerate(
+                    zip(pairs, generations, strict=True), 1
+                )
             ]
             atomic_write_text(output_dir / "samples.txt", "\n".join(blocks))
 
     # ---------------------------------------------------------------------------- generation
 
-    def sample_prompts(self, rows: datasets.Dataset | None, count: int) -> list[str]:
-        """Up to `count` prompts from normalised rows: the conversation up to its first response,
-        or the first words of a text."""
+    def sample_prompts(self, rows: datasets.Dataset | None, count: int) -> list[tuple[str, str]]:
+        """Up to `count` (prompt, reference) pairs from normalised rows: a conversation up to its
+        first response and that response, or the first words of a text and the words after."""
         if rows is None or count <= 0 or "messages" not in rows.column_names:
             return []
-        prompts = []
+        pairs = []
         for row in rows.select(range(min(count, len(rows)))):
             messages = row["messages"]
             if messages:
                 first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-                prompts.append(
-                    self.tokenizer.apply_chat_template(
-                        messages[:first], tokenize=False, add_generation_prompt=True
-                    )
+                prompt = self.tokenizer.apply_chat_template(
+                    messages[:first], tokenize=False, add_generation_prompt=True
                 )
+                pairs.append((prompt, messages[first]["content"]))
             else:
                 words = (row["prompt"] + row["completion"]).split()
-                prompts.append(" ".join(words[:12]))
-        return prompts
+                pairs.append((" ".join(words[:12]), " ".join(words[12:60])))
+        return pairs
 
     def generate(
         self, prompts: Sequence[str], max_new_tokens: int = SAMPLE_MAX_NEW_TOKENS
