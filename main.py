@@ -22,6 +22,7 @@ import traceback
 
 from document_processing.cli import register_commands as register_document_commands
 from shared_utils.errors import EXIT_FAILURE, EXIT_INTERRUPTED, LLMToolkitError
+from training_methods.export_cli import register_commands as register_export_commands
 from training_methods.finetune_cli import register_commands as register_finetune_commands
 from training_methods.rl_cli import register_commands as register_rl_commands
 
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     for register in (
         register_document_commands,
         register_finetune_commands,
+        register_export_commands,
         register_rl_commands,
     ):
         register(subparsers, _global_options(suppress_defaults=True))
