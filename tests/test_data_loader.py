@@ -296,3 +296,12 @@ def test_dataloader_factory_end_to_end(llama_tokenizer, samples_dir: Path) -> No
         factory.tokenize_stats.response_tokens - 0
     )
     assert all(b["input_ids"].shape[1] <= 64 for b in batches)
+
+
+def test_records_live_in_a_memory_mapped_arrow_file(tmp_path: Path) -> None:
+    """The rows are read from an Arrow cache file on disk, not held in Python lists."""
+    path = write_jsonl(tmp_path / "big.jsonl", [{"text": f"line {i} " * 20} for i in range(3000)])
+    rows, stats = read_records(path)
+    assert stats.records == 3000
+    assert rows.cache_files and all(Path(f["filename"]).is_file() for f in rows.cache_files)
+    assert rows[2999]["completion"].startswith("line 2999")

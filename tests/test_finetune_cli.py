@@ -397,3 +397,33 @@ def test_accelerate_runs_data_parallel_on_two_cpu_processes(
     # The distributed sampler gives each rank half the examples, so an epoch is half as many
     # steps as a single process needs.
     assert state["epoch"] == pytest.approx(3 / math.ceil(examples / 2))
+
+
+def test_eval_data_file_and_val_size_split(
+    run_main, tmp_path: Path, tiny_llama: Path, processed: Path
+) -> None:
+    chat = processed / "chat"
+    train_records = len((chat / "train.jsonl").read_text().splitlines())
+    base = [
+        "train-lora",
+        "--model-name",
+        tiny_llama,
+        "--train-data",
+        chat / "train.jsonl",
+        "--max-steps",
+        "1",
+    ]
+    status, _, err = run_main(*base, "--output-dir", tmp_path / "a")
+    assert status == 0, err
+    summary = json.loads((tmp_path / "a" / "training_summary.json").read_text())
+    held_out = round(0.1 * train_records)  # transfer_learning.lora.val_size default
+    assert (summary["train_examples"], summary["eval_examples"]) == (
+        train_records - held_out,
+        held_out,
+    )
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text("".join((chat / "train.jsonl").read_text().splitlines(True)[:3]))
+    status, _, err = run_main(*base, "--output-dir", tmp_path / "b", "--eval-data", eval_file)
+    assert status == 0, err
+    summary = json.loads((tmp_path / "b" / "training_summary.json").read_text())
+    assert (summary["train_examples"], summary["eval_examples"]) == (train_records, 3)

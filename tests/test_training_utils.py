@@ -426,6 +426,7 @@ def test_wandb_without_api_key_logs_offline(wandb_env: Path) -> None:
         time.sleep(0.05)
     content = run_file.read_bytes()
     assert b"train/loss" in content and b"eval/loss" in content
+    assert b"toolkit-tests" in content  # logging.wandb_project
     assert len(read_records(wandb_env / "metrics.jsonl")) == 2
 
 

@@ -124,11 +124,16 @@ def run_train(args: argparse.Namespace, config: ToolkitConfig) -> int:
         else ""
     )
     stopped = " (stopped early)" if result.stopped_early else ""
+    cuda = (
+        f", CUDA peak {result.cuda_peak_allocated_mb:.0f} MB"
+        if result.cuda_peak_allocated_mb is not None
+        else ""
+    )
     print(
         f"{args.command_name}: {result.global_step} steps{stopped}, train loss "
         f"{result.train_loss:.4f}{eval_part}; {data['examples']} examples tokenised, "
-        f"{data['truncated']} truncated, {data['dropped_no_response']} dropped; adapter in "
-        f"{result.output_dir}"
+        f"{data['truncated']} truncated, {data['dropped_no_response']} dropped; peak RSS "
+        f"{result.peak_rss_mb:.0f} MB{cuda}; adapter in {result.output_dir}"
     )
     return EXIT_OK
 
