@@ -255,12 +255,15 @@ def test_packing_restarts_positions_and_masks_boundaries() -> None:
         }
     )
     packed = pack_rows(tokenized, max_length=6)
-    assert packed["input_ids"] == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
-    assert packed["position_ids"] == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]]
-    assert packed["labels"] == [[-100, 2, 3, -100, 5], [-100, 7, 8, 9, -100]]
+    # First-fit, longest first: [4 tokens + 2 tokens], [3 tokens + 1 token].
+    assert packed["input_ids"] == [[6, 7, 8, 9, 4, 5], [1, 2, 3, 10]]
+    assert packed["position_ids"] == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0]]
+    assert packed["labels"] == [[-100, 7, 8, 9, -100, 5], [-100, 2, 3, -100]]
     batch = CausalLMCollator(pad_token_id=0)([packed[0], packed[1]])
     assert "attention_mask" not in batch
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]]
+    # Padding gets positions of its own, a block no real token attends to.
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 0, 1]]
+    assert batch["labels"][1].tolist() == [-100, 2, 3, -100, -100, -100]
 
 
 def test_packed_examples_do_not_attend_to_each_other(tiny_llama: Path) -> None:

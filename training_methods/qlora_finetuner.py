@@ -133,6 +133,8 @@ class QLoRAFineTuner(LoRAFineTuner):
             )
         except (OSError, ValueError) as exc:
             raise _model_not_found(self.model_name, exc) from None
+        if self.device.type == "cpu":
+            _detach_from_checkpoint_file(model)
         gradient_checkpointing = self.section_config.training.gradient_checkpointing
         return prepare_model_for_kbit_training(
             model,
@@ -152,3 +154,19 @@ class QLoRAFineTuner(LoRAFineTuner):
                 "adamw_torch on this machine"
             )
         return optim
+
+
+def _detach_from_checkpoint_file(model: torch.nn.Module) -> None:
+    """Copy the tensors left unquantized (embeddings, norms, head) out of the checkpoint file.
+
+    On CPU they are zero-copy views of the memory-mapped safetensors file, which keeps the whole
+    full-precision file mapped and its pages counted in the process's memory, undoing most of
+    what 4-bit loading saved.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        for tensor in tensors:
+            if not isinstance(tensor, bnb.nn.Params4bit):
+                tensor.data = tensor.data.clone()
