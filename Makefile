@@ -18,6 +18,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 DEMO_RUN := outputs/demo-lora
+DEMO_EXPORT := outputs/demo-export
+DEMO_QUESTION := Write the section "Worm Bin Guide" of "Worm Bin Guide".
 
 demo: install
 	$(PY) main.py create-samples data/samples
@@ -28,7 +30,13 @@ demo: install
 		--learning-rate 3e-3 --epochs 15
 	@echo "--- sample generations ($(DEMO_RUN)/samples.txt) ---"
 	@cat $(DEMO_RUN)/samples.txt
+	$(PY) main.py export --log-level WARNING --adapter $(DEMO_RUN) --output $(DEMO_EXPORT) \
+		--format both --gguf-type f16 --force --no-progress
 	@echo "Demo finished: training data in data/processed, adapter and metrics in $(DEMO_RUN)."
+	@echo "GGUF for LM Studio (lms import FILE): $(DEMO_EXPORT)/demo-lora-f16.gguf"
+	@echo '--- chat --model $(DEMO_EXPORT)/merged: $(DEMO_QUESTION) ---'
+	@$(PY) main.py chat --log-level WARNING --model $(DEMO_EXPORT)/merged --temperature 0 \
+		--max-new-tokens 64 --prompt '$(DEMO_QUESTION)'
 
 test: install
 	$(PY) -m ruff check .

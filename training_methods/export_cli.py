@@ -1,11 +1,186 @@
-"""Placeholder: the export and chat commands register here once they work."""
+"""Command-line commands `export` (merged folder and/or GGUF file) and `chat`.
+
+Heavy libraries are imported inside the handlers, so `python main.py --help` stays instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from shared_utils.config import ToolkitConfig
+from shared_utils.errors import EXIT_OK
+
+logger = logging.getLogger(__name__)
+
+GGUF_TYPE_CHOICES = ("f32", "f16", "q8_0")  # training_methods.gguf_writer.GGUF_TYPES
+FORMAT_CHOICES = ("merged", "gguf", "both")  # training_methods.export.EXPORT_FORMATS
 
 
 def register_commands(
     subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
 ) -> None:
-    """Registers nothing yet."""
+    add_export_command(subparsers, parent)
+    add_chat_command(subparsers, parent)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_export_command(
+    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        parents=[parent],
+        help="export an adapter as a merged model and/or one GGUF file for LM Studio/llama.cpp",
+        description="Merge an adapter into its base (16/32 bits, never 4) and/or write one GGUF "
+        "file (f32, f16 or q8_0) with the tokenizer and chat template, which llama.cpp, LM Studio "
+        "and Ollama run; an Ollama Modelfile is written next to it.",
+    )
+    parser.add_argument(
+        "--adapter", metavar="DIR", help="adapter folder (the output of train-lora/train-qlora)"
+    )
+    parser.add_argument(
+        "--model",
+        metavar="DIR",
+        help="an already merged model folder; with --adapter, the base model (default: the one "
+        "named in adapter_config.json)",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="output folder: merged/, NAME-TYPE.gguf and Modelfile go here",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMAT_CHOICES,
+        default="gguf",
+        help="merged: a transformers folder; gguf: one .gguf file; both (default: gguf)",
+    )
+    parser.add_argument(
+        "--gguf-type",
+        choices=GGUF_TYPE_CHOICES,
+        default="f16",
+        help="weight type of the GGUF file: f32 exact, f16 half the size, q8_0 a quarter "
+        "(default: f16)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace, config: ToolkitConfig) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from training_methods.export import export_model
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lines repeat our summary
+    with _no_loading_bars():  # the GGUF writer shows its own
+        result = export_model(
+            args.output,
+            adapter=args.adapter,
+            model=args.model,
+            fmt=args.format,
+            gguf_type=args.gguf_type,
+            force=args.force,
+            progress=not args.no_progress,
+        )
+    if result.merged_dir is not None:
+        print(f"export: merged model in {result.merged_dir}")
+    if result.gguf is not None:
+        summary = result.gguf
+        types = ", ".join(f"{count} {name}" for name, count in sorted(summary.tensor_types.items()))
+        print(
+            f"export: wrote {summary.path} ({summary.architecture}, {summary.gguf_type}, "
+            f"{summary.size_bytes / 1e6:.1f} MB, {summary.tensor_count} tensors: {types}, "
+            f"{summary.seconds:.1f} s) and {result.modelfile}"
+        )
+    return EXIT_OK
+
+
+def add_chat_command(
+    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+) -> None:
+    parser = subparsers.add_parser(
+        "chat",
+        parents=[parent],
+        help="chat with a model (and adapter) in the terminal, one-shot or interactively",
+        description="Chat with a model using the chat template it was trained with; tokens are "
+        "printed as they are generated. With --prompt, one answer; otherwise a conversation read "
+        "from the terminal (/reset starts over, /exit or Ctrl-D leaves). Runs on CPU.",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="DIR_OR_ID",
+        help="model folder or hub id; with --adapter, its base (default: the base named in "
+        "adapter_config.json)",
+    )
+    parser.add_argument(
+        "--adapter", metavar="DIR", help="adapter folder, merged in before chatting"
+    )
+    parser.add_argument("--prompt", metavar="TEXT", help="answer this one message and exit")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=256,
+        metavar="N",
+        help="longest answer in tokens (default: 256)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=_non_negative_float,
+        default=0.7,
+        metavar="T",
+        help="sampling temperature; 0 is greedy (default: 0.7, seeded by common.seed)",
+    )
+    parser.set_defaults(handler=run_chat)
+
+
+def run_chat(args: argparse.Namespace, config: ToolkitConfig) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from shared_utils.training_utils import resolve_device
+    from training_methods.chat import run_chat as chat
+
+    hf_logging.set_verbosity_error()
+    with _no_loading_bars():  # the answer only, no bars in the terminal
+        chat(
+            model=args.model,
+            adapter=args.adapter,
+            prompt=args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            device=resolve_device(config.common.device),
+            seed=config.common.seed,
+        )
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _no_loading_bars() -> Iterator[None]:
+    """transformers' weight-loading progress bars off for the block (they are global state)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

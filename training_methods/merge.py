@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from shared_utils.errors import ConfigurationError
+from shared_utils.file_utils import _umask
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def merge_adapter(
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only; a model folder is not secret
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -1,0 +1,210 @@
+"""The `chat` command: talk to a model, or a base model with an adapter, in the terminal.
+
+The prompt is rendered exactly as training rendered it: the tokenizer's chat template (the one
+saved with the adapter, or the toolkit's default for a tokenizer without one), tokenised without
+a second BOS when the template writes it. Generation stops at EOS, the end-of-turn token the
+model learned. Tokens are printed as they are generated (a transformers streamer). An adapter is
+merged into its base (reloaded in 16/32 bits) before chatting, so `chat` answers what `export`
+writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from shared_utils.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+EXIT_COMMANDS = ("/exit", "/quit")
+RESET_COMMAND = "/reset"
+
+
+def load_chat_model(
+    model: str | None, adapter: str | Path | None, device: torch.device
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model to chat with (adapter merged in) and the tokenizer it was trained with."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shared_utils.data_loader import ensure_chat_template
+    from training_methods.export import resolve_source, tokenizer_source
+    from training_methods.lora_finetuner import _model_not_found, autocast_dtype
+
+    source = resolve_source(model, adapter)
+    dtype = autocast_dtype(device)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(source.model, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise _model_not_found(source.model, exc) from None
+    tokenizer_from = tokenizer_source(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    except (OSError, ValueError) as exc:
+        raise _model_not_found(tokenizer_from, exc) from None
+    if source.adapter is not None:
+        from peft import PeftModel
+
+        loaded = PeftModel.from_pretrained(loaded, source.adapter).merge_and_unload()
+    if ensure_chat_template(tokenizer):
+        logger.info("%s has no chat template: using the toolkit's default", tokenizer_from)
+    loaded.config.use_cache = True
+    loaded.to(device).eval()
+    return loaded, tokenizer
+
+
+def _streamer_class():
+    from transformers import TextStreamer
+
+    class StreamTo(TextStreamer):
+        """A TextStreamer that writes to a given stream and keeps the whole text."""
+
+        def __init__(self, tokenizer, stream: TextIO) -> None:  # noqa: ANN001
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self.stream = stream
+            self.text = ""
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            self.text += text
+            self.stream.write(text)
+            if stream_end:
+                self.stream.write("\n")
+            self.stream.flush()
+
+    return StreamTo
+
+
+@dataclass
+class ChatSession:
+    """A conversation with one model: `reply` adds a user turn and streams the answer."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+    def stop_ids(self) -> list[int]:
+        """EOS of the tokenizer and of the generation config (some models end turns with
+        several tokens, e.g. Llama 3's <|eot_id|> and <|end_of_text|>)."""
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        extra = configured if isinstance(configured, list) else [configured]
+        ids = [self.tokenizer.eos_token_id, *extra]
+        return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+    def prompt_ids(self) -> list[int]:
+        """The conversation so far, rendered with the chat template and tokenised as training
+        tokenised it; the oldest turns are dropped when it would not fit the context."""
+        context = getattr(self.model.config, "max_position_embeddings", None) or getattr(
+            self.model.config, "n_positions", None
+        )
+        while True:
+            text = self.tokenizer.apply_chat_template(
+                self.messages, tokenize=False, add_generation_prompt=True
+            )
+            bos = self.tokenizer.bos_token
+            ids = self.tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))[
+                "input_ids"
+            ]
+            if context is None or len(ids) + self.max_new_tokens <= context:
+                return ids
+            if len(self.messages) <= 1:
+                raise ConfigurationError(
+                    f"the prompt is {len(ids)} tokens and --max-new-tokens {self.max_new_tokens}, "
+                    f"more than the model's context of {context} — shorten the prompt or lower "
+                    "--max-new-tokens"
+                )
+            self.messages = self.messages[2:] if len(self.messages) > 2 else self.messages[1:]
+
+    def reply(self, user_text: str, stream: TextIO) -> str:
+        import torch
+
+        self.messages.append({"role": "user", "content": user_text})
+        input_ids = torch.tensor([self.prompt_ids()], device=self.model.device)
+        streamer = _streamer_class()(self.tokenizer, stream)
+        sampling = (
+            {"do_sample": True, "temperature": self.temperature}
+            if self.temperature > 0
+            else {"do_sample": False}
+        )
+        stops = self.stop_ids()
+        pad_id = self.tokenizer.pad_token_id
+        self.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=pad_id if pad_id is not None else stops[0],
+            streamer=streamer,
+            **sampling,
+        )
+        answer = streamer.text.strip()
+        self.messages.append({"role": "assistant", "content": answer})
+        return answer
+
+
+def interactive(
+    session: ChatSession, lines: Iterable[str], out: TextIO, *, show_prompt: bool
+) -> int:
+    """The read-reply loop; returns how many answers were given. `/reset` forgets the
+    conversation, `/exit`, `/quit` or end of input leave."""
+    answers = 0
+    if show_prompt:
+        out.write(f"Chat: {RESET_COMMAND} starts over, {EXIT_COMMANDS[0]} or Ctrl-D leaves.\n")
+    iterator = iter(lines)
+    while True:
+        if show_prompt:
+            out.write("you> ")
+            out.flush()
+        line = next(iterator, None)
+        if line is None:
+            if show_prompt:
+                out.write("\n")
+            return answers
+        text = line.strip()
+        if not text:
+            continue
+        if text in EXIT_COMMANDS:
+            return answers
+        if text == RESET_COMMAND:
+            session.messages.clear()
+            continue
+        if show_prompt:
+            out.write("model> ")
+        session.reply(text, out)
+        answers += 1
+
+
+def run_chat(
+    *,
+    model: str | None,
+    adapter: str | None,
+    prompt: str | None,
+    max_new_tokens: int,
+    temperature: float,
+    device: torch.device,
+    seed: int,
+    lines: Iterable[str] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """One answer to `prompt`, or a conversation read from `lines` (stdin); returns the number of
+    answers given."""
+    from transformers.trainer_utils import set_seed
+
+    out = out if out is not None else sys.stdout
+    loaded, tokenizer = load_chat_model(model, adapter, device)
+    set_seed(seed)
+    session = ChatSession(loaded, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature)
+    if prompt is not None:
+        session.reply(prompt, out)
+        return 1
+    stdin_lines = lines if lines is not None else sys.stdin
+    return interactive(session, stdin_lines, out, show_prompt=lines is None and sys.stdin.isatty())

@@ -1,0 +1,274 @@
+"""The `export` command: an adapter (or a merged model) → a merged folder and/or one GGUF file.
+
+    export_model("outputs/demo-export", adapter="outputs/demo-lora", fmt="both", gguf_type="q8_0")
+
+writes, under the output folder:
+
+- `merged/` (`--format merged|both`): the adapter merged into its base reloaded in 32 bits
+  (`training_methods.merge.merge_adapter`), loadable by plain `from_pretrained`.
+- `NAME-TYPE.gguf` (`--format gguf|both`): one file llama.cpp, LM Studio and Ollama run
+  (`training_methods.gguf_writer`), and `Modelfile`, an Ollama recipe that points at it.
+
+Every check that can fail runs before anything large is written: the adapter folder, the base
+model, whether the GGUF writer supports the architecture and tokenizer, and whether an output
+already exists (replaced only with `force`). Without `--format merged` the merge goes to a
+temporary folder inside the output folder, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from shared_utils.errors import ConfigurationError
+from shared_utils.file_utils import atomic_write_text
+from training_methods.gguf_writer import GGUF_TYPES, GGUFSummary, GGUFType
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+ExportFormat = Literal["merged", "gguf", "both"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("merged", "gguf", "both")
+MERGED_DIR = "merged"
+MODELFILE = "Modelfile"
+
+
+@dataclass
+class ExportResult:
+    """What `export_model` wrote."""
+
+    output_dir: Path
+    merged_dir: Path | None = None
+    gguf: GGUFSummary | None = None
+    modelfile: Path | None = None
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """Where the weights come from: a model folder or hub id, and optionally an adapter on it."""
+
+    model: str  # the base (with an adapter) or the already merged model
+    adapter: Path | None
+    name: str  # file stem of the GGUF: the adapter's or the model's folder name
+
+
+def resolve_source(model: str | None, adapter: str | Path | None) -> ExportSource:
+    """Check --model/--adapter and name the base model; ConfigurationError when unusable."""
+    from training_methods.merge import ADAPTER_CONFIG, read_adapter_config
+
+    if adapter is None:
+        if model is None:
+            raise ConfigurationError(
+                "export needs --adapter DIR (a train-lora/train-qlora output) or --model DIR "
+                "(an already merged model)"
+            )
+        return ExportSource(model=model, adapter=None, name=_stem(model))
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise ConfigurationError(
+            f"--adapter {adapter}: no such folder — point it at the output folder of train-lora "
+            "or train-qlora"
+        )
+    base = model or read_adapter_config(adapter).get("base_model_name_or_path")
+    if not base:
+        raise ConfigurationError(
+            f"{adapter / ADAPTER_CONFIG} names no base model — pass the base with --model"
+        )
+    return ExportSource(model=str(base), adapter=adapter, name=_stem(adapter))
+
+
+def _stem(path_or_id: str | Path) -> str:
+    name = Path(str(path_or_id).rstrip("/")).name or "model"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def gguf_file_name(name: str, gguf_type: GGUFType) -> str:
+    return f"{name}-{gguf_type}.gguf"
+
+
+def export_model(
+    output_dir: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    model: str | None = None,
+    fmt: ExportFormat = "gguf",
+    gguf_type: GGUFType = "f16",
+    force: bool = False,
+    progress: bool = True,
+) -> ExportResult:
+    """Merge and/or convert (see the module docstring); returns what was written where."""
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigurationError(f"--format {fmt}: use one of {', '.join(EXPORT_FORMATS)}")
+    if gguf_type not in GGUF_TYPES:
+        raise ConfigurationError(f"--gguf-type {gguf_type}: use one of {', '.join(GGUF_TYPES)}")
+    output_dir = Path(output_dir)
+    source = resolve_source(model, adapter)
+    want_merged = fmt in ("merged", "both")
+    want_gguf = fmt in ("gguf", "both")
+    if want_merged and source.adapter is None:
+        raise ConfigurationError(
+            f"--format {fmt} needs --adapter: --model {source.model} is already a merged model "
+            "(use --format gguf)"
+        )
+    if want_gguf:
+        check_gguf_source(source)
+    merged_dir = output_dir / MERGED_DIR
+    gguf_path = output_dir / gguf_file_name(source.name, gguf_type)
+    refuse_existing(
+        [
+            *([merged_dir] if want_merged else []),
+            *([gguf_path, output_dir / MODELFILE] if want_gguf else []),
+        ],
+        force,
+    )
+
+    result = ExportResult(output_dir=output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    scratch: Path | None = None
+    try:
+        if source.adapter is not None:
+            from training_methods.merge import merge_adapter
+
+            if not want_merged:
+                scratch = Path(tempfile.mkdtemp(prefix=".merge-", dir=output_dir))
+            target = merged_dir if want_merged else scratch / MERGED_DIR
+            model_dir = merge_adapter(source.adapter, target, base_model=source.model, force=True)
+            if want_merged:
+                result.merged_dir = model_dir
+        else:
+            model_dir = local_model_dir(source.model)
+        if want_gguf:
+            from training_methods.gguf_writer import write_gguf
+
+            result.gguf = write_gguf(
+                model_dir, gguf_path, gguf_type, name=source.name, progress=progress
+            )
+            result.modelfile = write_modelfile(model_dir, gguf_path)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def local_model_dir(model: str) -> Path:
+    """A local folder, or the cached download of a hub id (no network: the GGUF writer reads the
+    safetensors files themselves)."""
+    if Path(model).is_dir():
+        return Path(model)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, local_files_only=True))
+    except (OSError, ValueError) as exc:  # not cached, or not a valid repo id
+        raise ConfigurationError(
+            f"--model {model}: not a local folder nor a cached hub model "
+            f"({type(exc).__name__}) — download it first (huggingface-cli download {model}) or "
+            "pass a folder"
+        ) from None
+
+
+def check_gguf_source(source: ExportSource) -> None:
+    """Refuse, from configs alone, a model the GGUF writer cannot convert: runs before the merge
+    and before any large file is written."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from training_methods.gguf_writer import check_exportable, check_model_config
+    from training_methods.lora_finetuner import _model_not_found
+
+    try:
+        config = AutoConfig.from_pretrained(source.model)
+    except (OSError, ValueError) as exc:
+        raise _model_not_found(source.model, exc) from None
+    check_model_config(config, source.model)  # the architecture first: it needs no tokenizer
+    tokenizer_from = tokenizer_source(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    except (OSError, ValueError) as exc:
+        raise _model_not_found(tokenizer_from, exc) from None
+    check_exportable(config, tokenizer, source.model)
+
+
+def tokenizer_source(source: ExportSource) -> str:
+    """The adapter folder when training saved the tokenizer there (with the chat template it
+    trained with), else the model."""
+    if source.adapter is not None and (source.adapter / "tokenizer_config.json").is_file():
+        return str(source.adapter)
+    return source.model
+
+
+def refuse_existing(paths: list[Path], force: bool) -> None:
+    if force:
+        return
+    for path in paths:
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            raise ConfigurationError(
+                f"{path} already exists — pass --force to replace it, or choose another --output"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Ollama Modelfile
+# --------------------------------------------------------------------------------------------------
+
+# Ollama renders prompts with Go templates, not Jinja; these are the two formats the toolkit's
+# models are trained with: ChatML (the tiny model, Qwen) and the toolkit's default for tokenizers
+# without a template (shared_utils.data_loader.DEFAULT_CHAT_TEMPLATE).
+CHATML_GO_TEMPLATE = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    "<|im_start|>assistant\n"
+)
+DEFAULT_GO_TEMPLATE = (
+    '{{- range .Messages }}{{ if eq .Role "system" }}{{ .Content }}\n\n'
+    '{{ else if eq .Role "user" }}### Instruction:\n{{ .Content }}\n\n'
+    '{{ else if eq .Role "assistant" }}### Response:\n{{ .Content }}{EOS}\n\n'
+    "{{ end }}{{ end }}### Response:\n"
+)
+
+
+def modelfile_text(gguf_name: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    """An Ollama Modelfile for the GGUF file `gguf_name` in the same folder."""
+    from training_methods.gguf_writer import chat_template_of
+
+    template = chat_template_of(tokenizer)
+    template_text = template if isinstance(template, str) else ""
+    eos = tokenizer.eos_token
+    lines = [
+        "# Ollama: ollama create NAME -f Modelfile && ollama run NAME",
+        f"FROM ./{gguf_name}",
+    ]
+    from shared_utils.data_loader import DEFAULT_CHAT_TEMPLATE
+
+    if "<|im_start|>" in template_text and "<|im_end|>" in template_text:
+        lines.append(f'TEMPLATE """{CHATML_GO_TEMPLATE}"""')
+        stops = ["<|im_end|>", eos]
+    elif template_text == DEFAULT_CHAT_TEMPLATE:
+        lines.append(f'TEMPLATE """{DEFAULT_GO_TEMPLATE.replace("{EOS}", eos or "")}"""')
+        stops = [eos, "### Instruction:"]
+    else:
+        lines.append(
+            "# No TEMPLATE: Ollama uses the chat template stored in the GGUF file when it knows "
+            "it; otherwise write one in Go template syntax here."
+        )
+        stops = [eos]
+    for stop in dict.fromkeys(s for s in stops if s):  # unique, in order
+        lines.append(f"PARAMETER stop {_quote(stop)}")
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_modelfile(model_dir: Path, gguf_path: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    path = gguf_path.parent / MODELFILE
+    atomic_write_text(path, modelfile_text(gguf_path.name, tokenizer))
+    return path

@@ -1,0 +1,738 @@
+"""A Hugging Face causal-LM folder → one GGUF file, the format llama.cpp, LM Studio and Ollama run.
+
+Written with `gguf`, the llama.cpp project's own GGUF writer, doing what llama.cpp's
+`convert_hf_to_gguf.py` does for the architectures the toolkit fine-tunes:
+
+- Llama (`LlamaForCausalLM`): tensors take llama.cpp's names (`blk.0.attn_q.weight`, from
+  `gguf`'s own name map) and the rows of q_proj/k_proj are permuted from Hugging Face's rotary
+  layout (rotate the two halves of a head) into llama.cpp's (rotate adjacent pairs). Without the
+  permutation llama.cpp loads the file and silently generates other tokens.
+- GPT-2 (`GPT2LMHeadModel`): Conv1D weights, stored (in, out), are transposed to (out, in).
+- The tokenizer, byte-level BPE only (`tokenizer.ggml.model = gpt2`): every token with its type,
+  the merges, BOS/EOS/pad ids, whether BOS/EOS are added when encoding, and the name of the
+  pre-tokenizer llama.cpp must use to split text before BPE, read from tokenizer.json (the GPT-2
+  regex → `gpt-2`, Llama 3's → `llama-bpe`, Qwen2's → `qwen2`). A wrong name still loads but
+  splits digits and spaces differently, so prompts become other token ids.
+- The chat template (`tokenizer.chat_template`), so LM Studio shows the prompt format the model
+  was trained with, and the EOS id, so generation stops where the model learned to stop.
+
+Types: `f32` (exact), `f16` (2-D weights halved) and `q8_0` (2-D weights in blocks of 32 int8
+values sharing one f16 scale). As in llama.cpp's converter, 1-D tensors (norms, biases) and GPT-2's
+position embeddings stay f32, and a q8_0 row whose length is not a multiple of 32 falls back to f16.
+
+The file is streamed: the header and tensor index are written from the shapes alone, then one
+tensor at a time is read, converted and appended, so memory holds one tensor, not the model. It is
+written under a temporary name and renamed into place only when complete, so an interrupted or
+disk-full write never leaves a truncated `.gguf` under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from shared_utils.errors import ConfigurationError, LLMToolkitError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+GGUFType = Literal["f32", "f16", "q8_0"]
+GGUF_TYPES: tuple[GGUFType, ...] = ("f32", "f16", "q8_0")
+
+# Hugging Face class → llama.cpp architecture name (`general.architecture`).
+SUPPORTED_ARCHITECTURES: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "GPT2LMHeadModel": "gpt2",
+}
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+Q8_0_BLOCK = 32  # values per q8_0 block: a row must be a multiple of it
+
+# Pre-tokenizer regexes of tokenizer.json `Split` steps → llama.cpp's `tokenizer.ggml.pre` name.
+# The GPT-2 regex is built into the `ByteLevel` step (use_regex=true) and has no pattern here.
+LLAMA3_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPLIT_PRE_TOKENIZERS: dict[str, str] = {LLAMA3_SPLIT_REGEX: "llama-bpe", QWEN2_SPLIT_REGEX: "qwen2"}
+# llama.cpp matches whole vocabulary words before merging for these (HF: `ignore_merges: true`).
+PRE_TOKENIZERS_IGNORING_MERGES = {"llama-bpe"}
+
+Transform = Literal["none", "transpose", "permute_q", "permute_k"]
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One tensor of the GGUF file: where it comes from and what it becomes."""
+
+    source: str  # name in the safetensors files, or "" for a tensor computed here
+    name: str  # llama.cpp's name
+    shape: tuple[int, ...]  # numpy shape after `transform`, (rows, row length) for matrices
+    qtype: GGMLQuantizationType
+    transform: Transform = "none"
+    compute: Callable[[], np.ndarray] | None = None  # for tensors that are not in the checkpoint
+
+    @property
+    def nbytes(self) -> int:
+        from gguf import GGML_QUANT_SIZES
+
+        block_size, type_size = GGML_QUANT_SIZES[self.qtype]
+        return math.prod(self.shape) // block_size * type_size
+
+
+@dataclass
+class GGUFSummary:
+    """What `write_gguf` wrote; the export command prints it, the benchmark tabulates it."""
+
+    path: Path
+    gguf_type: str
+    architecture: str
+    tokenizer_pre: str
+    tensor_count: int
+    size_bytes: int
+    seconds: float
+    tensor_types: dict[str, int] = field(default_factory=dict)  # ggml type → number of tensors
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks that run before anything is written
+# --------------------------------------------------------------------------------------------------
+
+
+def supported_list() -> str:
+    return ", ".join(f"{hf} ({name})" for hf, name in SUPPORTED_ARCHITECTURES.items())
+
+
+def check_model_config(config: PretrainedConfig, where: str) -> str:
+    """The llama.cpp architecture of `config`; a ConfigurationError naming what is unsupported."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    hf_class = architectures[0] if architectures else f"model_type {config.model_type!r}"
+    arch = SUPPORTED_ARCHITECTURES.get(hf_class)
+    if arch is None:
+        raise ConfigurationError(
+            f"{where}: architecture {hf_class} is not supported by the GGUF export (supported: "
+            f"{supported_list()}) — export with --format merged and convert that folder with "
+            "llama.cpp's convert_hf_to_gguf.py"
+        )
+    if arch == "llama":
+        act = getattr(config, "hidden_act", "silu")
+        if act != "silu":
+            raise ConfigurationError(
+                f"{where}: Llama with hidden_act {act!r}; llama.cpp's llama runs silu only"
+            )
+        rope_type = rope_parameters(config)["rope_type"]
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise ConfigurationError(
+                f"{where}: rope type {rope_type!r} is not supported by the GGUF export (supported: "
+                f"{', '.join(SUPPORTED_ROPE_TYPES)}) — convert the merged folder with llama.cpp's "
+                "convert_hf_to_gguf.py"
+            )
+    else:
+        act = getattr(config, "activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ConfigurationError(
+                f"{where}: GPT-2 with activation_function {act!r}; llama.cpp's gpt2 runs the tanh "
+                "GELU (gelu_new) only"
+            )
+    return arch
+
+
+def rope_parameters(config: PretrainedConfig) -> dict[str, Any]:
+    """Rotary settings of a Llama config: transformers 5 `rope_parameters`, or the older
+    `rope_theta` + `rope_scaling` attributes."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    scaling = getattr(config, "rope_scaling", None) or {}
+    for key, value in scaling.items():
+        params.setdefault(key, value)
+    params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
+    return params
+
+
+def tokenizer_spec(tokenizer: PreTrainedTokenizerBase, where: str) -> dict[str, Any]:
+    """The tokenizer.json of a fast tokenizer, as a dict."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ConfigurationError(
+            f"{where}: the tokenizer is not a fast (tokenizer.json) tokenizer; the GGUF export "
+            "reads its vocabulary, merges and pre-tokenizer from tokenizer.json"
+        )
+    return json.loads(backend.to_str())
+
+
+def tokenizer_pre_name(spec: Mapping[str, Any], where: str) -> str:
+    """llama.cpp's name (`tokenizer.ggml.pre`) for the pre-tokenizer of a byte-level BPE
+    tokenizer.json; a ConfigurationError for any tokenizer llama.cpp would split differently."""
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        kind = "SentencePiece-style BPE" if model.get("byte_fallback") else model.get("type")
+        raise ConfigurationError(
+            f"{where}: a {kind} tokenizer; the GGUF export writes byte-level BPE tokenizers "
+            "(GPT-2, Llama 3, Qwen2 style) only — convert the merged folder with llama.cpp's "
+            "convert_hf_to_gguf.py"
+        )
+    normalizer = spec.get("normalizer")
+    if normalizer is not None and normalizer.get("type") != "NFC":
+        raise ConfigurationError(
+            f"{where}: tokenizer normalizer {normalizer.get('type')} is not reproduced by "
+            "llama.cpp; the GGUF export supports none or NFC"
+        )
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [step.get("type") for step in steps]
+    if any(step.get("type") == "ByteLevel" and step.get("add_prefix_space") for step in steps):
+        raise ConfigurationError(
+            f"{where}: the ByteLevel pre-tokenizer adds a prefix space, which llama.cpp's BPE "
+            "does not — save the tokenizer with add_prefix_space=False"
+        )
+    name: str | None = None
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        name = "gpt-2"
+    elif kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
+        split = steps[0]
+        pattern = (split.get("pattern") or {}).get("Regex")
+        if split.get("behavior") == "Isolated" and not split.get("invert"):
+            name = SPLIT_PRE_TOKENIZERS.get(pattern or "")
+    if name is None:
+        raise ConfigurationError(
+            f"{where}: pre-tokenizer {' + '.join(map(str, kinds)) or 'none'} is not one llama.cpp "
+            "reproduces here (supported: ByteLevel with the GPT-2 regex, or the Llama 3 / Qwen2 "
+            "Split regex + ByteLevel) — convert the merged folder with llama.cpp's "
+            "convert_hf_to_gguf.py"
+        )
+    if (name in PRE_TOKENIZERS_IGNORING_MERGES) != bool(model.get("ignore_merges")):
+        raise ConfigurationError(
+            f"{where}: pre-tokenizer {name} with ignore_merges={bool(model.get('ignore_merges'))}; "
+            "llama.cpp would merge differently"
+        )
+    return name
+
+
+def check_exportable(
+    config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase, where: str
+) -> tuple[str, str]:
+    """(llama.cpp architecture, pre-tokenizer name) when the GGUF writer can convert this model;
+    a ConfigurationError otherwise. Cheap: reads configs only, so it runs before any large write."""
+    arch = check_model_config(config, where)
+    pre = tokenizer_pre_name(tokenizer_spec(tokenizer, where), where)
+    if tokenizer.eos_token_id is None:
+        raise ConfigurationError(
+            f"{where}: the tokenizer has no EOS token; llama.cpp would never stop generating — "
+            "set eos_token in tokenizer_config.json"
+        )
+    return arch, pre
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure pieces: the rotary permutation, the vocabulary, the merges
+# --------------------------------------------------------------------------------------------------
+
+
+def permute_for_rope(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Reorder the rows of a q_proj/k_proj weight (or bias) from Hugging Face's rotary layout to
+    llama.cpp's, as `convert_hf_to_gguf.py` does.
+
+    Within each head of `head_dim` rows, Hugging Face rotates row i with row i + head_dim/2;
+    llama.cpp rotates rows 2i and 2i+1. Row j of half h of a head moves to row 2j + h.
+    `weight`: (n_head * head_dim, ...) → the same shape.
+    """
+    rows = weight.shape[0]
+    return (
+        weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def looks_special(token: str) -> bool:
+    """Added tokens llama.cpp should treat as control tokens even when not marked special."""
+    return (token.startswith("<|") and token.endswith("|>")) or token in ("<pad>", "<mask>")
+
+
+def vocabulary(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> tuple[list[str], list[int]]:
+    """Every token id below `vocab_size` as (token text, gguf.TokenType): normal tokens, added
+    special tokens as CONTROL, other added tokens as USER_DEFINED, ids the tokenizer does not use
+    (embedding rows padded to a round size) as UNUSED `[PADn]`."""
+    from gguf import TokenType
+
+    vocab = tokenizer.get_vocab()
+    if vocab and max(vocab.values()) >= vocab_size:
+        raise ConfigurationError(
+            f"the tokenizer has token id {max(vocab.values())} but the model only {vocab_size} "
+            "embedding rows — export the model and tokenizer that were trained together"
+        )
+    by_id = {index: token for token, index in vocab.items()}
+    added = tokenizer.get_added_vocab()
+    added_decoder = tokenizer.added_tokens_decoder
+    tokens: list[str] = []
+    types: list[int] = []
+    for index in range(vocab_size):
+        token = by_id.get(index)
+        if token is None:
+            tokens.append(f"[PAD{index}]")
+            types.append(TokenType.UNUSED)
+        elif token in added:
+            entry = added_decoder.get(index)
+            if (entry is not None and entry.special) or looks_special(token):
+                types.append(TokenType.CONTROL)
+            else:
+                types.append(TokenType.USER_DEFINED)
+            tokens.append(token)
+        else:
+            tokens.append(token)
+            types.append(TokenType.NORMAL)
+    return tokens, types
+
+
+def bpe_merges(spec: Mapping[str, Any]) -> list[str]:
+    """Merges of a tokenizer.json as llama.cpp reads them: "left right", one per rank, a space
+    inside a part written as U+0120 (tokenizers >= 0.20 stores pairs, which may hold spaces)."""
+    merges = (spec.get("model") or {}).get("merges") or []
+    out = []
+    for merge in merges:
+        if isinstance(merge, str):
+            out.append(merge)
+        else:
+            left, right = (part.replace(" ", chr(ord(" ") + 256)) for part in merge)
+            out.append(f"{left} {right}")
+    return out
+
+
+def special_tokens_added(tokenizer: PreTrainedTokenizerBase) -> tuple[bool, bool]:
+    """(BOS prepended, EOS appended) when the tokenizer encodes with special tokens, measured
+    rather than parsed from the post-processor, so llama.cpp adds exactly what transformers does."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    add_bos = bos is not None and len(full) > len(plain) and full[0] == bos and plain[:1] != [bos]
+    add_eos = eos is not None and len(full) > len(plain) and full[-1] == eos and plain[-1:] != [eos]
+    return add_bos, add_eos
+
+
+def chat_template_of(tokenizer: PreTrainedTokenizerBase) -> str | list[dict[str, str]]:
+    """The tokenizer's chat template, else the toolkit's default, which training gave the model
+    (shared_utils.data_loader.ensure_chat_template), so LM Studio prompts it the same way."""
+    from shared_utils.data_loader import DEFAULT_CHAT_TEMPLATE
+
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, Mapping):  # several named templates: "default" is the one LM Studio
+        return [{"name": name, "template": text} for name, text in template.items()]
+    return template or DEFAULT_CHAT_TEMPLATE
+
+
+def llama3_rope_factors(params: Mapping[str, Any], head_dim: int) -> list[float]:
+    """Per-frequency divisors of Llama 3.1+'s rope scaling, the `rope_freqs.weight` tensor
+    llama.cpp applies (transformers computes the same inside `_compute_llama3_parameters`)."""
+    base = float(params["rope_theta"])
+    factor = float(params.get("factor", 8.0))
+    low_freq_factor = float(params.get("low_freq_factor", 1.0))
+    high_freq_factor = float(params.get("high_freq_factor", 4.0))
+    old_context = float(params.get("original_max_position_embeddings", 8192))
+    low_freq_wavelen = old_context / low_freq_factor
+    high_freq_wavelen = old_context / high_freq_factor
+    factors = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * base ** (i / head_dim)
+        if wavelen < high_freq_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_freq_wavelen:
+            factors.append(factor)
+        else:
+            ramp = (old_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            factors.append(1 / ((1 - ramp) / factor + ramp))
+    return factors
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning the tensors
+# --------------------------------------------------------------------------------------------------
+
+
+class CheckpointTensors:
+    """Lazy access to the tensors of a model folder's safetensors files (sharded or not)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from safetensors import safe_open
+
+        index = model_dir / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted(set(weight_map.values()))
+        else:
+            files = sorted(p.name for p in model_dir.glob("*.safetensors"))
+        if not files:
+            raise ConfigurationError(
+                f"{model_dir}: no *.safetensors weights — save the model with save_pretrained "
+                "(safetensors is its default), or export the adapter with --adapter"
+            )
+        self._stack = contextlib.ExitStack()
+        self._files = {
+            name: self._stack.enter_context(safe_open(model_dir / name, framework="pt"))
+            for name in files
+        }
+        self.location = {key: name for name, f in self._files.items() for key in f.keys()}
+
+    def names(self) -> list[str]:
+        return list(self.location)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._files[self.location[name]].get_slice(name).get_shape())
+
+    def load(self, name: str) -> torch.Tensor:
+        return self._files[self.location[name]].get_tensor(name)
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def choose_qtype(name: str, shape: Sequence[int], gguf_type: GGUFType) -> GGMLQuantizationType:
+    """The ggml type of one tensor, by llama.cpp's converter rules (module docstring)."""
+    from gguf import GGMLQuantizationType as Q
+
+    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
+        return Q.F32
+    if name.startswith("position_embd."):
+        return Q.F32
+    if gguf_type == "f32":
+        return Q.F32
+    if gguf_type == "q8_0" and shape[-1] % Q8_0_BLOCK == 0:
+        return Q.Q8_0
+    return Q.F16
+
+
+def plan_tensors(
+    arch: str,
+    config: PretrainedConfig,
+    checkpoint: CheckpointTensors,
+    gguf_type: GGUFType,
+    where: str,
+) -> list[TensorPlan]:
+    """Every tensor of the GGUF file, in write order, without reading any weight."""
+    import gguf
+
+    model_arch = gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.GPT2
+    n_layers = config.num_hidden_layers if arch == "llama" else config.n_layer
+    name_map = gguf.get_tensor_name_map(model_arch, n_layers)
+    plans: list[TensorPlan] = []
+    for source in checkpoint.names():
+        if source.endswith((".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")):
+            continue  # buffers computed at load time, not weights
+        name = name_map.get_name(source, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ConfigurationError(
+                f"{where}: tensor {source} has no llama.cpp {arch} counterpart — a variant of "
+                "the architecture the GGUF export does not know; convert with llama.cpp's "
+                "convert_hf_to_gguf.py"
+            )
+        shape = checkpoint.shape(source)
+        transform: Transform = "none"
+        if arch == "llama" and source.endswith(("q_proj.weight", "q_proj.bias")):
+            transform = "permute_q"
+        elif arch == "llama" and source.endswith(("k_proj.weight", "k_proj.bias")):
+            transform = "permute_k"
+        elif arch == "gpt2" and len(shape) == 2 and source.endswith(".weight") and ".h." in source:
+            transform = "transpose"  # Conv1D stores (in, out)
+            shape = (shape[1], shape[0])
+        plans.append(
+            TensorPlan(source, name, shape, choose_qtype(name, shape, gguf_type), transform)
+        )
+    if arch == "llama":
+        params = rope_parameters(config)
+        if params["rope_type"] == "llama3":
+            factors = llama3_rope_factors(params, _head_dim(config))
+            plans.append(
+                TensorPlan(
+                    "",
+                    gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                    (len(factors),),
+                    gguf.GGMLQuantizationType.F32,
+                    compute=lambda: _float32_array(factors),
+                )
+            )
+    return plans
+
+
+def _float32_array(values: Sequence[float]) -> np.ndarray:
+    import numpy as np
+
+    return np.asarray(values, dtype=np.float32)
+
+
+def _head_dim(config: PretrainedConfig) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def convert_tensor(
+    plan: TensorPlan, checkpoint: CheckpointTensors, config: PretrainedConfig
+) -> np.ndarray:
+    """Read one tensor, apply its transform and encode it as `plan.qtype`."""
+    from gguf import quantize
+
+    if plan.compute is not None:
+        data = plan.compute()
+    else:
+        tensor = checkpoint.load(plan.source).float()  # bf16/f16 checkpoints: numpy has no bf16
+        if plan.transform == "permute_q":
+            tensor = permute_for_rope(tensor, config.num_attention_heads)
+        elif plan.transform == "permute_k":
+            tensor = permute_for_rope(tensor, config.num_key_value_heads)
+        elif plan.transform == "transpose":
+            tensor = tensor.T
+        data = tensor.contiguous().numpy()
+    return quantize(data, plan.qtype)  # f32 and f16 are casts; q8_0 packs blocks of 32 as uint8
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+def _file_type(gguf_type: GGUFType) -> LlamaFileType:
+    from gguf import LlamaFileType
+
+    return {
+        "f32": LlamaFileType.ALL_F32,
+        "f16": LlamaFileType.MOSTLY_F16,
+        "q8_0": LlamaFileType.MOSTLY_Q8_0,
+    }[gguf_type]
+
+
+def add_hyperparameters(
+    writer: GGUFWriter, arch: str, config: PretrainedConfig, gguf_type: GGUFType
+) -> None:
+    writer.add_type("model")
+    writer.add_file_type(_file_type(gguf_type))
+    writer.add_quantization_version(_quant_version())
+    if arch == "llama":
+        params = rope_parameters(config)
+        head_dim = _head_dim(config)
+        writer.add_vocab_size(config.vocab_size)
+        writer.add_context_length(config.max_position_embeddings)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_block_count(config.num_hidden_layers)
+        writer.add_head_count(config.num_attention_heads)
+        writer.add_head_count_kv(config.num_key_value_heads or config.num_attention_heads)
+        writer.add_rope_freq_base(float(params["rope_theta"]))
+        writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+        writer.add_rope_dimension_count(head_dim)
+        if getattr(config, "head_dim", None):
+            writer.add_key_length(head_dim)
+            writer.add_value_length(head_dim)
+        if params["rope_type"] == "linear":
+            from gguf import RopeScalingType
+
+            writer.add_rope_scaling_type(RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(float(params["factor"]))
+    else:
+        writer.add_vocab_size(config.vocab_size)
+        writer.add_context_length(config.n_positions)
+        writer.add_embedding_length(config.n_embd)
+        writer.add_feed_forward_length(config.n_inner or 4 * config.n_embd)
+        writer.add_block_count(config.n_layer)
+        writer.add_head_count(config.n_head)
+        writer.add_layer_norm_eps(float(config.layer_norm_epsilon))
+
+
+def _quant_version() -> int:
+    from gguf import GGML_QUANT_VERSION
+
+    return GGML_QUANT_VERSION
+
+
+def add_tokenizer(
+    writer: GGUFWriter,
+    tokenizer: PreTrainedTokenizerBase,
+    config: PretrainedConfig,
+    pre: str,
+    where: str,
+) -> None:
+    vocab_size = config.vocab_size
+    tokens, types = vocabulary(tokenizer, vocab_size)
+    writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(bpe_merges(tokenizer_spec(tokenizer, where)))
+    for kind in ("bos", "eos", "unk", "pad"):
+        # The tokenizer's ids, else the model config's (GPT-2 names BOS only there), as
+        # llama.cpp's converter reads them.
+        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+        if token_id is None:
+            token_id = getattr(config, f"{kind}_token_id", None)
+        if isinstance(token_id, int) and 0 <= token_id < vocab_size:
+            getattr(writer, f"add_{kind}_token_id")(token_id)
+    add_bos, add_eos = special_tokens_added(tokenizer)
+    writer.add_add_bos_token(add_bos)
+    writer.add_add_eos_token(add_eos)
+    writer.add_chat_template(chat_template_of(tokenizer))
+
+
+def write_gguf(
+    model_dir: str | Path,
+    output_path: str | Path,
+    gguf_type: GGUFType = "f16",
+    *,
+    name: str | None = None,
+    progress: bool = True,
+) -> GGUFSummary:
+    """Convert the model folder `model_dir` (config.json, *.safetensors, tokenizer.json) into the
+    single file `output_path`, replacing it atomically. Raises ConfigurationError for a model the
+    writer cannot convert, before anything is written."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    output_path = Path(output_path)
+    where = str(model_dir)
+    if gguf_type not in GGUF_TYPES:
+        raise ConfigurationError(f"--gguf-type {gguf_type}: use one of {', '.join(GGUF_TYPES)}")
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        from training_methods.lora_finetuner import _model_not_found
+
+        raise _model_not_found(str(model_dir), exc) from None
+    arch, pre = check_exportable(config, tokenizer, where)
+    started = time.monotonic()
+    checkpoint = CheckpointTensors(model_dir)
+    try:
+        plans = plan_tensors(arch, config, checkpoint, gguf_type, where)
+        writer = _prepared_writer(arch, config, tokenizer, pre, plans, gguf_type, name, where)
+        data_bytes = sum(plan.nbytes for plan in plans)
+        _check_free_space(output_path, data_bytes)
+        with _atomic_path(output_path) as staging:
+            try:
+                _stream(writer, staging, plans, checkpoint, config, progress)
+            except OSError as exc:
+                raise LLMToolkitError(
+                    f"{output_path}: writing the GGUF file failed ({exc.strerror or exc}); "
+                    f"nothing was left under that name — free about {data_bytes / 1e6:.0f} MB "
+                    "in its folder or choose another --output, then export again"
+                ) from exc
+            finally:
+                writer.close()
+    finally:
+        checkpoint.close()
+    logger.info("wrote %s (%s, %d tensors)", output_path, gguf_type, len(plans))
+    return GGUFSummary(
+        path=output_path,
+        gguf_type=gguf_type,
+        architecture=arch,
+        tokenizer_pre=pre,
+        tensor_count=len(plans),
+        size_bytes=output_path.stat().st_size,
+        seconds=round(time.monotonic() - started, 3),
+        tensor_types=dict(Counter(plan.qtype.name for plan in plans)),
+    )
+
+
+def _prepared_writer(
+    arch: str,
+    config: PretrainedConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    pre: str,
+    plans: Sequence[TensorPlan],
+    gguf_type: GGUFType,
+    name: str | None,
+    where: str,
+) -> GGUFWriter:
+    """A GGUFWriter holding every key and the index of every tensor, nothing written yet."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(path=None, arch=arch)
+    writer.add_name(name or Path(where).name)
+    add_hyperparameters(writer, arch, config, gguf_type)
+    add_tokenizer(writer, tokenizer, config, pre, where)
+    for plan in plans:
+        if plan.qtype == Q.Q8_0:  # quantized tensors are declared by their byte shape
+            byte_shape = (*plan.shape[:-1], plan.nbytes // math.prod(plan.shape[:-1]))
+            writer.add_tensor_info(plan.name, byte_shape, np.uint8, plan.nbytes, plan.qtype)
+        else:
+            dtype = np.float32 if plan.qtype == Q.F32 else np.float16
+            writer.add_tensor_info(plan.name, plan.shape, dtype, plan.nbytes, plan.qtype)
+    return writer
+
+
+def _stream(
+    writer: GGUFWriter,
+    path: Path,
+    plans: Sequence[TensorPlan],
+    checkpoint: CheckpointTensors,
+    config: PretrainedConfig,
+    progress: bool,
+) -> None:
+    from tqdm import tqdm
+
+    writer.write_header_to_file(path)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    bar = tqdm(
+        total=sum(plan.nbytes for plan in plans),
+        unit="B",
+        unit_scale=True,
+        desc=f"writing {path.name.lstrip('.').split('.gguf')[0]}.gguf",
+        disable=not progress,
+        leave=False,
+    )
+    with bar:
+        for plan in plans:
+            data = convert_tensor(plan, checkpoint, config)
+            writer.write_tensor_data(data)
+            bar.update(plan.nbytes)
+    writer.flush()
+    assert writer.fout is not None
+    for handle in writer.fout:
+        os.fsync(handle.fileno())
+
+
+def _check_free_space(output_path: Path, data_bytes: int) -> None:
+    folder = output_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    needed = data_bytes + (16 << 20)  # the metadata (vocabulary, merges) is a few MB at most
+    if free < needed:
+        raise LLMToolkitError(
+            f"{folder}: {free / 1e6:.0f} MB free, the GGUF file needs about {needed / 1e6:.0f} MB "
+            "— free some space or choose another --output"
+        )
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path next to `path`, renamed over it when the block succeeds and removed when
+    it fails (a rename within one file system is atomic)."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give what a plain open() gives
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
