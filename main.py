@@ -82,6 +82,9 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # bitsandbytes warns on every CPU import that an optional kernel package is missing; its
+    # pure-torch CPU path works without it, so the warning would only bury our one-line errors.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -226,6 +226,41 @@ class LoraConfig:
     packing: bool = _help("Concatenate examples up to max_length.", False)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
+    def check(self, prefix: str) -> None:
+        """Range checks the types alone cannot express; raises ConfigurationError naming the key
+        under `prefix` (transfer_learning.lora or transfer_learning.qlora)."""
+        training = self.training
+        rules = [
+            ("lora_r", self.lora_r >= 1, "must be at least 1"),
+            ("lora_alpha", self.lora_alpha > 0, "must be more than 0"),
+            ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
+            ("max_length", self.max_length >= 2, "must be at least 2"),
+            ("val_size", 0 <= self.val_size < 1, "must be in [0, 1)"),
+            ("training.num_epochs", training.num_epochs > 0, "must be more than 0"),
+            ("training.batch_size", training.batch_size >= 1, "must be at least 1"),
+            (
+                "training.gradient_accumulation_steps",
+                training.gradient_accumulation_steps >= 1,
+                "must be at least 1",
+            ),
+            ("training.learning_rate", training.learning_rate > 0, "must be more than 0"),
+            ("training.weight_decay", training.weight_decay >= 0, "must be 0 or more"),
+            ("training.warmup_ratio", 0 <= training.warmup_ratio < 1, "must be in [0, 1)"),
+            ("training.max_grad_norm", training.max_grad_norm > 0, "must be more than 0"),
+            (
+                "training.max_steps",
+                training.max_steps == -1 or training.max_steps >= 1,
+                "must be -1 (all epochs) or at least 1",
+            ),
+            ("training.logging_steps", training.logging_steps >= 1, "must be at least 1"),
+        ]
+        for key, ok, rule in rules:
+            if not ok:
+                value = self
+                for part in key.split("."):
+                    value = getattr(value, part)
+                raise ConfigurationError(f"config key '{prefix}.{key}' is {value!r}; it {rule}.")
+
 
 @dataclass
 class QLoraConfig(LoraConfig):
@@ -333,6 +368,9 @@ class DQNConfig:
     learning_starts: int = _help("Environment steps of random play before the first update.", 1000)
     train_freq: int = _help("Environment steps between training phases.", 4)
     gradient_steps: int = _help("Updates (gradient steps) per training phase.", 1)
+    n_step: int = _help(
+        "Multi-step returns: sum n rewards before bootstrapping (Rainbow); 1 is plain DQN.", 1
+    )
     max_grad_norm: float | None = _help(
         "Clip the global gradient norm to this; null disables clipping.", 10.0
     )
@@ -369,6 +407,16 @@ class RLTrainingConfig:
         "Environment steps between deterministic evaluations of evaluation.eval_episodes "
         "episodes; the best one is saved as best_model.pt. 0 evaluates only at the end.",
         10_000,
+    )
+    stop_at_reward: float | None = _help(
+        "Stop early once an evaluation's mean return reaches this (CartPole-v1 counts as "
+        "solved at 475); null trains for the whole budget.",
+        None,
+    )
+    log_every_steps: int = _help(
+        "Environment steps between training-metric records (losses and episode returns, "
+        "averaged since the last record), taken at the next update.",
+        1_000,
     )
     vector_env: Literal["sync", "async"] = _help(
         "Vector-env backend: sync steps the environments in this process, async in one "
@@ -419,6 +467,7 @@ class ReinforcementLearningConfig:
             ("dqn.learning_starts", dqn.learning_starts >= 0, "must be 0 or more"),
             ("dqn.train_freq", dqn.train_freq >= 1, "must be at least 1"),
             ("dqn.gradient_steps", dqn.gradient_steps >= 1, "must be at least 1"),
+            ("dqn.n_step", dqn.n_step >= 1, "must be at least 1"),
             ("dqn.max_grad_norm", positive_or_null(dqn.max_grad_norm), "must be > 0 or null"),
             ("dqn.num_envs", dqn.num_envs >= 1, "must be at least 1"),
             (
@@ -439,6 +488,7 @@ class ReinforcementLearningConfig:
             ),
             ("training.save_frequency", run.save_frequency >= 1, "must be at least 1"),
             ("training.eval_every_steps", run.eval_every_steps >= 0, "must be 0 or more"),
+            ("training.log_every_steps", run.log_every_steps >= 1, "must be at least 1"),
         ]
         for key, ok, rule in rules:
             if not ok:
@@ -473,6 +523,27 @@ class EvaluationConfig:
 class CheckpointConfig:
     save_steps: int = _help("Save a checkpoint every this many updates.", 100)
     max_checkpoints: int = _help("Keep at most this many checkpoints.", 3)
+
+
+def check_training_sections(config: ToolkitConfig) -> None:
+    """Range checks of evaluation, checkpoint and early_stopping, shared by the trainers."""
+    rules = [
+        ("evaluation.eval_frequency", config.evaluation.eval_frequency >= 1, "must be at least 1"),
+        ("evaluation.num_samples", config.evaluation.num_samples >= 0, "must be 0 or more"),
+        ("checkpoint.save_steps", config.checkpoint.save_steps >= 1, "must be at least 1"),
+        (
+            "checkpoint.max_checkpoints",
+            config.checkpoint.max_checkpoints >= 1,
+            "must be at least 1",
+        ),
+        ("early_stopping.patience", config.early_stopping.patience >= 1, "must be at least 1"),
+        ("early_stopping.min_delta", config.early_stopping.min_delta >= 0, "must be 0 or more"),
+    ]
+    for key, ok, rule in rules:
+        if not ok:
+            section, name = key.split(".")
+            value = getattr(getattr(config, section), name)
+            raise ConfigurationError(f"config key '{key}' is {value!r}; it {rule}.")
 
 
 @dataclass

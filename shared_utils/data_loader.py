@@ -420,11 +420,10 @@ class ExampleTokenizer:
         self.stats.examples += 1
         trainable = [False] * len(input_ids)
         for start, end in spans:
-            inside = [
-                k
-                for k, (s, e) in enumerate(offsets)
-                if e > s and start <= s < end  # special tokens added by the tokenizer have s == e
-            ]
+            # A token overlapping the span belongs to the response: " three" after a prompt
+            # ending in a space starts inside the prompt but is the response's first word.
+            # Special tokens added by the tokenizer have s == e and are never labelled.
+            inside = [k for k, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
             # A response ends at its first stop token; what follows (a newline) is template glue.
             for k in inside:
                 trainable[k] = True

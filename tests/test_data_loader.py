@@ -183,6 +183,15 @@ def test_prompt_completion_learns_only_the_completion(llama_tokenizer) -> None:
     assert tok.decode(learned) == " three to one<|im_end|>"
 
 
+def test_first_completion_word_is_learned_after_a_prompt_ending_in_a_space(
+    llama_tokenizer,
+) -> None:
+    tok = llama_tokenizer
+    out = ExampleTokenizer(tok, 256)(row(prompt="Answer: ", completion="three to one"))
+    learned = [t for t in out["labels"][0] if t != IGNORE_INDEX]
+    assert tok.decode(learned).strip() == "three to one<|im_end|>"
+
+
 def test_eos_kept_when_pad_is_eos(gpt2_tokenizer) -> None:
     """GPT-2-style tokenizers pad with EOS; labels must still teach the model to emit it."""
     tok = gpt2_tokenizer

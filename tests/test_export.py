@@ -57,6 +57,14 @@ def test_export_gguf_only_leaves_no_merge_behind(
     )
     assert status == 0, stderr
     assert _tree(out) == ["Modelfile", "adapter-f16.gguf"]  # the temporary merge is gone
+    # A second type goes next to the first without --force; the Modelfile points at the newest.
+    status, _, stderr = run_main(
+        "export", "--adapter", finetuned.adapter, "--output", out, "--gguf-type", "q8_0",
+        "--no-progress",
+    )  # fmt: skip
+    assert status == 0, stderr
+    assert _tree(out) == ["Modelfile", "adapter-f16.gguf", "adapter-q8_0.gguf"]
+    assert "FROM ./adapter-q8_0.gguf" in (out / "Modelfile").read_text()
 
 
 def test_export_of_a_merged_gpt2_model(tmp_path: Path, tiny_gpt2: Path, run_main) -> None:

@@ -190,6 +190,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(
         status, _, err = run_main(*argv)
     assert status == 130
     assert (out / "checkpoint-3" / "adapter_model.safetensors").is_file()
+    assert (out / "checkpoint-3" / "early_stopping.json").is_file()  # --resume keeps its state
     status, _, err = run_main(*argv)
     assert status == 2 and "--resume" in err  # refuses to start over on top of a run
     status, out_text, err = run_main(*argv, "--resume")

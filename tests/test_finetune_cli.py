@@ -75,7 +75,9 @@ early_stopping: {{enabled: false}}
     assert list((out / "wandb").glob("offline-run-*"))  # use_wandb, offline without a key
     assert (out / "samples.txt").read_text().count("### Prompt") == 2  # evaluation.num_samples
     summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["eval_examples"] >= 1 and summary["peak_rss_mb"] > 0
+    records_in_file = len((processed / "chat" / "train.jsonl").read_text().splitlines())
+    assert summary["eval_examples"] == round(0.25 * records_in_file)  # val_size: 0.25
+    assert summary["peak_rss_mb"] > 0
     assert summary["data"]["files"][0]["record_format"] == "chat"
     resolved = (out / "resolved_config.yaml").read_text()
     assert "max_steps: 6" in resolved
@@ -305,6 +307,10 @@ def test_resume_without_checkpoint_and_merge_without_adapter(
 def test_cuda_requested_without_cuda(
     run_main, tmp_path: Path, tiny_llama: Path, processed: Path
 ) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
     config = write_config(tmp_path, "common: {device: cuda}\n")
     status, _, err = run_main(
         "train-lora",
@@ -427,3 +433,81 @@ def test_eval_data_file_and_val_size_split(
     assert status == 0, err
     summary = json.loads((tmp_path / "b" / "training_summary.json").read_text())
     assert (summary["train_examples"], summary["eval_examples"]) == (train_records, 3)
+
+
+def test_train_qlora_end_to_end_merges_into_a_full_precision_base(
+    run_main, tmp_path: Path, tiny_llama: Path, processed: Path
+) -> None:
+    config = write_config(
+        tmp_path,
+        f"""
+common: {{device: cpu}}
+transfer_learning:
+  qlora:
+    model_name: {tiny_llama}
+    train_data: {processed / "chat" / "train.jsonl"}
+    max_length: 48
+    lora_r: 8
+    training: {{max_steps: 3, batch_size: 2, gradient_checkpointing: true}}
+evaluation: {{num_samples: 0}}
+""",
+    )
+    out = tmp_path / "run"
+    status, stdout, err = run_main(
+        "train-qlora", "--config", config, "--output-dir", out, "--merge"
+    )
+    assert status == 0, err
+    assert "train-qlora: 3 steps" in stdout  # qlora.training.max_steps
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["data"]["truncated"] > 0  # qlora.max_length: 48
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 8
+    from safetensors import safe_open
+
+    with safe_open(str(out / "merged" / "model.safetensors"), "pt") as weights:
+        dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}
+    assert dtypes == {"F32"}  # merged into the base reloaded in full precision, not 4-bit
+
+
+def test_out_of_range_values_name_the_key(run_main, tmp_path: Path, tiny_llama: Path) -> None:
+    for text, key in [
+        ("transfer_learning: {lora: {training: {batch_size: 0}}}", "lora.training.batch_size"),
+        ("transfer_learning: {qlora: {lora_r: 0}}", "transfer_learning.qlora.lora_r"),
+        ("transfer_learning: {lora: {val_size: 1.5}}", "transfer_learning.lora.val_size"),
+        ("checkpoint: {save_steps: 0}", "checkpoint.save_steps"),
+        ("evaluation: {eval_frequency: 0}", "evaluation.eval_frequency"),
+    ]:
+        config = write_config(tmp_path, text + "\n")
+        command = "train-qlora" if "qlora" in key else "train-lora"
+        status, _, err = run_main(command, "--config", config, "--model-name", tiny_llama)
+        assert status == 2, (key, err)
+        assert key in err and err.count("\n") == 1
+
+
+def test_merge_finds_the_base_from_anywhere_and_takes_its_tokenizer(
+    run_main, tmp_path: Path, tiny_llama: Path, processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    local_model = tmp_path / "models" / "tiny"
+    shutil.copytree(tiny_llama, local_model)
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_main(
+        "train-lora",
+        "--model-name",
+        "models/tiny",
+        "--train-data",
+        processed / "chat" / "train.jsonl",
+        "--output-dir",
+        "run",
+        "--max-steps",
+        "2",
+        "--config",
+        write_config(tmp_path, "evaluation: {eval_frequency: 1}\n"),
+    )
+    assert status == 0, err
+    monkeypatch.chdir(tmp_path / "run")  # the base was given relative to tmp_path
+    status, _, err = run_main("merge", "--adapter", "best_adapter", "--output", "../merged")
+    assert status == 0, err  # best_adapter/ has no tokenizer: the base's is used
+    assert (tmp_path / "merged" / "tokenizer.json").is_file()
+    status, _, err = run_main("merge", "--adapter", ".", "--output", ".", "--force")
+    assert status == 2 and "would replace the adapter folder" in err

@@ -351,7 +351,8 @@ def _prompt_ids(tokenizer: Any, question: str) -> list[int]:
 
 
 def _llama(path: Path, **kwargs: Any):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp  # a test dependency (requirements-dev.txt): missing it must fail
+
     return llama_cpp.Llama(
         model_path=str(path),
         n_ctx=128,
@@ -474,7 +475,8 @@ def test_llama_cpp_chat_uses_the_stored_template_and_stops_at_eos(
 ) -> None:
     """What LM Studio does with the file: render the chat template stored in it, generate, stop
     at the EOS id stored in it. The fine-tuned answers come back word for word."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp  # a test dependency (requirements-dev.txt): missing it must fail
+
     llm = llama_cpp.Llama(
         model_path=str(gguf_files["q8_0"]), n_ctx=256, n_threads=1, verbose=False
     )  # llama.cpp's defaults otherwise, f16 KV cache included
@@ -519,7 +521,7 @@ def test_llama_cpp_tokenizes_llama3_and_qwen2_style_tokenizers_alike(
 ) -> None:
     """Byte-level BPE tokenizers with Llama 3's and Qwen2's split regexes (which differ from
     GPT-2's on digits, apostrophes and newlines) round-trip through llama.cpp too."""
-    pytest.importorskip("llama_cpp")
+    import llama_cpp  # noqa: F401  (a test dependency: missing it must fail)
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -37,10 +37,15 @@ def load_chat_model(
 
     from shared_utils.data_loader import ensure_chat_template
     from training_methods.export import resolve_source, tokenizer_source
-    from training_methods.lora_finetuner import _model_not_found, autocast_dtype
+    from training_methods.lora_finetuner import (
+        _model_not_found,
+        autocast_dtype,
+        ensure_model_available,
+    )
 
     source = resolve_source(model, adapter)
     dtype = autocast_dtype(device)
+    ensure_model_available(source.model)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(source.model, dtype=dtype)
     except (OSError, ValueError) as exc:

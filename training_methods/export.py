@@ -75,7 +75,8 @@ def resolve_source(model: str | None, adapter: str | Path | None) -> ExportSourc
             f"--adapter {adapter}: no such folder — point it at the output folder of train-lora "
             "or train-qlora"
         )
-    base = model or read_adapter_config(adapter).get("base_model_name_or_path")
+    adapter_config = read_adapter_config(adapter)  # refuses a folder without adapter_config.json
+    base = model or adapter_config.get("base_model_name_or_path")
     if not base:
         raise ConfigurationError(
             f"{adapter / ADAPTER_CONFIG} names no base model — pass the base with --model"
@@ -123,12 +124,14 @@ def export_model(
     refuse_existing(
         [
             *([merged_dir] if want_merged else []),
-            *([gguf_path, output_dir / MODELFILE] if want_gguf else []),
+            # The Modelfile is a small pointer to the newest GGUF, rewritten by every export.
+            *([gguf_path] if want_gguf else []),
         ],
         force,
     )
 
     result = ExportResult(output_dir=output_dir)
+    created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     scratch: Path | None = None
     try:
@@ -150,6 +153,13 @@ def export_model(
                 model_dir, gguf_path, gguf_type, name=source.name, progress=progress
             )
             result.modelfile = write_modelfile(model_dir, gguf_path)
+    except BaseException:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch = None
+        if created and output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()  # a refused export leaves no empty folder behind
+        raise
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -179,8 +189,9 @@ def check_gguf_source(source: ExportSource) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     from training_methods.gguf_writer import check_exportable, check_model_config
-    from training_methods.lora_finetuner import _model_not_found
+    from training_methods.lora_finetuner import _model_not_found, ensure_model_available
 
+    ensure_model_available(source.model)
     try:
         config = AutoConfig.from_pretrained(source.model)
     except (OSError, ValueError) as exc:

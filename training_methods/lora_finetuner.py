@@ -19,16 +19,18 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared_utils.config import LoraConfig, ToolkitConfig, dump_config
+from shared_utils.config import LoraConfig, ToolkitConfig, check_training_sections, dump_config
 from shared_utils.data_loader import DataLoaderFactory, detect_format, normalize_record
 from shared_utils.errors import ConfigurationError, DataValidationError, TrainingError
-from shared_utils.file_utils import atomic_write_json, atomic_write_text
+from shared_utils.file_utils import _umask, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import datasets
@@ -57,8 +59,41 @@ def _model_not_found(model_name: str, exc: Exception) -> ConfigurationError:
     )
 
 
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def ensure_model_available(model_name: str) -> None:
+    """Fail in seconds, not after a minute of download retries, when `model_name` is neither a
+    local folder, nor in the Hugging Face cache, nor reachable on the hub."""
+    if Path(model_name).exists() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+        return  # a local path, or offline mode: from_pretrained answers at once
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(model_name, "config.json")
+    except ValueError:  # not a valid repo id either
+        cached = None
+    if isinstance(cached, str) or _hub_reachable():
+        return
+    raise _model_not_found(
+        model_name, OSError("not a local folder, not in the Hugging Face cache, hub unreachable")
+    )
+
+
 def load_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
+
+    ensure_model_available(model_name)
 
     try:
         return AutoTokenizer.from_pretrained(model_name)
@@ -169,7 +204,7 @@ def _callbacks(metrics_logger, early_stopping_config, model, output_dir: Path):
                 return
             should_stop = self.stopper.step(float(metrics["eval_loss"]), state.global_step)
             if self.stopper.improved and state.is_world_process_zero:
-                model.save_pretrained(output_dir / BEST_ADAPTER_DIR)
+                save_files_atomically(output_dir / BEST_ADAPTER_DIR, model.save_pretrained)
             if should_stop and early_stopping_config.enabled:
                 self.stopped_early = True
                 control.should_training_stop = True
@@ -181,6 +216,22 @@ def _callbacks(metrics_logger, early_stopping_config, model, output_dir: Path):
                     atomic_write_json(folder / EARLY_STOPPING_STATE, self.stopper.state_dict())
 
     return MetricsCallback(), EarlyStoppingCallback()
+
+
+def save_files_atomically(folder: Path, *savers: Callable[[str], Any]) -> None:
+    """Run `save_pretrained`-style savers into a temporary folder, then move each file into
+    `folder` with an atomic rename: a crash never leaves a half-written adapter file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder))
+    try:
+        for save in savers:
+            save(str(staging))
+        for path in staging.iterdir():
+            if path.is_file():
+                path.chmod(0o666 & ~_umask())
+                os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _perplexity(loss: float) -> float:
@@ -250,7 +301,11 @@ class LoRAFineTuner:
         from shared_utils.training_utils import resolve_device
 
         self.config = config if config is not None else ToolkitConfig()
-        self.model_name = model_name
+        # A local folder is recorded absolute in adapter_config.json, so merge, export and chat
+        # find the base from wherever they run.
+        self.model_name = (
+            str(Path(model_name).resolve()) if Path(model_name).is_dir() else model_name
+        )
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha
         self.lora_dropout = lora_dropout
@@ -271,6 +326,8 @@ class LoRAFineTuner:
     def from_config(cls, config: ToolkitConfig) -> LoRAFineTuner:
         """A fine-tuner with every setting from `transfer_learning.<lora|qlora>` of `config`."""
         section: LoraConfig = getattr(config.transfer_learning, cls.section)
+        section.check(f"transfer_learning.{cls.section}")
+        check_training_sections(config)
         return cls(
             section.model_name,
             lora_r=section.lora_r,
@@ -528,6 +585,8 @@ class LoRAFineTuner:
         except KeyboardInterrupt:
             if trainer.state.global_step > 0:
                 trainer._save_checkpoint(trainer.model, trial=None)  # resumable, like save_steps
+                # _save_checkpoint does not fire on_save: keep early stopping's state with it.
+                stopping.on_save(args, trainer.state, trainer.control)
                 logger.warning(
                     "interrupted: checkpoint saved at step %d in %s; continue with --resume",
                     trainer.state.global_step,
@@ -632,8 +691,10 @@ class LoRAFineTuner:
         metrics_logger,
         sample_source: datasets.Dataset | None,
     ) -> None:
-        self.model.save_pretrained(output_dir)  # adapter_model.safetensors + adapter_config.json
-        self.tokenizer.save_pretrained(output_dir)
+        # adapter_model.safetensors + adapter_config.json, tokenizer and chat template
+        save_files_atomically(
+            output_dir, self.model.save_pretrained, self.tokenizer.save_pretrained
+        )
         atomic_write_text(output_dir / "resolved_config.yaml", dump_config(self.config))
         atomic_write_json(output_dir / "training_summary.json", asdict(result))
         metrics_logger.plot(

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGE_DTYPES = ("float32", "float16", "bfloat16")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def read_adapter_config(adapter_dir: Path) -> dict:
@@ -49,7 +50,7 @@ def merge_adapter(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training_methods.lora_finetuner import _model_not_found
+    from training_methods.lora_finetuner import _model_not_found, ensure_model_available
 
     adapter_dir = Path(adapter_dir)
     output_dir = Path(output_dir)
@@ -61,18 +62,29 @@ def merge_adapter(
         raise ConfigurationError(
             f"{adapter_dir / ADAPTER_CONFIG} names no base model — pass --base-model"
         )
+    if output_dir.resolve() == adapter_dir.resolve() or adapter_dir.resolve().is_relative_to(
+        output_dir.resolve()
+    ):
+        raise ConfigurationError(
+            f"--output {output_dir} would replace the adapter folder {adapter_dir} — choose "
+            "another --output"
+        )
     if output_dir.exists() and any(output_dir.iterdir()) and not force:
         raise ConfigurationError(
             f"{output_dir} already exists and is not empty — choose another --output or pass "
             "--force"
         )
+    ensure_model_available(base)
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as exc:
         raise _model_not_found(base, exc) from None
     model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     model.config.use_cache = True  # training switched the KV cache off; inference wants it
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    # train-lora saves the tokenizer (and the chat template it trained with) next to the
+    # adapter; a plain PEFT adapter or best_adapter/ has none, so take the base model's.
+    has_tokenizer = any((adapter_dir / name).is_file() for name in TOKENIZER_FILES)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))

@@ -10,10 +10,11 @@ tested without a GPU.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from shared_utils.config import QuantizationConfig, ToolkitConfig
+from shared_utils.config import QuantizationConfig, ToolkitConfig, check_training_sections
 from shared_utils.errors import ConfigurationError
 from training_methods.lora_finetuner import LoRAFineTuner, _model_not_found, autocast_dtype
 
@@ -85,6 +86,8 @@ class QLoRAFineTuner(LoRAFineTuner):
     @classmethod
     def from_config(cls, config: ToolkitConfig) -> QLoRAFineTuner:
         section = config.transfer_learning.qlora
+        section.check("transfer_learning.qlora")
+        check_training_sections(config)
         quantization = section.quantization
         return cls(
             section.model_name,
@@ -123,7 +126,13 @@ class QLoRAFineTuner(LoRAFineTuner):
             bnb_4bit_use_double_quant=self.quantization.bnb_4bit_use_double_quant,
             bnb_4bit_compute_dtype=compute_dtype,
         )
-        device_map = {"": self.device.index or 0} if self.device.type == "cuda" else {"": "cpu"}
+        if self.device.type == "cuda":
+            # Under accelerate/torchrun each process loads its copy onto its own GPU.
+            device_map: dict[str, int | str] = {
+                "": int(os.environ.get("LOCAL_RANK", self.device.index or 0))
+            }
+        else:
+            device_map = {"": "cpu"}
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 self.model_name,
