@@ -48,7 +48,7 @@ MANIFEST = "manifest.json"
 REPORT = "extract_report.json"
 RESOLVED_CONFIG = "resolved_config.yaml"
 # Bump when the cached record format or the processing changes, so old caches are not reused.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 FIRST_RANGE_PAGES = 8
 
 
@@ -173,7 +173,7 @@ def _pdf_first_range(
     # A short first range: the other ranges are queued only once it returns, and until then the
     # other workers may have nothing to do (a corpus of one book).
     last = min(info.page_count, settings.pdf.pages_per_task, FIRST_RANGE_PAGES)
-    pages = extract_pages(path, 1, last, settings) if last >= 1 else []
+    pages = extract_pages(path, 1, last, settings, keep_open=True) if last >= 1 else []
     return info, pages, last
 
 
@@ -182,7 +182,8 @@ def _pdf_range(
 ) -> list[PageText]:
     from document_processing.parsers.pdf_parser import extract_pages
 
-    return extract_pages(path, first, last, settings)
+    # Kept open: this worker process is likely to get the file's next range too.
+    return extract_pages(path, first, last, settings, keep_open=True)
 
 
 def _parse_whole(path: Path, source: str, settings: DocumentProcessingConfig) -> ParsedDocument:
@@ -470,22 +471,19 @@ class ExtractRun:
         }
         counts = dict.fromkeys((f"{n}" for n in names.values()), 0)
         seen: set[bytes] = set()
-        dropped_ids: set[str] = set()
         duplicates = 0
         with _OutputSet(self.output_dir, list(names.values())) as handles:
             for report in ok:
                 split = "valid" if report.source in valid_sources else "train"
-                for line in iter_jsonl(self.cache_dir / _cache_name(report.source)):
-                    ((kind, record),) = line.items()
-                    if kind == "chunk" and self.settings.deduplicate:
-                        digest = hashlib.blake2b(record["text"].encode(), digest_size=16).digest()
-                        if digest in seen:
-                            duplicates += 1
-                            dropped_ids.add(record["chunk_id"])
-                            continue
-                        seen.add(digest)
-                    elif kind in ("alpaca", "chat") and record["chunk_id"] in dropped_ids:
-                        continue
+                # One document's records at a time: memory follows the largest document.
+                records = [
+                    next(iter(line.items()))
+                    for line in iter_jsonl(self.cache_dir / _cache_name(report.source))
+                ]
+                if self.settings.deduplicate:
+                    records, dropped = _drop_duplicate_chunks(records, seen)
+                    duplicates += dropped
+                for kind, record in records:
                     if (kind, split) not in names:
                         continue
                     name = names[(kind, split)]
@@ -579,6 +577,49 @@ def _sanitize_metadata(doc: ParsedDocument) -> None:
         if value:
             setattr(meta, name, " ".join(sanitize_text(value, 1000)[0].split()))
     meta.extra = {k: sanitize_text(v, 10_000)[0] for k, v in meta.extra.items()}
+
+
+def _drop_duplicate_chunks(
+    records: list[tuple[str, dict[str, Any]]], seen: set[bytes]
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """One document's records without the chunks whose exact text an earlier chunk had.
+
+    `seen` holds the digests of the chunks kept so far in the run. The kept chunks are numbered
+    again (`chunk_index` 0..n-1, `total_chunks` n, `chunk_id` "source#index" as the converter
+    makes it); instruction records follow their chunk's new id, or go with their chunk.
+    Returns (records, chunks dropped).
+    """
+    chunks = [record for kind, record in records if kind == "chunk"]
+    kept = []
+    for record in chunks:
+        digest = hashlib.blake2b(record["text"].encode(), digest_size=16).digest()
+        if digest not in seen:
+            seen.add(digest)
+            kept.append(record)
+    dropped = len(chunks) - len(kept)
+    if not dropped:
+        return records, 0
+    renumbered = {
+        record["chunk_id"]: (index, f"{record['source']}#{index}")
+        for index, record in enumerate(kept)
+    }
+    result = []
+    for kind, record in records:
+        if kind not in ("chunk", "alpaca", "chat"):
+            result.append((kind, record))
+            continue
+        if record["chunk_id"] not in renumbered:
+            continue  # a dropped chunk, or an instruction record made from one
+        index, chunk_id = renumbered[record["chunk_id"]]
+        record = {**record, "chunk_id": chunk_id}
+        if kind == "chunk":
+            record["metadata"] = {
+                **record["metadata"],
+                "chunk_index": index,
+                "total_chunks": len(kept),
+            }
+        result.append((kind, record))
+    return result, dropped
 
 
 def _cache_name(source: str) -> str:

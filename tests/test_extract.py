@@ -135,6 +135,44 @@ def test_exact_duplicate_chunks_are_dropped_and_counted(run_main, tmp_path: Path
     assert len(texts) == len(set(texts))
 
 
+def test_chunks_are_numbered_again_after_duplicates_are_dropped(run_main, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    # Two sentences fill a 100-character chunk; b.txt repeats both chunks of a.txt.
+    shared = [
+        "Dry leaves give the heap its carbon supply. Straw keeps the whole heap open to the air.",
+        "Grass clippings bring nitrogen to microbes. Peelings feed the worms that come in later.",
+    ]
+    own = [
+        "A sour smell means the heap lacks fresh air. Turn it over and add more dry matter.",
+        "Worms arrive once the heap has cooled down. They leave castings rich in nutrients.",
+        "Finished compost is dark, crumbly and sweet. It smells like the forest after rain.",
+    ]
+    (docs / "a.txt").write_text(" ".join(shared))
+    (docs / "b.txt").write_text(" ".join([own[0], shared[0], own[1], shared[1], own[2]]))
+    out = tmp_path / "out"
+    args = ["--chunk-size", "100", "--overlap", "0", "--instruction-format"]
+    assert run_main("extract", docs, out, *args)[0] == 0
+    assert _report(out)["totals"]["duplicates_dropped"] == 2
+    chunks = _records(out / "train.jsonl")
+    assert [r["text"] for r in chunks if r["source"] == "b.txt"] == own
+    for source in ("a.txt", "b.txt"):
+        mine = [r for r in chunks if r["source"] == source]
+        assert [(r["chunk_id"], r["metadata"]["chunk_index"]) for r in mine] == [
+            (f"{source}#{index}", index) for index in range(len(mine))
+        ]
+        assert {r["metadata"]["total_chunks"] for r in mine} == {len(mine)}
+    # Instruction records follow their chunk's new id; those of dropped chunks are gone.
+    text_of = {r["chunk_id"]: r["text"] for r in chunks}
+    alpaca = _records(out / "alpaca" / "train.jsonl")
+    assert {r["chunk_id"] for r in alpaca} == set(text_of)
+    for record in alpaca:
+        text = text_of[record["chunk_id"]]
+        assert text.startswith(record["input"]) and text.endswith(record["output"])
+    chat = _records(out / "chat" / "train.jsonl")
+    assert [r["chunk_id"] for r in chat] == [r["chunk_id"] for r in alpaca]
+
+
 def test_text_format_writes_one_file_per_document(
     run_main, samples_dir: Path, tmp_path: Path
 ) -> None:
@@ -301,6 +339,56 @@ def test_a_hanging_file_is_killed_and_reported(
     assert files["hang.md"]["status"] == "failed"
     assert "timed out after 2 s" in files["hang.md"]["reason"]
     assert sum(f["status"] == "ok" for f in files.values()) == 3
+
+
+def _range_hangs_from_page_3(path, first, last, settings):
+    if path.name == "book.pdf" and first == 3:
+        time.sleep(120)
+    from document_processing.parsers.pdf_parser import extract_pages
+
+    return extract_pages(path, first, last, settings)
+
+
+def test_a_hanging_page_range_fails_its_pdf_and_the_rest_is_written(
+    run_main, samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fpdf import FPDF
+
+    from document_processing import pipeline
+
+    docs = samples_dir / "documents"
+    book = FPDF()
+    book.set_font("helvetica", size=12)
+    for number in range(1, 7):
+        book.add_page()
+        book.multi_cell(0, 8, f"Chapter {number} of the book tells about soil layer {number}.")
+    book.output(str(docs / "book.pdf"))
+    config = tmp_path / "c.yaml"
+    config.write_text("document_processing:\n  pdf:\n    pages_per_task: 2\n")
+    # Pages 1-2 run with the probe; pages 3-4 hang in their worker; pages 5-6 finish.
+    monkeypatch.setattr(pipeline, "_pdf_range", _range_hangs_from_page_3)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    status, _, err = run_main(
+        "--config", config, "extract", docs, out, "--timeout", "2", "--workers", "2"
+    )
+    assert time.monotonic() - started < 60
+    assert status == 3
+    files = _by_source(out)
+    assert files["book.pdf"]["status"] == "failed"
+    assert files["book.pdf"]["reason"].startswith("pages 3-4: timed out after 2 s; the parser hung")
+    assert "failed: book.pdf: pages 3-4: timed out" in err
+    assert {s for s, f in files.items() if f["status"] == "ok"} == {
+        "compost_handbook.pdf",
+        "guides/worm_bin.md",
+        "workshop_notes.txt",
+    }
+    # Nothing of the failed book is written; every other file is, in full.
+    assert "book.pdf" not in {r["source"] for r in _all_chunks(out)}
+    alone = tmp_path / "alone"
+    (docs / "book.pdf").unlink()
+    assert run_main("extract", docs, alone)[0] == 0
+    assert (out / "train.jsonl").read_bytes() == (alone / "train.jsonl").read_bytes()
 
 
 def test_unreadable_file_is_reported(

@@ -150,6 +150,53 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
         probe_pdf(tmp_path / "gone.pdf", settings())
 
 
+def _pdfium_refuses_every_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pypdfium2
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise pypdfium2.PdfiumError("Failed to load document (PDFium: Data format error).")
+
+    monkeypatch.setattr(pypdfium2, "PdfDocument", refuse)
+
+
+def test_probe_falls_back_to_pypdf_when_pdfium_cannot_open_the_file(
+    three_pages: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = probe_pdf(three_pages, settings())
+    _pdfium_refuses_every_file(monkeypatch)
+    info = probe_pdf(three_pages, settings())
+    assert (info.engine, expected.engine) == ("pypdf", "pypdfium2")
+    assert (info.page_count, info.metadata, info.encrypted) == (
+        expected.page_count,
+        expected.metadata,
+        expected.encrypted,
+    )
+    assert info.warnings == [
+        "pypdfium2 cannot open the file (PdfiumError: Failed to load document (PDFium: Data "
+        "format error).); page count and metadata read with pypdf"
+    ]
+    # The text engines still get their chance, and the report says how the file was probed.
+    document = PDFParser().parse(three_pages, "report.pdf", settings())
+    assert [section.text for section in document.sections] == PAGE_TEXTS
+    assert document.warnings == info.warnings
+
+
+def test_probe_fallback_keeps_password_and_corruption_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pdfium_refuses_every_file(monkeypatch)
+    locked = write_pdf(tmp_path / "locked.pdf", ["Secret."], owner_password="o", user_password="u")
+    with pytest.raises(DocumentProcessingError, match="document_processing.pdf.password"):
+        probe_pdf(locked, settings())
+    assert probe_pdf(locked, settings(password="u")).encrypted is True
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4\n" + bytes(range(256)) * 4)
+    with pytest.raises(DocumentProcessingError) as error:
+        probe_pdf(broken, settings())
+    assert "broken.pdf: corrupt or unreadable PDF (pypdfium2: PdfiumError" in str(error.value)
+    assert "; pypdf: " in str(error.value)
+
+
 # --------------------------------------------------------------------------------------------------
 # encryption
 # --------------------------------------------------------------------------------------------------
@@ -208,6 +255,33 @@ def test_a_page_range_maps_to_the_right_pages(three_pages: Path) -> None:
     assert [(page.number, page.text.strip()) for page in pages] == list(
         zip([2, 3], PAGE_TEXTS[1:], strict=True)
     )
+
+
+def test_a_kept_open_document_serves_the_next_ranges(
+    three_pages: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = pdf_parser._KeptOpen()
+    monkeypatch.setattr(pdf_parser, "_KEPT_OPEN", kept)
+    opened: list[Path] = []
+    original = pdf_parser._PdfplumberDocument.__init__
+
+    def counting(self: object, path: Path, pdf: PdfConfig) -> None:
+        opened.append(path)
+        original(self, path, pdf)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pdf_parser._PdfplumberDocument, "__init__", counting)
+    try:
+        ranges = [extract_pages(three_pages, n, n, settings(), keep_open=True) for n in (1, 2, 3)]
+        assert len(opened) == 1  # pdfplumber opened the file once for the three ranges
+        assert [page for pages in ranges for page in pages] == extract_pages(
+            three_pages, 1, 3, settings()
+        )
+        # A file that changed is opened again.
+        write_pdf(three_pages, ["A new first page."])
+        [page] = extract_pages(three_pages, 1, 1, settings(), keep_open=True)
+        assert page.text.strip() == "A new first page." and len(opened) == 3
+    finally:
+        kept.drop("pdfplumber")
 
 
 @pytest.mark.parametrize(
@@ -372,6 +446,123 @@ def test_primary_failing_on_the_whole_file_uses_pypdf(
     assert "pdfplumber cannot read the file" in pages[0].warnings[0]
     with pytest.raises(DocumentProcessingError, match="report.pdf: pdfplumber cannot read"):
         extract_pages(three_pages, 1, 3, settings(fallback_to_pypdf2=False))
+
+
+# A page showing a code its font cannot map to Unicode (no /ToUnicode, a glyph name outside the
+# glyph list) comes out of pdfplumber as "(cid:NN)". F1 maps code 1 (to a bullet); F2, the same
+# Helvetica with an unknown glyph name at code 1, does not. Each page: (content stream, whether
+# pdfplumber's text has cid tokens).
+UNMAPPED_PAGES = [
+    (b"BT /F1 12 Tf 10 150 Td (Plain words on a plain page.) Tj ET", False),
+    (b"BT /F1 12 Tf 10 150 Td (Words and a symbol ) Tj /F2 12 Tf <01> Tj ET", True),
+    # The font that cannot map code 1 is used, but not for code 1.
+    (b"BT /F2 12 Tf 10 150 Td (Only mapped letters here.) Tj ET", False),
+    # Q restores F1, which maps code 1.
+    (b"BT /F1 12 Tf 10 150 Td q /F2 12 Tf Q (Restored font \\001 here.) Tj ET", False),
+    (b"BT /F2 12 Tf 10 150 Td [(Kerned) -200 (\\001 letter)] TJ ET", True),
+    # Text inside a form XObject, which uses F2.
+    (b"BT /F1 12 Tf 10 150 Td (Text beside a form.) Tj ET q 1 0 0 1 10 10 cm /X1 Do Q", True),
+    # A string that is an operand of another operator is not shown.
+    (b"BT /F2 12 Tf 10 150 Td /Span <</ActualText (\\001)>> BDC (Shown words.) Tj EMC ET", False),
+]
+
+
+def write_raw_pdf(path: Path, contents: list[bytes]) -> Path:
+    """A PDF with one page per content stream; fonts F1, F2 and form X1 as described above."""
+    form = b"BT /F2 12 Tf 10 10 Td (Form \\001 text) Tj ET"
+    objects = {
+        3: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding << /Type /Encoding "
+        b"/BaseEncoding /WinAnsiEncoding /Differences [1 /bullet] >> >>",
+        4: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica-Oblique /Encoding << /Type "
+        b"/Encoding /BaseEncoding /WinAnsiEncoding /Differences [1 /g1] >> >>",
+        5: b"<< /Type /XObject /Subtype /Form /BBox [0 0 200 50] /Resources << /Font << /F2 4 0 R "
+        b">> >> /Length %d >>\nstream\n%s\nendstream" % (len(form), form),
+    }
+    kids = []
+    for number, content in enumerate(contents):
+        stream, page = 6 + 2 * number, 7 + 2 * number
+        objects[stream] = b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content)
+        objects[page] = (
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 200] /Contents %d 0 R /Resources "
+            b"<< /Font << /F1 3 0 R /F2 4 0 R >> /XObject << /X1 5 0 R >> >> >>" % stream
+        )
+        kids.append(b"%d 0 R" % page)
+    objects[1] = b"<< /Type /Catalog /Pages 2 0 R >>"
+    objects[2] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), len(kids))
+    data = bytearray(b"%PDF-1.4\n")
+    offsets = {}
+    for number in sorted(objects):
+        offsets[number] = len(data)
+        data += b"%d 0 obj\n%s\nendobj\n" % (number, objects[number])
+    xref = len(data)
+    data += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    data += b"".join(b"%010d 00000 n \n" % offsets[number] for number in sorted(objects))
+    # "%%%%" formats to the "%%" of the end-of-file marker.
+    data += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture
+def unmapped(tmp_path: Path) -> Path:
+    return write_raw_pdf(tmp_path / "math.pdf", [content for content, _ in UNMAPPED_PAGES])
+
+
+def test_cid_pages_are_predicted_exactly(unmapped: Path) -> None:
+    import pdfplumber
+
+    with pdfplumber.open(unmapped) as pdf:
+        actual = ["(cid:1)" in page.extract_text() for page in pdf.pages]
+    assert actual == [has_cid for _, has_cid in UNMAPPED_PAGES]  # the fixture is what it says
+    engine = pdf_parser._PdfplumberPages(unmapped, 1, len(UNMAPPED_PAGES), PdfConfig())
+    try:
+        predicted = [engine.expected_problem(n) for n in range(1, len(UNMAPPED_PAGES) + 1)]
+    finally:
+        engine.close()
+    assert [problem is not None for problem in predicted] == actual
+    assert predicted[1] == "cid tokens expected: no Unicode map for codes of Helvetica-Oblique"
+
+
+def test_predicted_cid_pages_skip_pdfplumber(
+    unmapped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pdfplumber.page import Page
+
+    laid_out: list[int] = []
+    original = Page.extract_text
+
+    def spy(self: Page, **kwargs: object) -> str:
+        laid_out.append(self.page_number)
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(Page, "extract_text", spy)
+    pages = extract_pages(unmapped, 1, len(UNMAPPED_PAGES), settings())
+    garbled = [n for n, (_, has_cid) in enumerate(UNMAPPED_PAGES, start=1) if has_cid]
+    assert laid_out == [n for n in range(1, len(UNMAPPED_PAGES) + 1) if n not in garbled]
+    assert [page.number for page in pages if page.engine == "pypdf"] == garbled
+    assert pages[1].warnings == [
+        "page 2: fell back to pypdf (cid tokens expected: no Unicode map for codes of "
+        "Helvetica-Oblique)"
+    ]
+    assert "(cid:" not in "".join(page.text for page in pages)
+    # Without the fallback, pdfplumber reads every page, as before.
+    laid_out.clear()
+    pages = extract_pages(unmapped, 1, len(UNMAPPED_PAGES), settings(fallback_to_pypdf2=False))
+    assert laid_out == list(range(1, len(UNMAPPED_PAGES) + 1))
+    assert "(cid:1)" in pages[1].text and pages[1].warnings == ["page 2: cid tokens"]
+
+
+def test_pdfplumber_still_runs_when_the_fallback_text_is_damaged_too(
+    unmapped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pdf_parser._PypdfPages, "page_text", lambda self, number: "")
+    [page] = extract_pages(unmapped, 2, 2, settings())
+    # pdfplumber's text, one damaged word in four, beats pypdf's none.
+    assert page.engine == "pdfplumber" and "(cid:1)" in page.text
+    assert page.warnings == ["page 2: cid tokens; pypdf did no better"]
 
 
 def test_carriage_returns_become_newlines(

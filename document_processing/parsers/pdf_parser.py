@@ -17,9 +17,10 @@ first; pdfplumber still runs on one when pypdf's text fails the check too.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -59,6 +60,8 @@ class PdfInfo:
     page_count: int
     metadata: DocumentMetadata
     encrypted: bool
+    engine: str = "pypdfium2"  # the engine that read the page count and metadata
+    warnings: list[str] = field(default_factory=list)  # go to the document's report entry
 
 
 class _PasswordRejected(Exception):
@@ -73,34 +76,82 @@ class _PasswordRejected(Exception):
 def probe_pdf(path: Path, settings: DocumentProcessingConfig) -> PdfInfo:
     """Page count and document metadata, read with pypdfium2 (milliseconds, even for big files).
 
-    Raises `DocumentProcessingError` naming the file when it is empty, not a PDF, corrupt, or
-    encrypted with a password that neither the empty one nor `pdf.password` matches.
+    A file pypdfium2 cannot load is probed with pypdf, so the text engines still get their chance
+    at it; `PdfInfo.engine` and a warning in the report say which engine probed. Raises
+    `DocumentProcessingError` naming the file when it is empty, not a PDF, corrupt (neither
+    engine reads it), or encrypted with a password that neither the empty one nor `pdf.password`
+    matches.
     """
     _check_pdf_header(path)
-    import pypdfium2 as pdfium
-
+    engine, warnings = "pypdfium2", []
     try:
-        document = _open_with_passwords(
-            lambda password: pdfium.PdfDocument(path, password=password or None),
-            settings.pdf,
-            _is_pdfium_password_error,
-        )
+        page_count, info, encrypted = _probe_with_pdfium(path, settings.pdf)
     except _PasswordRejected:
         raise _encrypted_error(path) from None
     except Exception as exc:  # pdfium reports every load failure as PdfiumError
-        raise DocumentProcessingError(
-            f"{path}: corrupt or unreadable PDF ({_reason(exc)})"
-        ) from None
-    try:
-        page_count = len(document)
-        info = document.get_metadata_dict(skip_empty=True)
-        encrypted = pdfium.raw.FPDF_GetSecurityHandlerRevision(document) != -1
-    finally:
-        document.close()
+        page_count, info, encrypted = _probe_with_pypdf(path, settings.pdf, exc)
+        engine = FALLBACK_ENGINE
+        warnings.append(
+            f"pypdfium2 cannot open the file ({_reason(exc)}); page count and metadata "
+            f"read with {FALLBACK_ENGINE}"
+        )
     if page_count == 0:
         raise DocumentProcessingError(f"{path}: the PDF has no pages")
     metadata = build_metadata(info, fallback_title=path.stem, page_count=page_count)
-    return PdfInfo(page_count=page_count, metadata=metadata, encrypted=encrypted)
+    return PdfInfo(page_count, metadata, encrypted, engine=engine, warnings=warnings)
+
+
+def _probe_with_pdfium(path: Path, pdf: PdfConfig) -> tuple[int, dict[str, str], bool]:
+    """(page count, info dictionary, encrypted) read by pypdfium2."""
+    import pypdfium2 as pdfium
+
+    document = _open_with_passwords(
+        lambda password: pdfium.PdfDocument(path, password=password or None),
+        pdf,
+        _is_pdfium_password_error,
+    )
+    try:
+        return (
+            len(document),
+            document.get_metadata_dict(skip_empty=True),
+            pdfium.raw.FPDF_GetSecurityHandlerRevision(document) != -1,
+        )
+    finally:
+        document.close()
+
+
+def _probe_with_pypdf(
+    path: Path, pdf: PdfConfig, pdfium_error: Exception
+) -> tuple[int, dict[str, str], bool]:
+    """(page count, info dictionary, encrypted) read by pypdf once pypdfium2 failed."""
+    document: _PypdfDocument | None = None
+    # pypdf logs what it repairs ("EOF marker not found") without naming the file; the one-line
+    # error below says it all when it gives up.
+    pypdf_logger = logging.getLogger(_import_pypdf().__name__)
+    level = pypdf_logger.level
+    pypdf_logger.setLevel(logging.ERROR)
+    try:
+        document = _PypdfDocument(path, pdf)
+        reader = document.reader
+        page_count = len(reader.pages)
+        info = {str(k): str(v) for k, v in (reader.metadata or {}).items() if v is not None}
+        encrypted = bool(reader.is_encrypted)
+    except _PasswordRejected:
+        raise _encrypted_error(path) from None
+    except Exception as exc:
+        raise DocumentProcessingError(
+            f"{path}: corrupt or unreadable PDF (pypdfium2: {_reason(pdfium_error)}; "
+            f"{FALLBACK_ENGINE}: {_reason(exc)})"
+        ) from None
+    finally:
+        pypdf_logger.setLevel(level)
+        if document is not None:
+            document.close()
+    if page_count == 0:  # pypdf opens almost anything: no pages means it found no PDF either
+        raise DocumentProcessingError(
+            f"{path}: corrupt or unreadable PDF ({_reason(pdfium_error)})"
+        )
+    return page_count, info, encrypted
 
 
 def _check_pdf_header(path: Path) -> None:
@@ -244,32 +295,87 @@ class _PageSource(Protocol):
 
     def page_text(self, number: int) -> str: ...
 
+    def expected_problem(self, number: int) -> str | None:
+        """Why this engine's text of the page will fail the quality check, when known early."""
+        ...
+
     def close(self) -> None: ...
+
+
+class _PdfplumberDocument:
+    """An open pdfplumber PDF whose page tree is walked lazily, only as far as a range needs.
+
+    pdfplumber's `open(pages=...)` walks the whole tree (and reads every page's objects) to pick
+    the pages of a range; here the walk stops at the range's last page and, when the document is
+    kept open for the next range, goes on from there.
+    """
+
+    def __init__(self, path: Path, pdf: PdfConfig) -> None:
+        import pdfplumber
+        from pdfminer.pdfpage import PDFPage
+
+        self.pdf = _open_with_passwords(
+            lambda password: pdfplumber.open(path, password=password),
+            pdf,
+            _is_pdfminer_password_error,
+        )
+        self._page_objects: list[Any] = []
+        self._walk: Iterator[Any] | None = PDFPage.create_pages(self.pdf.doc)
+        self.glyphs = UnmappedGlyphScan(self.pdf.rsrcmgr)
+
+    def pages(self, first: int, last: int) -> dict[int, Any]:
+        """pdfplumber pages `first..last` (fewer when the document ends sooner)."""
+        from pdfplumber.page import Page
+
+        while self._walk is not None and len(self._page_objects) < last:
+            try:
+                self._page_objects.append(next(self._walk))
+            except StopIteration:
+                self._walk = None
+        pages = {}
+        doctop = 0  # as pdfplumber's open(pages=...): offsets count the selected pages only
+        for number in range(first, min(last, len(self._page_objects)) + 1):
+            page = Page(self.pdf, self._page_objects[number - 1], number, initial_doctop=doctop)
+            pages[number] = page
+            doctop += page.height
+        return pages
+
+    def close(self) -> None:
+        self.pdf.close()
 
 
 class _PdfplumberPages:
     name = "pdfplumber"
 
-    def __init__(self, path: Path, first: int, last: int, pdf: PdfConfig) -> None:
-        import pdfplumber
-
-        # `pages=` makes pdfplumber build Page objects for this range only.
-        numbers = list(range(first, last + 1))
-        self._pdf = _open_with_passwords(
-            lambda password: pdfplumber.open(path, pages=numbers, password=password),
-            pdf,
-            _is_pdfminer_password_error,
-        )
+    def __init__(
+        self, path: Path, first: int, last: int, pdf: PdfConfig, kept: _KeptOpen | None = None
+    ) -> None:
+        self._document = _open_document(kept, "pdfplumber", path, pdf, _PdfplumberDocument)
+        self._owned = kept is None
         try:
-            self._pages = {page.page_number: page for page in self._pdf.pages}
+            self._pages = self._document.pages(first, last)
         except BaseException:
-            self._pdf.close()
+            _discard(kept, "pdfplumber", self._document)
             raise
         self._options: dict[str, Any] = {
             "x_tolerance": pdf.x_tolerance,
             "y_tolerance": pdf.y_tolerance,
             "use_text_flow": pdf.use_text_flow,
         }
+
+    def expected_problem(self, number: int) -> str | None:
+        """Predicts "cid tokens" when the page shows codes its fonts cannot map to Unicode."""
+        page = self._pages.get(number)
+        if page is None:
+            return None
+        try:
+            fonts = self._document.glyphs.page_fonts(page.page_obj)
+        except Exception:  # a malformed page: the layout analysis will find out for itself
+            return None
+        if not fonts:
+            return None
+        named = ", ".join(fonts[:3]) + (f" and {len(fonts) - 3} more" if len(fonts) > 3 else "")
+        return f"cid tokens expected: no Unicode map for codes of {named}"
 
     def page_text(self, number: int) -> str:
         page = self._pages.pop(number, None)
@@ -282,8 +388,11 @@ class _PdfplumberPages:
             page.close()
 
     def close(self) -> None:
+        for page in self._pages.values():  # pages sent straight to the fallback engine
+            page.close()
         self._pages.clear()
-        self._pdf.close()
+        if self._owned:
+            self._document.close()
 
 
 class _PdfiumPages:
@@ -311,31 +420,113 @@ class _PdfiumPages:
         finally:
             page.close()
 
+    def expected_problem(self, number: int) -> str | None:
+        return None
+
     def close(self) -> None:
         self._document.close()
+
+
+class _PypdfDocument:
+    """A pypdf reader, decrypted with the empty password or `pdf.password` when encrypted."""
+
+    def __init__(self, path: Path, pdf: PdfConfig) -> None:
+        pypdf = _import_pypdf()
+        self.reader = pypdf.PdfReader(path)
+        if self.reader.is_encrypted:
+            _open_with_passwords(self._decrypt, pdf, lambda exc: isinstance(exc, _PasswordRejected))
+
+    def _decrypt(self, password: str) -> None:
+        # decrypt() returns PasswordType.NOT_DECRYPTED (0) when the password is wrong.
+        if not self.reader.decrypt(password):
+            raise _PasswordRejected
+
+    def close(self) -> None:
+        close = getattr(self.reader, "close", None)  # PyPDF2 readers have no close()
+        if close is not None:
+            close()
 
 
 class _PypdfPages:
     name = "pypdf"
 
-    def __init__(self, path: Path, pdf: PdfConfig) -> None:
-        pypdf = _import_pypdf()
-        self._reader = pypdf.PdfReader(path)
-        if self._reader.is_encrypted:
-            _open_with_passwords(self._decrypt, pdf, lambda exc: isinstance(exc, _PasswordRejected))
-
-    def _decrypt(self, password: str) -> None:
-        # decrypt() returns PasswordType.NOT_DECRYPTED (0) when the password is wrong.
-        if not self._reader.decrypt(password):
-            raise _PasswordRejected
+    def __init__(self, path: Path, pdf: PdfConfig, kept: _KeptOpen | None = None) -> None:
+        self._document = _open_document(kept, "pypdf", path, pdf, _PypdfDocument)
+        self._owned = kept is None
 
     def page_text(self, number: int) -> str:
-        return self._reader.pages[number - 1].extract_text()
+        return self._document.reader.pages[number - 1].extract_text()
+
+    def expected_problem(self, number: int) -> str | None:
+        return None
 
     def close(self) -> None:
-        close = getattr(self._reader, "close", None)  # PyPDF2 readers have no close()
-        if close is not None:
-            close()
+        if self._owned:
+            self._document.close()
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_Document = TypeVar("_Document", bound=_Closable)
+
+
+class _KeptOpen:
+    """The last document each engine opened in this process, kept for the file's next range.
+
+    The pipeline runs a large PDF as page ranges in a few long-lived worker processes; opening
+    the file again for every range would walk its page tree and parse its fonts again (about a
+    tenth of pdfplumber's time on a 500-page book). One document per engine stays open until
+    the process moves on to another file, or the file changes.
+    """
+
+    def __init__(self) -> None:
+        self._documents: dict[str, tuple[tuple[object, ...], Any]] = {}
+
+    def get(
+        self,
+        engine: str,
+        path: Path,
+        pdf: PdfConfig,
+        open_new: Callable[[Path, PdfConfig], _Document],
+    ) -> _Document:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, pdf.password)
+        kept = self._documents.get(engine)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        self.drop(engine)
+        document = open_new(path, pdf)
+        self._documents[engine] = (key, document)
+        return document
+
+    def drop(self, engine: str) -> None:
+        kept = self._documents.pop(engine, None)
+        if kept is not None:
+            kept[1].close()
+
+
+# Used by `extract_pages(keep_open=True)`: the pipeline's worker processes.
+_KEPT_OPEN = _KeptOpen()
+
+
+def _open_document(
+    kept: _KeptOpen | None,
+    engine: str,
+    path: Path,
+    pdf: PdfConfig,
+    open_new: Callable[[Path, PdfConfig], _Document],
+) -> _Document:
+    return open_new(path, pdf) if kept is None else kept.get(engine, path, pdf, open_new)
+
+
+def _discard(kept: _KeptOpen | None, engine: str, document: _Closable) -> None:
+    """Close a document that failed, whether it was kept open or not."""
+    if kept is None:
+        document.close()
+    else:
+        kept.drop(engine)
 
 
 def _import_pypdf() -> Any:
@@ -347,13 +538,15 @@ def _import_pypdf() -> Any:
     return pypdf
 
 
-def _open_engine(name: str, path: Path, first: int, last: int, pdf: PdfConfig) -> _PageSource:
+def _open_engine(
+    name: str, path: Path, first: int, last: int, pdf: PdfConfig, kept: _KeptOpen | None
+) -> _PageSource:
     if name == "pdfplumber":
-        return _PdfplumberPages(path, first, last, pdf)
+        return _PdfplumberPages(path, first, last, pdf, kept)
     if name == "pypdfium2":
-        return _PdfiumPages(path, pdf)
+        return _PdfiumPages(path, pdf)  # opening is a C call of a millisecond: never kept
     if name == "pypdf":
-        return _PypdfPages(path, pdf)
+        return _PypdfPages(path, pdf, kept)
     raise ValueError(f"unknown PDF engine {name!r}")
 
 
@@ -411,29 +604,231 @@ def _reason(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# predicting the pages pdfplumber would fill with "(cid:NN)"
+# --------------------------------------------------------------------------------------------------
+
+# pdfminer (under pdfplumber) writes "(cid:NN)" for every shown code its font object cannot map to
+# Unicode: no /ToUnicode entry and a glyph name outside its glyph list (TeX math fonts), or a CID
+# font without a map. Which codes a page shows is in its content stream, which one regex pass
+# reads at C speed: font selections (Tf), the strings of the text-showing operators (Tj ' " TJ),
+# q/Q (which restore the font), Form XObjects (Do). Everything else is matched only to be skipped,
+# so a string or name elsewhere (a marked-content property, inline image data) is never read as
+# text: a code wrongly found would send a good page to pypdf, while one missed only costs time
+# (the quality check still reads the page's real text).
+_NUMBER = rb"[-+]?(?:\d+\.?\d*|\.\d+)"
+_LITERAL = rb"\((?:[^\\()]|\\.|\((?:[^\\()]|\\.)*\))*\)"  # one level of balanced parentheses
+_HEX = rb"<[0-9A-Fa-f\s]*>"
+_NAME_CHARS = rb"[^\s/\[\]()<>{}%]"
+_OPERATOR_END = rb"(?![^\s\[\]()<>{}/%])"
+_CONTENT_TOKEN = re.compile(
+    b"|".join(
+        [
+            rb"%[^\r\n]*",  # comment
+            rb"\bBI\b.*?\bID\b.*?\bEI\b",  # inline image: binary data
+            rb"\[(?P<array>(?:%s|%s|%s|\s+)*+)\]\s*TJ%s" % (_LITERAL, _HEX, _NUMBER, _OPERATOR_END),
+            rb"(?P<string>%s|%s)\s*(?:Tj|'|\")%s" % (_LITERAL, _HEX, _OPERATOR_END),
+            rb"/(?P<font>%s+)\s+%s\s+Tf%s" % (_NAME_CHARS, _NUMBER, _OPERATOR_END),
+            rb"/(?P<xobject>%s+)\s+Do%s" % (_NAME_CHARS, _OPERATOR_END),
+            rb"/%s*|%s|%s" % (_NAME_CHARS, _LITERAL, _HEX),  # other operands: skipped whole
+            rb"(?<![^\s\[\]()<>{}/%%])(?:(?P<save>q)|(?P<restore>Q)|(?P<odd_font>Tf))%s"
+            % _OPERATOR_END,
+        ]
+    ),
+    re.S,
+)
+_STRING = re.compile(_LITERAL + rb"|" + _HEX)
+_ESCAPE = re.compile(rb"\\([0-7]{1,3}|\r\n|.)", re.S)
+_ESCAPED = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
+_NON_HEX = re.compile(rb"[^0-9A-Fa-f]")
+_SUBSET_TAG = re.compile(r"^[A-Z]{6}\+")
+_MAX_FORM_DEPTH = 8
+
+
+def _string_bytes(token: bytes) -> bytes:
+    """The bytes a literal "(...)" or hex "<...>" string token stands for."""
+    if token.startswith(b"<"):
+        digits = _NON_HEX.sub(b"", token[1:-1])
+        return bytes.fromhex((digits + b"0" * (len(digits) % 2)).decode("ascii"))
+    body = token[1:-1]
+    return _ESCAPE.sub(_unescape, body) if b"\\" in body else body
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    escaped = match.group(1)
+    if escaped[:1].isdigit():
+        return bytes([int(escaped, 8) & 0xFF])
+    if escaped in (b"\r\n", b"\r", b"\n"):
+        return b""  # a backslash before a line end continues the string
+    return _ESCAPED.get(escaped, escaped)
+
+
+class _FontCodes:
+    """Which codes of one pdfminer font have no Unicode mapping (pdfminer's `to_unichr`)."""
+
+    def __init__(self, font: Any, resource_name: str) -> None:
+        from pdfminer.pdffont import PDFSimpleFont
+
+        self.font = font  # held, so the id() cache key in UnmappedGlyphScan is never reused
+        self.name = _SUBSET_TAG.sub("", str(getattr(font, "basefont", "") or resource_name))
+        self._mapped: bytes | None = None  # simple fonts: every mapped one-byte code
+        self._cid_mapped: dict[int, bool] = {}
+        if isinstance(font, PDFSimpleFont):
+            self._mapped = bytes(code for code in range(256) if self._maps(code))
+
+    def _maps(self, cid: int) -> bool:
+        from pdfminer.pdffont import PDFUnicodeNotDefined
+
+        try:
+            self.font.to_unichr(cid)
+        except PDFUnicodeNotDefined:
+            return False
+        return True
+
+    def has_unmapped(self, shown: bytes) -> bool:
+        if self._mapped is not None:
+            return bool(shown.translate(None, self._mapped))  # what is left has no mapping
+        for cid in self.font.decode(shown):
+            mapped = self._cid_mapped.get(cid)
+            if mapped is None:
+                mapped = self._cid_mapped[cid] = self._maps(cid)
+            if not mapped:
+                return True
+        return False
+
+
+class UnmappedGlyphScan:
+    """Fonts of a pdfplumber page that would show codes as "(cid:NN)", without layout analysis.
+
+    Uses the document's pdfminer resource manager, so the font objects it builds are the ones the
+    layout analysis reuses for the pages that do get it.
+    """
+
+    def __init__(self, rsrcmgr: Any) -> None:
+        self._rsrcmgr = rsrcmgr
+        self._fonts: dict[int, _FontCodes] = {}
+
+    def page_fonts(self, page_obj: Any) -> list[str]:
+        """Names of the fonts (subset tag dropped) that show at least one unmappable code."""
+        from pdfminer.pdftypes import list_value
+
+        found: dict[str, None] = {}
+        self._scan(page_obj.resources, list_value(page_obj.contents), found, (), 0)
+        return list(found)
+
+    def _scan(
+        self,
+        resources: Any,
+        streams: list[Any],
+        found: dict[str, None],
+        forms: tuple[int, ...],
+        depth: int,
+    ) -> None:
+        from pdfminer.pdftypes import PDFStream, dict_value, resolve1, stream_value
+
+        resources = dict_value(resources)
+        fonts = self._fonts_of(resources)
+        xobjects = dict_value(resources.get("XObject"))
+        data = b"\n".join(stream_value(stream).get_data() for stream in streams)
+        current: _FontCodes | None = None  # pdfminer starts each page and form without a font
+        saved: list[_FontCodes | None] = []
+        for match in _CONTENT_TOKEN.finditer(data):
+            kind = match.lastgroup
+            if kind is None:
+                continue
+            if kind == "font":
+                current = fonts.get(_pdf_name(match.group("font")))
+            elif kind == "odd_font":
+                current = None  # a Tf we cannot read: attribute nothing until the next one
+            elif kind == "save":
+                saved.append(current)
+            elif kind == "restore":
+                if saved:
+                    current = saved.pop()
+            elif kind in ("string", "array"):
+                if current is None or current.name in found:
+                    continue
+                tokens = [match.group(kind)] if kind == "string" else _STRING.findall(match[kind])
+                if any(current.has_unmapped(_string_bytes(token)) for token in tokens):
+                    found[current.name] = None
+            elif kind == "xobject" and depth < _MAX_FORM_DEPTH:
+                form = resolve1(xobjects.get(_pdf_name(match.group("xobject"))))
+                if (
+                    isinstance(form, PDFStream)
+                    and _pdf_name_of(form.get("Subtype")) == "Form"
+                    and "BBox" in form
+                    and form.objid not in forms
+                ):
+                    # A form without resources uses the page's (PDF 1.7, section 8.10.1).
+                    own = form.get("Resources")
+                    self._scan(
+                        own if own else resources,
+                        [form],
+                        found,
+                        (*forms, form.objid),
+                        depth + 1,
+                    )
+
+    def _fonts_of(self, resources: dict[str, Any]) -> dict[str, _FontCodes]:
+        from pdfminer.pdftypes import PDFObjRef, dict_value
+
+        fonts = {}
+        for name, spec in dict_value(resources.get("Font")).items():
+            objid = spec.objid if isinstance(spec, PDFObjRef) else None
+            font = self._rsrcmgr.get_font(objid, dict_value(spec))  # cached by pdfminer per objid
+            codes = self._fonts.get(id(font))
+            if codes is None:
+                codes = self._fonts[id(font)] = _FontCodes(font, name)
+            fonts[name] = codes
+        return fonts
+
+
+def _pdf_name(raw: bytes) -> str:
+    """A name token's text, "#xx" escapes decoded, as pdfminer keys resource dictionaries."""
+    if b"#" in raw:
+        raw = re.sub(rb"#([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), raw)
+    try:
+        return raw.decode("utf-8")  # as pdfminer decodes names
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _pdf_name_of(value: Any) -> str:
+    from pdfminer.psparser import literal_name
+
+    return literal_name(value) if value is not None else ""
+
+
+# --------------------------------------------------------------------------------------------------
 # extraction
 # --------------------------------------------------------------------------------------------------
 
 
 def extract_pages(
-    path: Path, first: int, last: int, settings: DocumentProcessingConfig
+    path: Path,
+    first: int,
+    last: int,
+    settings: DocumentProcessingConfig,
+    keep_open: bool = False,
 ) -> list[PageText]:
     """Raw text of pages `first..last` (1-based, inclusive), one `PageText` per page.
 
-    Each engine opens the file once for the whole range. Pages that pass the quality check are
-    extracted once; the others are re-extracted with pypdf (when `pdf.fallback_to_pypdf2` is on and
-    the primary engine is not pypdf already). Text is returned with "\\n" line ends and otherwise
-    as the engine gave it: cleaning is done per document in `assemble_pdf_document`.
+    Each engine opens the file once for the whole range; with `keep_open` (worker processes that
+    get the file's next range too) pdfplumber and pypdf keep it open for the next call. Pages that
+    pass the quality check are extracted once; the others are re-extracted with pypdf (when
+    `pdf.fallback_to_pypdf2` is on and the primary engine is not pypdf already). Text is returned
+    with "\\n" line ends and otherwise as the engine gave it: cleaning is done per document in
+    `assemble_pdf_document`.
     """
     if first < 1 or last < first:
         raise ValueError(f"invalid page range {first}-{last} (1-based, first <= last)")
     pdf = settings.pdf
     name = primary_engine(pdf)
     can_fall_back = pdf.fallback_to_pypdf2 and name != FALLBACK_ENGINE
-    fallback = _LazyEngine(FALLBACK_ENGINE, path, first, last, pdf) if can_fall_back else None
+    kept = _KEPT_OPEN if keep_open else None
+    fallback = _LazyEngine(FALLBACK_ENGINE, path, first, last, pdf, kept) if can_fall_back else None
     range_warnings: list[str] = []
     try:
-        primary: _PageSource | None = _open_engine(name, path, first, last, pdf)
+        primary: _PageSource | None = _open_engine(name, path, first, last, pdf, kept)
     except _PasswordRejected:
         raise _encrypted_error(path) from None
     except Exception as exc:
@@ -464,9 +859,11 @@ def extract_pages(
 class _LazyEngine:
     """The fallback engine, opened on the first page that needs it (most files never do)."""
 
-    def __init__(self, name: str, path: Path, first: int, last: int, pdf: PdfConfig) -> None:
+    def __init__(
+        self, name: str, path: Path, first: int, last: int, pdf: PdfConfig, kept: _KeptOpen | None
+    ) -> None:
         self.name = name
-        self._args = (name, path, first, last, pdf)
+        self._args = (name, path, first, last, pdf, kept)
         self._engine: _PageSource | None = None
         self._open_error: Exception | None = None
 
@@ -484,6 +881,9 @@ class _LazyEngine:
 
     def page_text(self, number: int) -> str:
         return self.open().page_text(number)
+
+    def expected_problem(self, number: int) -> str | None:
+        return None  # only the primary engine's problems are predicted
 
     def close(self) -> None:
         if self._engine is not None:
@@ -512,19 +912,35 @@ def _extract_page(
     """One page from the primary engine, or from pypdf when that text is better."""
     engine = primary if primary is not None else fallback
     assert engine is not None  # extract_pages opens at least one of them
-    text, problem = _read_page(engine, number, limit)
-    if problem is None:
-        return PageText(number=number, text=text, engine=engine.name)
     if primary is None or fallback is None:
+        text, problem = _read_page(engine, number, limit)
         return _keep(number, text, engine.name, problem)
-    other_text, other_problem = _read_page(fallback, number, limit)
+    expected = primary.expected_problem(number)
+    if expected is not None:
+        # The primary's text would be thrown away: ask the fallback first, and run the primary
+        # only when the fallback's text is damaged too (ligatures are not damage: cleaning's NFKC
+        # expands them).
+        other_text, other_problem = _read_page(fallback, number, limit)
+        if other_problem in (None, _LIGATURE_PROBLEM):
+            return _fell_back(number, other_text, fallback.name, other_problem, expected)
+    text, problem = _read_page(primary, number, limit)
+    if problem is None:
+        return PageText(number=number, text=text, engine=primary.name)
+    if expected is None:
+        other_text, other_problem = _read_page(fallback, number, limit)
     if other_problem is None or (
         damaged_word_share(other_text, limit) < damaged_word_share(text, limit)
     ):
-        page = _keep(number, other_text, fallback.name, other_problem)
-        page.warnings.insert(0, f"page {number}: fell back to {fallback.name} ({problem})")
-        return page
+        return _fell_back(number, other_text, fallback.name, other_problem, problem)
     return _keep(number, text, primary.name, problem, note=f"{fallback.name} did no better")
+
+
+def _fell_back(
+    number: int, text: str, engine: str, problem: str | None, primary_problem: str
+) -> PageText:
+    page = _keep(number, text, engine, problem)
+    page.warnings.insert(0, f"page {number}: fell back to {engine} ({primary_problem})")
+    return page
 
 
 def _open_fallback_or_fail(
@@ -593,7 +1009,7 @@ def assemble_pdf_document(
             if whole
             else []
         )
-    warnings = [warning for page in pages for warning in page.warnings]
+    warnings = [*info.warnings, *(warning for page in pages for warning in page.warnings)]
     sections = _cut_to_length(sections, settings.max_text_length, warnings)
     return ParsedDocument(
         source=source,
