@@ -1,0 +1,277 @@
+"""Deep Q-learning (Mnih et al. 2015) with double Q-learning and dueling heads (Discrete actions).
+
+The agent acts epsilon-greedily with `select_action`, stores transitions in a preallocated replay
+buffer with `store_transition`, and `update` takes one gradient step of the Huber TD loss on a
+sampled minibatch. Improvements over the 2015 agent, each switchable: double DQN targets (van
+Hasselt et al. 2016), dueling value/advantage streams (Wang et al. 2016), soft (Polyak) target
+updates (Lillicrap et al. 2016), gradient clipping.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training_methods.reinforcement_learning.buffers import NStepReturns, ReplayBuffer
+from training_methods.reinforcement_learning.ppo_agent import adam, check_finite
+from training_methods.reinforcement_learning.schedules import exponential_epsilon, linear_epsilon
+
+
+def _relu_mlp(in_dim: int, hidden_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.ReLU(),
+    )
+
+
+class QNetwork(nn.Module):
+    """Feature layers and one linear head: Q(s, .)."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.features = _relu_mlp(state_dim, hidden_dim)
+        self.head = nn.Linear(hidden_dim, action_dim)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """(batch, state_dim) -> (batch, action_dim)"""
+        return self.head(self.features(obs))
+
+
+class DuelingDQNNetwork(nn.Module):
+    """Feature layers, a value stream V(s) and an advantage stream A(s, a) (Wang et al. 2016).
+
+    Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'): subtracting the mean makes V and A identifiable.
+    """
+
+    def __init__(self, state_dim: int, action_dim: int, hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.features = _relu_mlp(state_dim, hidden_dim)
+        self.value_stream = nn.Linear(hidden_dim, 1)
+        self.advantage_stream = nn.Linear(hidden_dim, action_dim)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """(batch, state_dim) -> (batch, action_dim)"""
+        features = self.features(obs)
+        advantages = self.advantage_stream(features)
+        return self.value_stream(features) + advantages - advantages.mean(dim=-1, keepdim=True)
+
+
+class DQNAgent:
+    """Epsilon-greedy acting, replay, and one TD gradient step per `update()`.
+
+    Exploration: `epsilon_schedule="exponential"` multiplies epsilon by `epsilon_decay` after every
+    update (the specification's schedule); `"linear"` lowers it from `epsilon_start` to
+    `epsilon_end` over the first `exploration_steps` stored transitions.
+    The target network follows the online one every `target_update` updates: a copy when
+    `tau` is 1 (hard update), `target += tau * (online - target)` otherwise (soft update).
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        lr: float = 1e-3,
+        gamma: float = 0.99,
+        epsilon_start: float = 1.0,
+        epsilon_end: float = 0.01,
+        epsilon_decay: float = 0.995,
+        buffer_size: int = 100_000,
+        batch_size: int = 64,
+        target_update: int = 10,
+        use_dueling: bool = True,
+        *,
+        hidden_dim: int = 256,
+        double_dqn: bool = True,
+        tau: float = 1.0,
+        epsilon_schedule: Literal["exponential", "linear"] = "exponential",
+        exploration_steps: int = 10_000,
+        max_grad_norm: float | None = 10.0,
+        n_step: int = 1,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.state_dim = state_dim
+        self.action_dim = action_dim
+        self.gamma = gamma
+        self.epsilon_start = epsilon_start
+        self.epsilon_end = epsilon_end
+        self.epsilon_decay = epsilon_decay
+        self.epsilon_schedule = epsilon_schedule
+        self.exploration_steps = exploration_steps
+        self.batch_size = batch_size
+        self.target_update = target_update
+        self.double_dqn = double_dqn
+        self.tau = tau
+        self.max_grad_norm = max_grad_norm
+        self.device = torch.device(device)
+        network = DuelingDQNNetwork if use_dueling else QNetwork
+        self.q_network = network(state_dim, action_dim, hidden_dim).to(self.device)
+        self.target_network = network(state_dim, action_dim, hidden_dim).to(self.device)
+        self.target_network.load_state_dict(self.q_network.state_dict())
+        self.target_network.requires_grad_(False)
+        self.optimizer = adam(self.q_network.parameters(), lr, eps=1e-8, device=self.device)
+        self.buffer = ReplayBuffer(buffer_size, (state_dim,))
+        self.n_step = n_step
+        self.n_step_returns: NStepReturns | None = None  # built for the first batch size seen
+        self.rng = np.random.default_rng(seed)
+        self.steps = 0  # transitions stored
+        self.updates = 0  # gradient steps taken
+
+    @property
+    def epsilon(self) -> float:
+        if self.epsilon_schedule == "linear":
+            return linear_epsilon(
+                self.epsilon_start, self.epsilon_end, self.exploration_steps, self.steps
+            )
+        return exponential_epsilon(
+            self.epsilon_start, self.epsilon_end, self.epsilon_decay, self.updates
+        )
+
+    # ---------------------------------------------------------------------------------------------
+    # acting
+    # ---------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def select_action(self, state: np.ndarray, training: bool = True) -> np.ndarray | int:
+        """Greedy action, or with probability epsilon (when `training`) a uniformly random one.
+
+        `state` is one observation (returns an int) or a batch (returns (batch,) int64).
+        """
+        array = np.asarray(state, dtype=np.float32)
+        batched = array.ndim == 2
+        array = array if batched else array[None]
+        explore = np.zeros(len(array), dtype=bool)
+        if training:
+            explore = self.rng.random(len(array)) < self.epsilon
+        if explore.all():  # no need to ask the network
+            actions = self.rng.integers(0, self.action_dim, size=len(array))
+        else:
+            obs = torch.from_numpy(array).to(self.device)
+            actions = self.q_network(obs).argmax(dim=-1).cpu().numpy()
+            if explore.any():
+                random_actions = self.rng.integers(0, self.action_dim, size=len(array))
+                actions = np.where(explore, random_actions, actions)
+        return actions if batched else int(actions[0])
+
+    def store_transition(
+        self,
+        state: np.ndarray,
+        action: np.ndarray | int,
+        reward: np.ndarray | float,
+        next_state: np.ndarray,
+        done: np.ndarray | bool,
+        *,
+        truncated: np.ndarray | bool = False,
+        valid: np.ndarray | bool = True,
+    ) -> None:
+        """Store one transition or a vector step (a leading (num_envs,) axis).
+
+        `done` means terminal: no bootstrap from next_state. A time-limit truncation is not
+        terminal: pass done=False and truncated=True (n-step windows end there).
+        `valid=False` marks a vector environment's autoreset step, which is not stored.
+        """
+        actions = np.atleast_1d(np.asarray(action, dtype=np.int64))
+        n = len(actions)
+        states = np.reshape(state, (n, self.state_dim))
+        rewards = np.broadcast_to(np.asarray(reward, dtype=np.float32), (n,))
+        next_states = np.reshape(next_state, (n, self.state_dim))
+        terminated = np.broadcast_to(np.asarray(done, dtype=bool), (n,))
+        keep = np.broadcast_to(np.asarray(valid, dtype=bool), (n,))
+        self.steps += int(keep.sum())
+        if self.n_step == 1:
+            if not keep.all():
+                states, actions, rewards = states[keep], actions[keep], rewards[keep]
+                next_states, terminated = next_states[keep], terminated[keep]
+            self.buffer.add(states, actions, rewards, next_states, terminated)
+            return
+        if self.n_step_returns is None:
+            self.n_step_returns = NStepReturns(self.n_step, self.gamma, n)
+        ready = self.n_step_returns.push(
+            states,
+            actions,
+            rewards,
+            next_states,
+            terminated,
+            np.broadcast_to(np.asarray(truncated, dtype=bool), (n,)),
+            keep,
+        )
+        if ready:
+            columns = list(zip(*ready, strict=True))
+            self.buffer.add(*(np.array(column) for column in columns))
+
+    # ---------------------------------------------------------------------------------------------
+    # learning
+    # ---------------------------------------------------------------------------------------------
+
+    def update(self) -> dict[str, float]:
+        """One gradient step of the Huber TD loss on a replay minibatch; syncs the target."""
+        batch = self.buffer.sample(self.batch_size, self.rng)
+        obs = torch.from_numpy(batch.observations).to(self.device)
+        next_obs = torch.from_numpy(batch.next_observations).to(self.device)
+        actions = torch.from_numpy(batch.actions).to(self.device)
+        rewards = torch.from_numpy(batch.rewards).to(self.device)
+        terminations = torch.from_numpy(batch.terminations).to(self.device)
+        discounts = self.gamma ** torch.from_numpy(batch.horizons).to(self.device)  # n-step
+
+        with torch.no_grad():
+            next_q_target = self.target_network(next_obs)  # (batch, action_dim)
+            if self.double_dqn:  # the online network picks, the target network evaluates
+                next_actions = self.q_network(next_obs).argmax(dim=-1, keepdim=True)
+                next_q = next_q_target.gather(1, next_actions).squeeze(1)
+            else:
+                next_q = next_q_target.max(dim=1).values
+            td_target = rewards + discounts * (1.0 - terminations) * next_q
+        q = self.q_network(obs).gather(1, actions.unsqueeze(1)).squeeze(1)  # (batch,)
+        loss = F.smooth_l1_loss(q, td_target)
+        check_finite(loss, "DQN loss")
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.q_network.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        if self.updates % self.target_update == 0:
+            self.sync_target()
+        return {"loss": loss.item(), "q_mean": q.mean().item()}
+
+    @torch.no_grad()
+    def sync_target(self) -> None:
+        """Hard copy (tau = 1) or Polyak average of the online weights into the target network."""
+        for target, online in zip(
+            self.target_network.parameters(), self.q_network.parameters(), strict=True
+        ):
+            if self.tau >= 1.0:
+                target.copy_(online)
+            else:
+                target.lerp_(online, self.tau)
+
+    # ---------------------------------------------------------------------------------------------
+    # checkpoints
+    # ---------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "q_network": self.q_network.state_dict(),
+            "target_network": self.target_network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "steps": self.steps,
+            "updates": self.updates,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict, *, with_optimizer: bool = True) -> None:
+        self.q_network.load_state_dict(state["q_network"])
+        self.target_network.load_state_dict(state.get("target_network", state["q_network"]))
+        if with_optimizer and "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.steps = int(state.get("steps", 0))
+        self.updates = int(state.get("updates", 0))
+        if "rng" in state:
+            self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,201 @@
+"""The one place environments are built: `make_env` for one, `make_vector_env` for a batch.
+
+Agents never see a gymnasium environment directly: the trainer collects through the vector-env
+interface, so the backend (in-process `sync`, subprocess `async`, later a distributed engine) can
+change here without touching the agents. Vector environments use gymnasium's next-step autoreset
+explicitly (the trainer masks the reset step; see `buffers.py`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+
+from shared_utils.errors import ConfigurationError
+
+VectorBackend = Literal["sync", "async"]
+
+
+@dataclass(frozen=True)
+class EnvSpaces:
+    """What an agent needs to know about an environment's spaces."""
+
+    env_id: str
+    obs_shape: tuple[int, ...]
+    discrete: bool
+    action_dim: int  # number of actions (Discrete) or action dimensions (Box)
+    action_low: np.ndarray | None = None  # Box bounds, for clipping
+    action_high: np.ndarray | None = None
+
+    @property
+    def state_dim(self) -> int:
+        return int(np.prod(self.obs_shape))
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "env_id": self.env_id,
+            "obs_shape": list(self.obs_shape),
+            "action_space": "discrete" if self.discrete else "box",
+            "action_dim": self.action_dim,
+        }
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ConfigurationError for an id gymnasium does not know, listing close matches."""
+    registry = gym.envs.registry
+    if env_id in registry:
+        return
+    close = difflib.get_close_matches(env_id, list(registry), n=5, cutoff=0.6)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise ConfigurationError(
+        f"unknown environment id '{env_id}' (--env, or reinforcement_learning.training.env_id)."
+        f"{hint} Any id registered with gymnasium works, e.g. CartPole-v1 or Pendulum-v1."
+    )
+
+
+def _time_limit(env_id: str, max_episode_steps: int | None) -> int | None:
+    """The shorter of the registered time limit and `max_episode_steps` (None: no extra cut)."""
+    registered = gym.spec(env_id).max_episode_steps
+    if max_episode_steps is None:
+        return registered
+    return max_episode_steps if registered is None else min(registered, max_episode_steps)
+
+
+def make_env(
+    env_id: str, seed: int, index: int, max_episode_steps: int | None = None
+) -> Callable[[], gym.Env]:
+    """A thunk that builds sub-environment `index`, seeded with `seed + index`.
+
+    Episodes are cut after `max_episode_steps` (a truncation, so returns still bootstrap), or at
+    the environment's own registered limit when that is shorter.
+    """
+    limit = _time_limit(env_id, max_episode_steps)
+
+    def thunk() -> gym.Env:
+        env = gym.make(env_id, max_episode_steps=limit)
+        env.reset(seed=seed + index)
+        env.action_space.seed(seed + index)
+        return env
+
+    return thunk
+
+
+def make_vector_env(
+    env_id: str,
+    num_envs: int,
+    seed: int,
+    *,
+    max_episode_steps: int | None = None,
+    backend: VectorBackend = "sync",
+    record_statistics: bool = True,
+) -> gym.vector.VectorEnv:
+    """`num_envs` copies of `env_id` behind gymnasium's vector interface, with next-step autoreset.
+
+    `sync` steps them in this process (for cheap environments like CartPole it was ~8x faster
+    than subprocesses on 2 cores); `async` runs each in its own process. With
+    `record_statistics`, `info["episode"]` carries each finished episode's raw return and length.
+    """
+    check_env_id(env_id)
+    thunks = [make_env(env_id, seed, i, max_episode_steps) for i in range(num_envs)]
+    autoreset = gym.vector.AutoresetMode.NEXT_STEP
+    try:
+        if backend == "async":
+            envs: gym.vector.VectorEnv = gym.vector.AsyncVectorEnv(thunks, autoreset_mode=autoreset)
+        else:
+            envs = gym.vector.SyncVectorEnv(thunks, autoreset_mode=autoreset)
+    except gym.error.DependencyNotInstalled as exc:
+        raise ConfigurationError(f"environment '{env_id}' needs an extra package: {exc}") from None
+    if record_statistics:
+        envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    return envs
+
+
+def env_spaces(envs: gym.vector.VectorEnv, env_id: str) -> EnvSpaces:
+    """The spaces of one sub-environment; ConfigurationError for spaces the agents do not handle."""
+    obs_space, action_space = envs.single_observation_space, envs.single_action_space
+    if not isinstance(obs_space, gym.spaces.Box):
+        raise ConfigurationError(
+            f"environment '{env_id}' has observation space {obs_space}; the RL agents need a Box "
+            "(vector) observation space."
+        )
+    obs_shape = tuple(int(d) for d in obs_space.shape)
+    if isinstance(action_space, gym.spaces.Discrete):
+        return EnvSpaces(env_id, obs_shape, True, int(action_space.n))
+    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        return EnvSpaces(
+            env_id,
+            obs_shape,
+            False,
+            int(action_space.shape[0]),
+            action_space.low.astype(np.float32),
+            action_space.high.astype(np.float32),
+        )
+    raise ConfigurationError(
+        f"environment '{env_id}' has action space {action_space}; the RL agents handle Discrete "
+        "and one-dimensional Box action spaces."
+    )
+
+
+def add_normalization(
+    envs: gym.vector.VectorEnv, *, observations: bool, rewards: bool, gamma: float
+) -> gym.vector.VectorEnv:
+    """Wrap `envs` with running observation and/or reward normalisation (gymnasium's wrappers).
+
+    Apply after `make_vector_env`, so `info["episode"]` still reports raw returns.
+    """
+    if observations:
+        envs = gym.wrappers.vector.NormalizeObservation(envs)
+    if rewards:
+        envs = gym.wrappers.vector.NormalizeReward(envs, gamma=gamma)
+    return envs
+
+
+def _find_wrapper(envs: gym.vector.VectorEnv, kind: type) -> gym.vector.VectorEnv | None:
+    env: gym.vector.VectorEnv | None = envs
+    while env is not None:
+        if isinstance(env, kind):
+            return env
+        env = getattr(env, "env", None)
+    return None
+
+
+def normalization_state(envs: gym.vector.VectorEnv) -> dict[str, dict[str, np.ndarray]]:
+    """The running statistics of the normalisation wrappers of `envs` (empty without any)."""
+    state = {}
+    for name, kind, attribute in _NORMALIZERS:
+        wrapper = _find_wrapper(envs, kind)
+        if wrapper is not None:
+            rms = getattr(wrapper, attribute)
+            state[name] = {
+                "mean": np.asarray(rms.mean, dtype=np.float64),
+                "var": np.asarray(rms.var, dtype=np.float64),
+                "count": np.asarray(rms.count, dtype=np.float64),
+            }
+    return state
+
+
+def load_normalization_state(
+    envs: gym.vector.VectorEnv, state: dict[str, dict[str, np.ndarray]], *, freeze: bool
+) -> None:
+    """Copy saved statistics into the wrappers of `envs`; `freeze` stops further updates (eval)."""
+    for name, kind, attribute in _NORMALIZERS:
+        wrapper = _find_wrapper(envs, kind)
+        if wrapper is None or name not in state:
+            continue
+        rms = getattr(wrapper, attribute)
+        saved = state[name]
+        rms.mean = np.array(saved["mean"], dtype=np.float64).reshape(np.shape(rms.mean))
+        rms.var = np.array(saved["var"], dtype=np.float64).reshape(np.shape(rms.var))
+        rms.count = float(np.asarray(saved["count"]))
+        wrapper.update_running_mean = not freeze
+
+
+_NORMALIZERS = (
+    ("observations", gym.wrappers.vector.NormalizeObservation, "obs_rms"),
+    ("rewards", gym.wrappers.vector.NormalizeReward, "return_rms"),
+)

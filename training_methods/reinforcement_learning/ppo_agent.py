@@ -1,0 +1,429 @@
+"""Proximal Policy Optimization (Schulman et al. 2017) with GAE, for Discrete and Box actions.
+
+Reads top to bottom like CleanRL's `ppo.py`: the network, the distribution maths, the agent that
+collects with `select_action`/`store_transition` and learns with `update`. The implementation
+details are those of "The 37 Implementation Details of PPO" (Huang et al. 2022): orthogonal init,
+Adam eps 1e-5, linear learning-rate annealing, GAE, shuffled minibatches over several epochs,
+per-minibatch advantage normalisation, clipped surrogate, optional value clipping, entropy bonus,
+global gradient clipping and an optional approximate-KL early stop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared_utils.errors import TrainingError
+from training_methods.reinforcement_learning.buffers import RolloutBuffer, compute_gae
+from training_methods.reinforcement_learning.schedules import linear_annealing
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
+    """Orthogonal weights scaled by `std`, constant bias (Engstrom et al. 2020, detail 2)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def _tanh_mlp(in_dim: int, hidden_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden_dim)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden_dim, hidden_dim)),
+        nn.Tanh(),
+    )
+
+
+class ActorCritic(nn.Module):
+    """Feature layers, an actor head (logits, or a Gaussian mean) and a critic head (V(s)).
+
+    With `shared_features` the actor and critic read one feature trunk; without it (the default,
+    as in CleanRL and Stable-Baselines3) each has its own, so the value loss cannot disturb the
+    policy's features. A Box action space gets a state-independent log standard deviation.
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        hidden_dim: int = 64,
+        continuous: bool = False,
+        shared_features: bool = False,
+    ) -> None:
+        super().__init__()
+        self.continuous = continuous
+        self.actor_features = _tanh_mlp(state_dim, hidden_dim)
+        self.critic_features = (
+            self.actor_features if shared_features else _tanh_mlp(state_dim, hidden_dim)
+        )
+        # Small actor init: near-uniform first policy; unit critic init (detail 2).
+        self.actor_head = layer_init(nn.Linear(hidden_dim, action_dim), std=0.01)
+        self.critic_head = layer_init(nn.Linear(hidden_dim, 1), std=1.0)
+        self.log_std = nn.Parameter(torch.zeros(action_dim)) if continuous else None
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """(batch, state_dim) -> (batch,)"""
+        return self.critic_head(self.critic_features(obs)).squeeze(-1)
+
+    def actor(self, obs: torch.Tensor) -> torch.Tensor:
+        """(batch, state_dim) -> (batch, action_dim): logits, or the Gaussian mean."""
+        return self.actor_head(self.actor_features(obs))
+
+    def act(
+        self, obs: torch.Tensor, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample (or take the mode of) the policy: (action, log_prob, value), batch first."""
+        out = self.actor(obs)
+        if self.continuous:
+            assert self.log_std is not None
+            action = out if deterministic else out + self.log_std.exp() * torch.randn_like(out)
+            log_prob = gaussian_log_prob(out, self.log_std, action)
+        else:
+            log_probs = torch.log_softmax(out, dim=-1)
+            if deterministic:
+                action = out.argmax(dim=-1)
+            else:
+                action = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
+            log_prob = log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        return action, log_prob, self.value(obs)
+
+    def evaluate_actions(
+        self, obs: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log_prob, entropy, value) of given actions, each (batch,), with gradients."""
+        out = self.actor(obs)
+        if self.continuous:
+            assert self.log_std is not None
+            log_prob = gaussian_log_prob(out, self.log_std, actions)
+            entropy = (0.5 + 0.5 * LOG_2PI + self.log_std).sum().expand(len(obs))
+        else:
+            log_probs = torch.log_softmax(out, dim=-1)
+            log_prob = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return log_prob, entropy, self.value(obs)
+
+
+def gaussian_log_prob(
+    mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor
+) -> torch.Tensor:
+    """log N(action; mean, diag(exp(log_std))^2), summed over action dimensions: (batch,)."""
+    z = (action - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
+
+
+def clipped_surrogate_loss(
+    ratio: torch.Tensor, advantages: torch.Tensor, clip_coef: float
+) -> torch.Tensor:
+    """PPO's L^CLIP, negated to a loss: -E[min(r A, clip(r, 1-e, 1+e) A)]."""
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef) * advantages
+    return -torch.min(unclipped, clipped).mean()
+
+
+def value_loss(
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    old_values: torch.Tensor,
+    clip_coef: float | None,
+) -> torch.Tensor:
+    """Mean squared error to the GAE returns; with `clip_coef`, the pessimistic clipped version."""
+    unclipped = (values - returns).pow(2)
+    if clip_coef is None:
+        return unclipped.mean()
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_coef, clip_coef)
+    return torch.max(unclipped, (clipped_values - returns).pow(2)).mean()
+
+
+def approx_kl(log_ratio: torch.Tensor) -> float:
+    """KL(old || new) estimated from log(new/old) at old's samples: E[(r - 1) - log r] (the
+    unbiased, always positive "k3" estimator of Schulman's "Approximating KL Divergence")."""
+    with torch.no_grad():
+        return ((log_ratio.exp() - 1) - log_ratio).mean().item()
+
+
+def check_finite(loss: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(loss)):
+        raise TrainingError(
+            f"the {what} became {loss.item()} (not finite); lower the learning rate, check the "
+            "environment's rewards and observations for NaN or inf, or enable gradient clipping"
+        )
+
+
+class PPOAgent:
+    """Collects a rollout with `select_action`/`store_transition`, then learns from it in `update`.
+
+    States, actions and the other per-step values may be single (one environment) or batched with
+    a leading (num_envs,) axis (a vector environment); the rollout buffer holds `num_steps` rows.
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        lr: float = 3e-4,
+        gamma: float = 0.99,
+        eps_clip: float = 0.2,
+        k_epochs: int = 4,
+        *,
+        gae_lambda: float = 0.95,
+        batch_size: int = 64,
+        entropy_coef: float = 0.0,
+        value_coef: float = 0.5,
+        hidden_dim: int = 64,
+        continuous: bool = False,
+        shared_features: bool = False,
+        max_grad_norm: float | None = 0.5,
+        clip_value_loss: bool = False,
+        target_kl: float | None = None,
+        anneal_lr: bool = True,
+        num_envs: int = 1,
+        num_steps: int = 2048,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.state_dim = state_dim
+        self.action_dim = action_dim
+        self.lr = lr
+        self.gamma = gamma
+        self.gae_lambda = gae_lambda
+        self.eps_clip = eps_clip
+        self.k_epochs = k_epochs
+        self.batch_size = batch_size
+        self.entropy_coef = entropy_coef
+        self.value_coef = value_coef
+        self.continuous = continuous
+        self.max_grad_norm = max_grad_norm
+        self.clip_value_loss = clip_value_loss
+        self.target_kl = target_kl
+        self.anneal_lr = anneal_lr
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.policy = ActorCritic(state_dim, action_dim, hidden_dim, continuous, shared_features)
+        self.policy.to(self.device)
+        self.optimizer = adam(self.policy.parameters(), lr, eps=1e-5, device=self.device)
+        self.buffer = RolloutBuffer(
+            num_steps,
+            num_envs,
+            (state_dim,),
+            (action_dim,) if continuous else (),
+            np.float32 if continuous else np.int64,
+        )
+        self.updates = 0
+
+    # ---------------------------------------------------------------------------------------------
+    # acting
+    # ---------------------------------------------------------------------------------------------
+
+    def _batch(self, state: np.ndarray) -> tuple[torch.Tensor, bool]:
+        """A (batch, state_dim) float tensor, and whether the input was already batched."""
+        array = np.asarray(state, dtype=np.float32)
+        batched = array.ndim == 2
+        tensor = torch.from_numpy(array if batched else array[None])
+        return tensor.to(self.device), batched
+
+    @torch.no_grad()
+    def select_action(
+        self, state: np.ndarray, deterministic: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(action, log_prob, value) for one state, or for a batch (num_envs, state_dim).
+
+        Continuous actions are returned unclipped (the log-probability is of this action); clip
+        them to the action space's bounds before stepping the environment.
+        """
+        obs, batched = self._batch(state)
+        action, log_prob, value = self.policy.act(obs, deterministic)
+        action, log_prob, value = (x.cpu().numpy() for x in (action, log_prob, value))
+        if batched:
+            return action, log_prob, value
+        return action[0], log_prob[0], value[0]
+
+    @torch.no_grad()
+    def value(self, state: np.ndarray) -> np.ndarray:
+        obs, batched = self._batch(state)
+        value = self.policy.value(obs).cpu().numpy()
+        return value if batched else value[0]
+
+    def store_transition(
+        self,
+        state: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray | float,
+        done: np.ndarray | bool,
+        log_prob: np.ndarray | float,
+        value: np.ndarray | float,
+        *,
+        truncated: np.ndarray | bool = False,
+        valid: np.ndarray | bool = True,
+    ) -> None:
+        """Store one step (or one vector step).
+
+        `done`: the episode ended at this step. `truncated`: it ended by a time limit, so the
+        return is bootstrapped from the value of the final observation. `valid=False` marks a
+        vector environment's autoreset step, which is not a transition and is never learned from.
+        """
+        n = self.num_envs
+        done = np.broadcast_to(np.asarray(done, dtype=bool), (n,))
+        truncated = np.broadcast_to(np.asarray(truncated, dtype=bool), (n,))
+        self.buffer.add(
+            obs=np.reshape(state, (n, self.state_dim)),
+            action=np.reshape(action, (n, *self.buffer.actions.shape[2:])),
+            reward=np.broadcast_to(reward, (n,)),
+            terminated=done & ~truncated,
+            truncated=truncated,
+            log_prob=np.broadcast_to(log_prob, (n,)),
+            value=np.broadcast_to(value, (n,)),
+            valid=np.broadcast_to(valid, (n,)),
+        )
+
+    @property
+    def rollout_full(self) -> bool:
+        return self.buffer.full
+
+    # ---------------------------------------------------------------------------------------------
+    # learning
+    # ---------------------------------------------------------------------------------------------
+
+    def update(
+        self, next_state: np.ndarray | None = None, progress_remaining: float = 1.0
+    ) -> dict[str, float]:
+        """Learn from the stored rollout, then empty it. Returns the mean losses and diagnostics.
+
+        `next_state`: the observation after the last stored step, whose value bootstraps the
+        returns of unfinished episodes (None: the rollout ended with its episodes).
+        `progress_remaining`: share of the training budget left, for learning-rate annealing.
+        """
+        rollout = self.buffer
+        steps = rollout.pos
+        if steps == 0:
+            raise TrainingError("PPO update called with an empty rollout; store transitions first")
+        if next_state is None:
+            last_values = np.zeros(self.num_envs, dtype=np.float32)
+        else:
+            last_values = np.reshape(self.value(next_state), (self.num_envs,))
+        advantages, returns = compute_gae(
+            rollout.rewards[:steps],
+            rollout.values[:steps],
+            last_values,
+            rollout.terminations[:steps],
+            rollout.truncations[:steps],
+            self.gamma,
+            self.gae_lambda,
+        )
+        # Flatten (steps, envs) and keep real transitions only: no autoreset steps.
+        keep = rollout.valid[:steps].reshape(-1)
+
+        def flat(array: np.ndarray) -> torch.Tensor:
+            rows = array[:steps].reshape(steps * self.num_envs, *array.shape[2:])[keep]
+            return torch.from_numpy(np.ascontiguousarray(rows)).to(self.device)
+
+        obs, actions = flat(rollout.observations), flat(rollout.actions)
+        old_log_probs, old_values = flat(rollout.log_probs), flat(rollout.values)
+        advantages_t, returns_t = flat(advantages), flat(returns)
+        rollout.reset()
+
+        lr = linear_annealing(self.lr, progress_remaining) if self.anneal_lr else self.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        stats = self._optimise(obs, actions, old_log_probs, old_values, advantages_t, returns_t)
+        self.updates += 1
+        stats["learning_rate"] = lr
+        stats["explained_variance"] = explained_variance(
+            old_values.cpu().numpy(), returns_t.cpu().numpy()
+        )
+        return stats
+
+    def _optimise(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        old_log_probs: torch.Tensor,
+        old_values: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+    ) -> dict[str, float]:
+        """`k_epochs` passes of shuffled minibatches over the rollout (each tensor (n, ...))."""
+        n = len(obs)
+        value_clip = self.eps_clip if self.clip_value_loss else None
+        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0}
+        minibatches = 0
+        stopped_early = False
+        for _epoch in range(self.k_epochs):
+            order = torch.randperm(n, device=self.device)
+            for start in range(0, n, self.batch_size):
+                mb = order[start : start + self.batch_size]
+                log_prob, entropy, values = self.policy.evaluate_actions(obs[mb], actions[mb])
+                log_ratio = log_prob - old_log_probs[mb]
+                ratio = log_ratio.exp()
+                if self.target_kl is not None and approx_kl(log_ratio) > 1.5 * self.target_kl:
+                    stopped_early = True  # the policy moved too far from the rollout's
+                    break
+                mb_advantages = advantages[mb]
+                if len(mb) > 1:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (
+                        mb_advantages.std() + 1e-8
+                    )
+                policy_loss = clipped_surrogate_loss(ratio, mb_advantages, self.eps_clip)
+                v_loss = value_loss(values, returns[mb], old_values[mb], value_clip)
+                entropy_mean = entropy.mean()
+                loss = policy_loss - self.entropy_coef * entropy_mean + self.value_coef * v_loss
+                check_finite(loss, "PPO loss")
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.optimizer.step()
+
+                minibatches += 1
+                sums["policy_loss"] += policy_loss.item()
+                sums["value_loss"] += v_loss.item()
+                sums["entropy"] += entropy_mean.item()
+            if stopped_early:
+                break
+
+        stats = {key: value / max(minibatches, 1) for key, value in sums.items()}
+        with torch.no_grad():  # how far this update moved the policy, over the whole rollout
+            log_ratio = self.policy.evaluate_actions(obs, actions)[0] - old_log_probs
+            stats["approx_kl"] = approx_kl(log_ratio)
+            stats["clip_fraction"] = (
+                ((log_ratio.exp() - 1).abs() > self.eps_clip).float().mean().item()
+            )
+        stats["minibatches"] = float(minibatches)
+        stats["stopped_early"] = float(stopped_early)
+        return stats
+
+    # ---------------------------------------------------------------------------------------------
+    # checkpoints
+    # ---------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict, *, with_optimizer: bool = True) -> None:
+        self.policy.load_state_dict(state["policy"])
+        if with_optimizer and "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state.get("updates", 0))
+
+
+def adam(
+    params: Iterable[nn.Parameter], lr: float, eps: float, device: torch.device
+) -> torch.optim.Adam:
+    """Adam, fused into one kernel where torch has one (4x faster steps on these tiny nets)."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(params, lr=lr, eps=eps, fused=fused or None)
+
+
+def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:
+    """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, 0 no better than a mean."""
+    variance = float(np.var(target))
+    return float("nan") if variance == 0 else 1.0 - float(np.var(target - predicted)) / variance
