@@ -371,6 +371,9 @@ class DQNConfig:
     n_step: int = _help(
         "Multi-step returns: sum n rewards before bootstrapping (Rainbow); 1 is plain DQN.", 1
     )
+    normalize_observations: bool = _help(
+        "Normalise observations with running mean and variance (saved with the checkpoint).", False
+    )
     max_grad_norm: float | None = _help(
         "Clip the global gradient norm to this; null disables clipping.", 10.0
     )

@@ -350,3 +350,27 @@ def test_dqn_replay_holds_no_autoreset_transitions(tmp_path, n_step: int) -> Non
         assert (replay["horizons"] == 3 - obs).all()
         expected = [sum(0.99**k for k in range(3 - int(t))) for t in obs]
         assert np.allclose(replay["rewards"].numpy(), expected)
+
+
+def test_dqn_observation_statistics_freeze_when_learning_starts(tmp_path) -> None:
+    """The replay buffer stores normalised observations, so the statistics stop moving once
+    training begins; the checkpoint carries them to evaluation."""
+    from shared_utils.config import ToolkitConfig
+    from training_methods.reinforcement_learning.checkpoints import load_checkpoint
+    from training_methods.reinforcement_learning.trainer import evaluate_checkpoint, train
+
+    config = ToolkitConfig()
+    config.common.device = "cpu"
+    config.logging.use_tensorboard = False
+    config.evaluation.eval_episodes = 2
+    rl = config.reinforcement_learning
+    rl.training.total_timesteps = 200
+    rl.training.max_steps_per_episode = 50
+    rl.dqn.learning_starts = 40
+    rl.dqn.batch_size = 8
+    rl.dqn.hidden_dim = 8
+    rl.dqn.normalize_observations = True
+    train(config, "dqn", tmp_path / "run", show_progress=False)
+    saved = load_checkpoint(tmp_path / "run" / "final_model.pt")["normalization"]["observations"]
+    assert 40 <= float(saved["count"]) < 50  # 40 steps and the resets among them, then frozen
+    assert evaluate_checkpoint(tmp_path / "run" / "final_model.pt", 2, 0, "cpu")["episodes"] == 2

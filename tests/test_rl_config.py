@@ -103,6 +103,7 @@ CASES: list[tuple[str, str, Any, dict[str, Any]]] = [
     ("dqn", f"{RL}.dqn.train_freq", 8, {}),
     ("dqn", f"{RL}.dqn.gradient_steps", 2, {}),
     ("dqn", f"{RL}.dqn.n_step", 3, {}),
+    ("dqn", f"{RL}.dqn.normalize_observations", True, {}),
     ("dqn", f"{RL}.dqn.max_grad_norm", 0.01, {}),
     ("dqn", f"{RL}.dqn.num_envs", 2, {}),
 ]

@@ -19,6 +19,7 @@ from training_methods.reinforcement_learning.envs import (
     add_normalization,
     check_env_id,
     env_spaces,
+    freeze_normalization,
     load_normalization_state,
     make_env,
     make_vector_env,
@@ -171,3 +172,16 @@ def test_normalization_statistics_round_trip_and_freeze() -> None:
     assert np.array_equal(
         normalization_state(other)["observations"]["mean"], state["observations"]["mean"]
     )
+
+
+def test_freeze_normalization_stops_the_statistics() -> None:
+    envs = add_normalization(
+        make_vector_env("CartPole-v1", 2, 0), observations=True, rewards=False, gamma=0.99
+    )
+    envs.reset()
+    envs.step(np.array([0, 1]))
+    freeze_normalization(envs)
+    before = normalization_state(envs)["observations"]["count"].copy()
+    obs = [envs.step(np.array([0, 1]))[0] for _ in range(3)]
+    assert normalization_state(envs)["observations"]["count"] == before
+    assert np.abs(obs[-1]).max() < 50  # still normalised with the frozen statistics

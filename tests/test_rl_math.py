@@ -214,3 +214,11 @@ def test_n_step_returns_with_termination_truncation_and_autoreset() -> None:
 def test_one_step_returns_are_plain_transitions() -> None:
     nstep = NStepReturns(n=1, gamma=0.9, num_envs=2)
     assert _step(nstep, [5, 6], [1, 2]) == [(5.0, 0, 1.0, 6.0, 0.0, 1), (6.0, 1, 2.0, 7.0, 0.0, 1)]
+
+
+def test_checkpoint_arrays_keep_their_shapes() -> None:
+    from training_methods.reinforcement_learning.checkpoints import to_storable
+
+    stored = to_storable({"count": np.asarray(3.0), "strided": np.zeros((2, 4))[:, ::2], "n": [1]})
+    assert stored["count"].shape == () and stored["strided"].shape == (2, 2)
+    assert stored["n"] == [1]

@@ -28,7 +28,8 @@ _PERIODIC = re.compile(r"^step_(\d+)\.pt$")
 def to_storable(value: Any) -> Any:
     """Numpy arrays (also inside dicts, lists, tuples) become tensors; everything else stays."""
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+        # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
+        return torch.from_numpy(value if value.flags.c_contiguous else value.copy())
     if isinstance(value, dict):
         return {key: to_storable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

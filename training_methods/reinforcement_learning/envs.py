@@ -195,6 +195,14 @@ def load_normalization_state(
         wrapper.update_running_mean = not freeze
 
 
+def freeze_normalization(envs: gym.vector.VectorEnv) -> None:
+    """Stop updating the running statistics of `envs` (they keep normalising with them)."""
+    for _, kind, _ in _NORMALIZERS:
+        wrapper = _find_wrapper(envs, kind)
+        if wrapper is not None:
+            wrapper.update_running_mean = False
+
+
 _NORMALIZERS = (
     ("observations", gym.wrappers.vector.NormalizeObservation, "obs_rms"),
     ("rewards", gym.wrappers.vector.NormalizeReward, "return_rms"),

@@ -43,6 +43,7 @@ from training_methods.reinforcement_learning.envs import (
     add_normalization,
     check_env_id,
     env_spaces,
+    freeze_normalization,
     load_normalization_state,
     make_vector_env,
     normalization_state,
@@ -316,13 +317,13 @@ class TrainingRun:
             resources.callback(lambda: self.envs.close())
             self.spaces = env_spaces(self.envs, self.env_id)
             check_algorithm_fits(algorithm, rl, self.spaces)
-            if algorithm == "ppo":
-                self.envs = add_normalization(
-                    self.envs,
-                    observations=rl.ppo.normalize_observations,
-                    rewards=rl.ppo.normalize_rewards,
-                    gamma=rl.ppo.gamma,
-                )
+            section = rl.ppo if algorithm == "ppo" else rl.dqn
+            self.envs = add_normalization(
+                self.envs,
+                observations=section.normalize_observations,
+                rewards=algorithm == "ppo" and rl.ppo.normalize_rewards,
+                gamma=section.gamma,
+            )
             self.agent_kwargs = agent_kwargs(algorithm, rl, self.spaces, self.seed)
             self.agent = build_agent(algorithm, self.agent_kwargs, self.device)
             if saved is not None:
@@ -343,7 +344,7 @@ class TrainingRun:
                 config.evaluation.eval_episodes,
                 self.seed,
                 rl.training.max_steps_per_episode,
-                algorithm == "ppo" and rl.ppo.normalize_observations,
+                section.normalize_observations,
             )
             resources.callback(self.evaluator.close)
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -722,6 +723,9 @@ def dqn_loop(run: TrainingRun) -> None:
         obs = next_obs
 
         if run.progress.global_step >= next_train_step and len(agent.buffer) >= agent.batch_size:
+            # Observation statistics stop moving when learning starts: the replay buffer keeps
+            # observations normalised once, so they must stay comparable with new ones.
+            freeze_normalization(envs)
             for _ in range(dqn.gradient_steps):
                 run.add_losses(agent.update())
             run.progress.updates = agent.updates
