@@ -19,6 +19,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 DEMO_RUN := outputs/demo-lora
 DEMO_EXPORT := outputs/demo-export
+DEMO_RL := outputs/demo-rl
 DEMO_QUESTION := Write the section "Worm Bin Guide" of "Worm Bin Guide".
 
 demo: install
@@ -37,6 +38,11 @@ demo: install
 	@echo '--- chat --model $(DEMO_EXPORT)/merged: $(DEMO_QUESTION) ---'
 	@$(PY) main.py chat --log-level WARNING --model $(DEMO_EXPORT)/merged --temperature 0 \
 		--max-new-tokens 64 --prompt '$(DEMO_QUESTION)'
+	rm -rf $(DEMO_RL)  # a fresh run each time; train-rl refuses to start on top of another run
+	$(PY) main.py train-rl --log-level WARNING --algorithm ppo --config configs/rl/CartPole-v1.yaml \
+		--total-timesteps 30000 --output-dir $(DEMO_RL) --no-progress
+	$(PY) main.py evaluate-rl --log-level WARNING --checkpoint $(DEMO_RL)/best_model.pt --episodes 5
+	@echo "PPO agent, curves (returns.png, TensorBoard events) and summary.json in $(DEMO_RL)."
 
 test: install
 	$(PY) -m ruff check .
@@ -49,6 +55,7 @@ lint: install
 bench: install
 	$(PY) scripts/benchmark_extract.py
 	$(PY) scripts/benchmark_finetune.py
+	$(PY) scripts/benchmark_rl.py
 
 clean:
 	rm -rf $(VENV) outputs data/samples data/processed data/models

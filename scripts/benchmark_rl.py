@@ -8,6 +8,7 @@ Seeds alternate between the two libraries so that machine noise falls on both al
 
     python scripts/benchmark_rl.py                      # 5 seeds, PPO 100k and DQN 50k steps
     python scripts/benchmark_rl.py --seeds 1 --ppo-steps 30000 --dqn-steps 20000   # quick look
+    python scripts/benchmark_rl.py --algorithms ppo --lunar-lander   # also PPO on LunarLander-v3
 
 Prints a markdown table per algorithm (median and range over seeds) and the targets of the issue.
 Stable-Baselines3 is a benchmark-only dependency (requirements-dev.txt).
@@ -31,6 +32,8 @@ from shared_utils.config import REPO_ROOT, load_config  # noqa: E402
 
 ENV_ID = "CartPole-v1"
 THRESHOLD = 475.0
+LUNAR_ID = "LunarLander-v3"
+LUNAR_THRESHOLD = 200.0
 
 # rl-baselines3-zoo hyperparams/ppo.yml and dqn.yml, "CartPole-v1".
 SB3_PPO = {
@@ -169,9 +172,9 @@ def run_sb3(algorithm: str, seed: int, steps: int, eval_every: int, episodes: in
 # --------------------------------------------------------------------------------------------------
 
 
-def measures(run: dict[str, Any]) -> dict[str, Any]:
+def measures(run: dict[str, Any], threshold: float = THRESHOLD) -> dict[str, Any]:
     evals = run["evaluations"]
-    first = next((i for i, e in enumerate(evals) if e["mean_return"] >= THRESHOLD), None)
+    first = next((i for i, e in enumerate(evals) if e["mean_return"] >= threshold), None)
     later = evals[first + 1 :] if first is not None else []
     return {
         "train_seconds": run["train_seconds"],
@@ -180,7 +183,7 @@ def measures(run: dict[str, Any]) -> dict[str, Any]:
         "steps_to_475": evals[first]["step"] if first is not None else None,
         "seconds_to_475": evals[first]["train_seconds"] if first is not None else None,
         "later_evals": len(later),
-        "later_at_475": sum(e["mean_return"] >= THRESHOLD for e in later),
+        "later_at_475": sum(e["mean_return"] >= threshold for e in later),
         "final_eval": evals[-1]["mean_return"],
         "best_model_eval": run["best_model_eval"],
     }
@@ -201,7 +204,8 @@ def _mean_std(values: list[float], fmt: str) -> str:
     return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
 
-def column(results: list[dict[str, Any]]) -> dict[str, str]:
+def column(results: list[dict[str, Any]], threshold: float = THRESHOLD) -> dict[str, str]:
+    at = f"{threshold:g}"
     solved = [r for r in results if r["solved"]]
     later = sum(r["later_evals"] for r in results)
     later_ok = sum(r["later_at_475"] for r in results)
@@ -210,18 +214,18 @@ def column(results: list[dict[str, Any]]) -> dict[str, str]:
     return {
         "training wall time (s)": _mean_std([r["train_seconds"] for r in results], ".1f"),
         "env steps per second": _mean_std([r["steps_per_second"] for r in results], ",.0f"),
-        "seeds reaching eval ≥ 475": f"{len(solved)}/{len(results)}",
-        "steps to first eval ≥ 475, median (range)": _median_range(
+        f"seeds reaching eval ≥ {at}": f"{len(solved)}/{len(results)}",
+        f"steps to first eval ≥ {at}, median (range)": _median_range(
             [r["steps_to_475"] for r in solved], ",.0f"
         ),
-        "wall time to first eval ≥ 475 (s), median (range)": _median_range(
+        f"wall time to first eval ≥ {at} (s), median (range)": _median_range(
             [r["seconds_to_475"] for r in solved], ".1f"
         ),
-        "later evals still ≥ 475": f"{100 * later_ok / later:.0f}%" if later else "n/a",
-        "final eval ≥ 475": f"{sum(f >= THRESHOLD for f in finals)}/{len(finals)} "
+        f"later evals still ≥ {at}": f"{100 * later_ok / later:.0f}%" if later else "n/a",
+        f"final eval ≥ {at}": f"{sum(f >= threshold for f in finals)}/{len(finals)} "
         f"(values {', '.join(f'{f:.0f}' for f in finals)})",
-        "best_model.pt re-evaluated ≥ 475": (
-            f"{sum(b >= THRESHOLD for b in bests)}/{len(bests)}" if bests else "n/a"
+        f"best_model.pt re-evaluated ≥ {at}": (
+            f"{sum(b >= threshold for b in bests)}/{len(bests)}" if bests else "n/a"
         ),
     }
 
@@ -243,11 +247,18 @@ def ratio_lines(ours: list[dict[str, Any]], sb3: list[dict[str, Any]]) -> list[s
     return lines
 
 
-def table(algorithm: str, steps: int, ours: list[dict], sb3: list[dict]) -> str:
-    ours_col = column(ours)
-    sb3_col = column(sb3) if sb3 else {}
+def table(
+    algorithm: str,
+    steps: int,
+    ours: list[dict],
+    sb3: list[dict],
+    env_id: str = ENV_ID,
+    threshold: float = THRESHOLD,
+) -> str:
+    ours_col = column(ours, threshold)
+    sb3_col = column(sb3, threshold) if sb3 else {}
     lines = [
-        f"### {algorithm.upper()} on {ENV_ID}, {steps:,} steps, {len(ours)} seeds",
+        f"### {algorithm.upper()} on {env_id}, {steps:,} steps, {len(ours)} seeds",
         "",
         "| measure | ours | SB3 (zoo settings) |",
         "|---|---:|---:|",
@@ -276,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         help="our settings (default: configs/rl/CartPole-v1.yaml)",
     )
     parser.add_argument("--no-sb3", action="store_true", help="measure ours only")
+    parser.add_argument(
+        "--lunar-lander",
+        action="store_true",
+        help="also PPO on LunarLander-v3 with configs/rl/LunarLander-v3.yaml (ours only, "
+        "solved at a mean return of 200; needs gymnasium[box2d])",
+    )
+    parser.add_argument("--lunar-steps", type=int, default=1_000_000)
+    parser.add_argument("--lunar-seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
     parser.add_argument("--json", type=Path, help="also write every run's measures here")
     args = parser.parse_args(argv)
 
@@ -312,6 +331,23 @@ def main(argv: list[str] | None = None) -> int:
                 )
         raw[algorithm] = {"ours": ours, "sb3": sb3}
         tables.append(table(algorithm, steps, ours, sb3))
+    if args.lunar_lander:
+        lunar = REPO_ROOT / "configs" / "rl" / f"{LUNAR_ID}.yaml"
+        ours = []
+        for seed in range(args.lunar_seeds):
+            run = run_ours("ppo", seed, args.lunar_steps, 32_768, args.eval_episodes, lunar)
+            ours.append(measures(run, LUNAR_THRESHOLD))
+            result = ours[-1]
+            print(
+                f"lunar ppo seed {seed}: {result['train_seconds']:.1f} s, "
+                f"{result['steps_per_second']:,.0f} steps/s, 200 at {result['steps_to_475']} "
+                f"steps, final {result['final_eval']:.0f}, best_model.pt "
+                f"{result['best_model_eval']:.0f}",
+                file=sys.stderr,
+                flush=True,
+            )
+        raw["ppo-lunar-lander"] = {"ours": ours}
+        tables.append(table("ppo", args.lunar_steps, ours, [], LUNAR_ID, LUNAR_THRESHOLD))
     print("\n\n".join(tables))
     if args.json:
         args.json.write_text(json.dumps(raw, indent=2), encoding="utf-8")

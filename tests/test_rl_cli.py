@@ -374,3 +374,26 @@ def test_train_rl_script_is_a_thin_wrapper(tmp_path: Path, tiny: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+SHIPPED = sorted((REPO / "configs" / "rl").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=[path.stem for path in SHIPPED])
+def test_shipped_settings_train(run_main, tmp_path: Path, config: Path) -> None:
+    """Every configs/rl/<env>.yaml names its environment (installed: LunarLander-v3 needs
+    gymnasium[box2d]) and trains with its own settings for one short budget, for each algorithm
+    it has settings for that fits the action space."""
+    settings = yaml.safe_load(config.read_text())
+    env_id = settings["reinforcement_learning"]["training"]["env_id"]
+    assert config.stem == env_id
+    algorithms = [name for name in ("ppo", "dqn") if name in settings["reinforcement_learning"]]
+    for algorithm in algorithms:
+        out = tmp_path / algorithm
+        status, stdout, stderr = run_main(
+            "train-rl", "--algorithm", algorithm, "--config", config,
+            "--total-timesteps", "1500", "--output-dir", out, "--no-progress",
+        )  # fmt: skip
+        assert status == 0, stderr
+        assert f"{algorithm} on {env_id}" in stdout
+        assert json.loads((out / "summary.json").read_text())["steps"] >= 1000
