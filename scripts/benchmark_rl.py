@@ -272,7 +272,13 @@ def table(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algorithms", nargs="+", choices=["ppo", "dqn"], default=["ppo", "dqn"])
+    parser.add_argument(
+        "--algorithms",
+        nargs="*",
+        choices=["ppo", "dqn"],
+        default=["ppo", "dqn"],
+        help="CartPole-v1 algorithms to measure (none: only --lunar-lander)",
+    )
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--ppo-steps", type=int, default=100_000)

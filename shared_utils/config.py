@@ -434,8 +434,11 @@ class ReinforcementLearningConfig:
     dqn: DQNConfig = field(default_factory=DQNConfig)
     training: RLTrainingConfig = field(default_factory=RLTrainingConfig)
 
-    def check(self) -> None:
-        """Range checks the types alone cannot express; raises ConfigurationError naming the key."""
+    def check(self, algorithm: str | None = None) -> None:
+        """Range checks the types alone cannot express; raises ConfigurationError naming the key.
+
+        `algorithm` ("ppo" or "dqn"): also the checks only that algorithm's run needs.
+        """
         ppo, dqn, run = self.ppo, self.dqn, self.training
 
         def positive_or_null(value: float | None) -> bool:
@@ -486,8 +489,8 @@ class ReinforcementLearningConfig:
             ),
             (
                 "training.update_frequency",
-                run.update_frequency >= ppo.num_envs,
-                "must be at least ppo.num_envs",
+                algorithm == "dqn" or run.update_frequency >= ppo.num_envs,
+                "must be at least ppo.num_envs (the rollout holds one step of every environment)",
             ),
             ("training.save_frequency", run.save_frequency >= 1, "must be at least 1"),
             ("training.eval_every_steps", run.eval_every_steps >= 0, "must be 0 or more"),
@@ -529,9 +532,16 @@ class CheckpointConfig:
 
 
 def check_training_sections(config: ToolkitConfig) -> None:
-    """Range checks of evaluation, checkpoint and early_stopping, shared by the trainers."""
+    """Range checks of common.seed, evaluation, checkpoint and early_stopping, shared by the
+    training commands."""
     rules = [
+        (
+            "common.seed",
+            0 <= config.common.seed < 2**32,
+            "must be in [0, 2**32 - 1] (numpy's seed range)",
+        ),
         ("evaluation.eval_frequency", config.evaluation.eval_frequency >= 1, "must be at least 1"),
+        ("evaluation.eval_episodes", config.evaluation.eval_episodes >= 1, "must be at least 1"),
         ("evaluation.num_samples", config.evaluation.num_samples >= 0, "must be 0 or more"),
         ("checkpoint.save_steps", config.checkpoint.save_steps >= 1, "must be at least 1"),
         (

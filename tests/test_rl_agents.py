@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from tests.test_rl_envs import one_torch_thread, register_test_envs  # noqa: F401
 from training_methods.reinforcement_learning import ppo_agent
+from training_methods.reinforcement_learning.buffers import compute_gae
 from training_methods.reinforcement_learning.dqn_agent import DQNAgent, DuelingDQNNetwork, QNetwork
 from training_methods.reinforcement_learning.envs import env_spaces, make_vector_env
 from training_methods.reinforcement_learning.ppo_agent import ActorCritic, PPOAgent
@@ -77,7 +78,7 @@ def test_ppo_store_transition_and_update_api() -> None:
         action, log_prob, value = agent.select_action(state)
         agent.store_transition(state, action, 1.0, t % 10 == 9, log_prob, value)
         state = rng.standard_normal(4).astype(np.float32)
-    assert agent.rollout_full
+    assert agent.buffer.full
     before = [p.detach().clone() for p in agent.policy.parameters()]
     losses = agent.update()
     assert set(losses) >= {"policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"}
@@ -86,6 +87,27 @@ def test_ppo_store_transition_and_update_api() -> None:
     assert any(
         not torch.equal(b, p) for b, p in zip(before, agent.policy.parameters(), strict=True)
     )
+
+
+def test_ppo_truncation_with_final_state_bootstraps_from_it() -> None:
+    """A caller that resets its environment itself passes the final observation of a truncated
+    episode: the advantage is r + gamma V(final) - V(s), not a bootstrap from the next episode."""
+    torch.manual_seed(0)
+    agent = PPOAgent(3, 2, gamma=0.9, gae_lambda=0.95, num_envs=1, num_steps=2)
+    s0, final, s1 = (np.full(3, x, dtype=np.float32) for x in (0.1, 2.0, -3.0))
+    _, log_prob, v0 = agent.select_action(s0)
+    agent.store_transition(s0, 0, 1.0, True, log_prob, v0, truncated=True, final_state=final)
+    _, log_prob, v1 = agent.select_action(s1)
+    agent.store_transition(s1, 1, 0.0, False, log_prob, v1)
+    rollout = agent.buffer
+    advantages, _ = compute_gae(
+        rollout.rewards, rollout.values, np.zeros(1, np.float32), rollout.terminations,
+        rollout.truncations, agent.gamma, agent.gae_lambda,
+    )  # fmt: skip
+    expected = 1.0 + 0.9 * agent.value(final) - v0
+    assert abs(agent.value(final) - v1) > 1e-3  # the two bootstraps really differ
+    assert advantages[0, 0] == pytest.approx(expected, abs=1e-5)
+    assert advantages[1, 0] == pytest.approx(-v1, abs=1e-5)  # last row: no bootstrap given
 
 
 def test_ppo_ratio_is_exactly_one_on_the_first_minibatch(monkeypatch: pytest.MonkeyPatch) -> None:

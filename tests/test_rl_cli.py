@@ -150,12 +150,14 @@ def test_episodes_budget_replaces_the_step_budget(run_main, tmp_path: Path, tiny
     )
 
 
-def test_seeded_runs_are_reproducible(run_main, tmp_path: Path, tiny: Path) -> None:
+@pytest.mark.parametrize("algorithm", ["ppo", "dqn"])
+def test_seeded_runs_are_reproducible(run_main, tmp_path: Path, tiny: Path, algorithm: str) -> None:
     def run(name: str, seed: str) -> tuple[list, list]:
         out = tmp_path / name
         status, _, stderr = run_main(
-            "train-rl", "--algorithm", "ppo", "--config", tiny, "--seed", seed, "--output-dir", out
-        )
+            "train-rl", "--algorithm", algorithm, "--config", tiny, "--seed", seed,
+            "--output-dir", out,
+        )  # fmt: skip
         assert status == 0, stderr
         summary = json.loads((out / "summary.json").read_text())
         evals = [(e["step"], e["mean_return"]) for e in summary["evaluations"]]
@@ -246,6 +248,7 @@ def test_checkpoint_from_another_observation_shape_is_refused(tmp_path: Path) ->
         (["--total-timesteps", "-5"], "must be a positive integer"),
         (["--episodes", "3", "--total-timesteps", "9"], "not allowed with argument"),
         (["--algorithm", "a2c"], "invalid choice"),
+        (["--seed", "-1"], "must be in [0, 2**32 - 1], got -1"),
     ],
 )
 def test_bad_input_is_a_usage_error(
@@ -280,12 +283,53 @@ def test_config_dims_that_do_not_match_the_environment(run_main, tmp_path: Path)
     )
 
 
-def test_out_of_range_config_value_names_the_key(run_main, tmp_path: Path) -> None:
-    config = write_config(tmp_path, reinforcement_learning={"ppo": {"gamma": 1.5}})
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        (
+            {"reinforcement_learning": {"ppo": {"gamma": 1.5}}},
+            "reinforcement_learning.ppo.gamma' is 1.5; it must be in [0, 1]",
+        ),
+        ({"evaluation": {"eval_episodes": 0}}, "'evaluation.eval_episodes' is 0; it must be at"),
+        ({"checkpoint": {"max_checkpoints": 0}}, "'checkpoint.max_checkpoints' is 0; it must be"),
+        ({"common": {"seed": -3}}, "'common.seed' is -3; it must be in [0, 2**32 - 1]"),
+    ],
+)  # fmt: skip
+def test_out_of_range_config_value_names_the_key(
+    run_main, tmp_path: Path, sections: dict, message: str
+) -> None:
+    config = write_config(tmp_path, **sections)
+    for algorithm in ("ppo", "dqn"):
+        status, _, err = run_main(
+            "train-rl", "--algorithm", algorithm, "--config", config, "--output-dir", tmp_path / "o"
+        )
+        assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_evaluate_rl_refuses_zero_episodes_from_the_config(
+    run_main, tmp_path: Path, tiny: Path
+) -> None:
+    out = tmp_path / "run"
+    assert run_main("train-rl", "--algorithm", "ppo", "--config", tiny, "--output-dir", out)[0] == 0
+    config = write_config(tmp_path, evaluation={"eval_episodes": 0})
+    status, _, err = run_main(
+        "evaluate-rl", "--checkpoint", out / "best_model.pt", "--config", config
+    )
+    assert status == 2 and "'evaluation.eval_episodes' is 0" in err
+
+
+def test_update_frequency_only_bounds_ppo_runs(run_main, tmp_path: Path) -> None:
+    """training.update_frequency is PPO's rollout length; DQN runs ignore it."""
+    config = write_config(tmp_path, reinforcement_learning={"training": {"update_frequency": 1}})
     status, _, err = run_main(
         "train-rl", "--algorithm", "ppo", "--config", config, "--output-dir", tmp_path / "o"
     )
-    assert status == 2 and "reinforcement_learning.ppo.gamma' is 1.5; it must be in [0, 1]" in err
+    assert status == 2 and "'reinforcement_learning.training.update_frequency' is 1" in err
+    status, _, err = run_main(
+        "train-rl", "--algorithm", "dqn", "--config", config, "--output-dir", tmp_path / "p"
+    )
+    assert status == 0, err
 
 
 def test_evaluate_rl_bad_checkpoints(run_main, tmp_path: Path) -> None:
@@ -318,6 +362,8 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(run_main, tmp_path:
     )
     assert status == 1
     assert "PPO loss became nan (not finite)" in err and "the last good checkpoint is" in err
+    assert "reinforcement_learning.ppo.learning_rate" in err
+    assert err.count("the last good checkpoint") == 1 and len(err.strip().splitlines()) == 1
     named = Path(err.split("the last good checkpoint is ")[1].strip().rstrip("."))
     assert named.is_file()
     weights = load_checkpoint(named)["agent"]["policy"]
@@ -382,8 +428,8 @@ SHIPPED = sorted((REPO / "configs" / "rl").glob("*.yaml"))
 @pytest.mark.parametrize("config", SHIPPED, ids=[path.stem for path in SHIPPED])
 def test_shipped_settings_train(run_main, tmp_path: Path, config: Path) -> None:
     """Every configs/rl/<env>.yaml names its environment (installed: LunarLander-v3 needs
-    gymnasium[box2d]) and trains with its own settings for one short budget, for each algorithm
-    it has settings for that fits the action space."""
+    gymnasium[box2d]) and trains with its own settings for a few thousand steps, for each
+    algorithm it has settings for."""
     settings = yaml.safe_load(config.read_text())
     env_id = settings["reinforcement_learning"]["training"]["env_id"]
     assert config.stem == env_id
@@ -392,8 +438,8 @@ def test_shipped_settings_train(run_main, tmp_path: Path, config: Path) -> None:
         out = tmp_path / algorithm
         status, stdout, stderr = run_main(
             "train-rl", "--algorithm", algorithm, "--config", config,
-            "--total-timesteps", "1500", "--output-dir", out, "--no-progress",
+            "--total-timesteps", "3000", "--output-dir", out, "--no-progress",
         )  # fmt: skip
         assert status == 0, stderr
         assert f"{algorithm} on {env_id}" in stdout
-        assert json.loads((out / "summary.json").read_text())["steps"] >= 1000
+        assert json.loads((out / "summary.json").read_text())["steps"] >= 3000

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared_utils.config import ToolkitConfig, apply_overrides
+from shared_utils.config import ToolkitConfig, apply_overrides, check_training_sections
 from shared_utils.errors import EXIT_OK
 
 
@@ -30,11 +30,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _int(text: str) -> int:
+def _seed(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32 - 1], got {text}")
+    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,7 +76,7 @@ def add_train_rl_command(
     budget.add_argument(
         "--episodes", metavar="N", type=_positive_int, help="train for N episodes instead"
     )
-    parser.add_argument("--seed", type=_int, help="random seed (default: common.seed)")
+    parser.add_argument("--seed", type=_seed, help="random seed (default: common.seed)")
     parser.add_argument(
         "--num-envs", metavar="K", type=_positive_int, help="environments run in parallel"
     )
@@ -162,13 +165,14 @@ def add_evaluate_rl_command(
         metavar="N",
         help="episodes to play (default: evaluation.eval_episodes)",
     )
-    parser.add_argument("--seed", type=_int, help="seed of the episodes (default: common.seed)")
+    parser.add_argument("--seed", type=_seed, help="seed of the episodes (default: common.seed)")
     parser.set_defaults(handler=run_evaluate_rl)
 
 
 def run_evaluate_rl(args: argparse.Namespace, config: ToolkitConfig) -> int:
     from training_methods.reinforcement_learning.trainer import evaluate_checkpoint
 
+    check_training_sections(config)
     result = evaluate_checkpoint(
         args.checkpoint,
         args.episodes or config.evaluation.eval_episodes,

@@ -148,10 +148,14 @@ def approx_kl(log_ratio: torch.Tensor) -> float:
 
 
 def check_finite(loss: torch.Tensor, what: str) -> None:
+    """Raise TrainingError before a non-finite loss reaches the optimizer. `what`: "PPO loss" or
+    "DQN loss"; the message names that algorithm's config keys."""
     if not bool(torch.isfinite(loss)):
+        section = f"reinforcement_learning.{what.split()[0].lower()}"
         raise TrainingError(
-            f"the {what} became {loss.item()} (not finite); lower the learning rate, check the "
-            "environment's rewards and observations for NaN or inf, or enable gradient clipping"
+            f"the {what} became {loss.item()} (not finite); lower {section}.learning_rate or "
+            f"{section}.max_grad_norm, and check the environment's rewards and observations for "
+            "NaN or inf"
         )
 
 
@@ -259,30 +263,36 @@ class PPOAgent:
         *,
         truncated: np.ndarray | bool = False,
         valid: np.ndarray | bool = True,
+        final_state: np.ndarray | None = None,
     ) -> None:
         """Store one step (or one vector step).
 
-        `done`: the episode ended at this step. `truncated`: it ended by a time limit, so the
-        return is bootstrapped from the value of the final observation. `valid=False` marks a
-        vector environment's autoreset step, which is not a transition and is never learned from.
+        `done`: the episode ended at this step. `truncated`: it ended by a time limit, so its
+        return is bootstrapped from V(final observation). That observation comes either from
+        `final_state` (an environment the caller resets itself: the bootstrap is folded into the
+        reward here) or, when `final_state` is None, from the next stored row, which is how
+        gymnasium 1.x vector environments deliver it: the step after an episode end returns only
+        the reset, and is stored with `valid=False`, a row that is never learned from.
         """
         n = self.num_envs
         done = np.broadcast_to(np.asarray(done, dtype=bool), (n,))
         truncated = np.broadcast_to(np.asarray(truncated, dtype=bool), (n,))
+        reward = np.broadcast_to(np.asarray(reward, dtype=np.float32), (n,))
+        terminated = done & ~truncated
+        if final_state is not None and truncated.any():
+            final_values = np.reshape(self.value(final_state), (n,))
+            reward = reward + np.where(truncated, self.gamma * final_values, 0.0)
+            terminated = done  # bootstrapped already: nothing more to add from the next row
         self.buffer.add(
             obs=np.reshape(state, (n, self.state_dim)),
             action=np.reshape(action, (n, *self.buffer.actions.shape[2:])),
-            reward=np.broadcast_to(reward, (n,)),
-            terminated=done & ~truncated,
+            reward=reward,
+            terminated=terminated,
             truncated=truncated,
             log_prob=np.broadcast_to(log_prob, (n,)),
             value=np.broadcast_to(value, (n,)),
             valid=np.broadcast_to(valid, (n,)),
         )
-
-    @property
-    def rollout_full(self) -> bool:
-        return self.buffer.full
 
     # ---------------------------------------------------------------------------------------------
     # learning

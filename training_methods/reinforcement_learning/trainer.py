@@ -30,6 +30,7 @@ from tqdm import tqdm
 from shared_utils.config import (
     ReinforcementLearningConfig,
     ToolkitConfig,
+    check_training_sections,
     config_to_dict,
     dump_config,
 )
@@ -280,7 +281,8 @@ class TrainingRun:
         show_progress: bool | None = None,
     ) -> None:
         rl = config.reinforcement_learning
-        rl.check()
+        rl.check(algorithm)
+        check_training_sections(config)
         self.config = config
         self.rl = rl
         self.algorithm: Algorithm = algorithm
@@ -300,10 +302,7 @@ class TrainingRun:
             self.progress = Progress()
             if saved is not None:
                 self.progress = Progress(**saved["progress"])
-                set_seed(self.seed)
-                _restore_rng(saved["rng"])
-            else:
-                set_seed(self.seed)
+            set_seed(self.seed)
             self.num_envs = rl.ppo.num_envs if algorithm == "ppo" else rl.dqn.num_envs
             # On resume the environments start fresh episodes, seeded by where the run stopped.
             env_seed = self.seed + self.progress.global_step
@@ -333,6 +332,8 @@ class TrainingRun:
                 load_normalization_state(self.envs, saved.get("normalization", {}), freeze=False)
                 if "replay_buffer" in saved and isinstance(self.agent, DQNAgent):
                     self.agent.buffer.load_state_dict(_numpy_tree(saved["replay_buffer"]))
+                # Last, so that building the agent above does not draw from the restored state.
+                _restore_rng(saved["rng"])
                 logger.info("resuming from %s at step %d", resume_path, self.progress.global_step)
             else:
                 self.progress.next_eval_step = rl.training.eval_every_steps
@@ -455,7 +456,9 @@ class TrainingRun:
         if self._episode_returns:
             metrics["episode_return"] = float(np.mean(self._episode_returns))
             metrics["episode_length"] = float(np.mean(self._episode_lengths))
+            postfix = {} if self._bar_counts_steps else {"steps": self.progress.global_step}
             self.bar.set_postfix(
+                **postfix,
                 ret=f"{metrics['episode_return']:.1f}",
                 sps=f"{metrics['steps_per_second']:.0f}",
                 refresh=False,
@@ -508,9 +511,9 @@ class TrainingRun:
     def _check_weights_finite(self) -> None:
         network = self.agent.policy if isinstance(self.agent, PPOAgent) else self.agent.q_network
         if not all(bool(torch.isfinite(p).all()) for p in network.parameters()):
-            raise TrainingError(
-                "the network's weights are no longer finite; nothing was saved"
-                + self._last_good_hint()
+            raise TrainingError(  # train() adds where the last good checkpoint is
+                f"the network's weights are no longer finite, so nothing was saved; lower "
+                f"reinforcement_learning.{self.algorithm}.learning_rate"
             )
 
     def _last_good_hint(self) -> str:
