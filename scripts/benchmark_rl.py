@@ -300,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         "solved at a mean return of 200; needs gymnasium[box2d])",
     )
     parser.add_argument("--lunar-steps", type=int, default=1_000_000)
+    parser.add_argument(
+        "--lunar-config",
+        type=Path,
+        default=REPO_ROOT / "configs" / "rl" / f"{LUNAR_ID}.yaml",
+        help="our LunarLander settings (default: configs/rl/LunarLander-v3.yaml)",
+    )
     parser.add_argument("--lunar-seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
     parser.add_argument("--json", type=Path, help="also write every run's measures here")
     args = parser.parse_args(argv)
@@ -338,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         raw[algorithm] = {"ours": ours, "sb3": sb3}
         tables.append(table(algorithm, steps, ours, sb3))
     if args.lunar_lander:
-        lunar = REPO_ROOT / "configs" / "rl" / f"{LUNAR_ID}.yaml"
+        lunar = args.lunar_config
         ours = []
         for seed in range(args.lunar_seeds):
             run = run_ours("ppo", seed, args.lunar_steps, 32_768, args.eval_episodes, lunar)
