@@ -200,7 +200,7 @@ def test_script_style_and_inline_html_are_removed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("markdown", "text"),
     [
-        ("See [the docs](https://x.io/a_(b) \"Title\") now.", "See the docs now."),
+        ('See [the docs](https://x.io/a_(b) "Title") now.', "See the docs now."),
         ("An ![alt text](img.png) image.", "An alt text image."),
         ("[![badge](b.svg)](https://ci)", "badge"),
         ("Go to <https://example.com/a_b_c>.", "Go to https://example.com/a_b_c."),
@@ -221,7 +221,7 @@ def test_reference_links_keep_their_text(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
         "Read [the guide][g], [this][] and [Guide].\n\n[g]: https://g.io\n[this]: /t\n"
-        "[guide]: https://g.io \"G\"\n\n[not a link] stays.\n",
+        '[guide]: https://g.io "G"\n\n[not a link] stays.\n',
     )
     (section,) = _parse(path).sections
     assert section.text == "Read the guide, this and Guide.\n\n[not a link] stays."

@@ -450,7 +450,7 @@ def _render_block(block: _Block, reference_labels: set[str]) -> str:
 
 
 def _render_table_row(row: str, reference_labels: set[str]) -> str:
-    """"| a | **b** |" -> "a | b"."""
+    """ "| a | **b** |" -> "a | b"."""
     row = row.strip()
     if row.startswith("|"):
         row = row[1:]
