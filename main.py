@@ -3,7 +3,9 @@
 
 This file only builds the command line and dispatches; every command lives in its package and is
 importable and testable in-process through `main([...])`. It is also the one error boundary: the
-toolkit's errors become one line on stderr and a documented exit status.
+toolkit's errors become one line on stderr and a documented exit status, and so does any other
+exception (a library's), as one line naming the command, the exception and the module it came
+from; `--debug` prints the full traceback as well.
 
 Exit statuses:
     0    success
@@ -22,9 +24,13 @@ import traceback
 
 from document_processing.cli import register_commands as register_document_commands
 from shared_utils.errors import EXIT_FAILURE, EXIT_INTERRUPTED, LLMToolkitError
-from training_methods.export_cli import register_commands as register_export_commands
-from training_methods.finetune_cli import register_commands as register_finetune_commands
-from training_methods.rl_cli import register_commands as register_rl_commands
+from training_methods.reinforcement_learning.cli import register_commands as register_rl_commands
+from training_methods.transfer_learning.export_cli import (
+    register_commands as register_export_commands,
+)
+from training_methods.transfer_learning.finetune_cli import (
+    register_commands as register_finetune_commands,
+)
 
 
 def _global_options(suppress_defaults: bool) -> argparse.ArgumentParser:
@@ -87,6 +93,48 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
+def _close_progress_bars() -> None:
+    """Finish any progress bar still drawn on stderr, so that the error starts a line of its own."""
+    tqdm_module = sys.modules.get("tqdm")
+    bars = getattr(getattr(tqdm_module, "tqdm", None), "_instances", None) or ()
+    for bar in list(bars):
+        try:
+            bar.close()
+        except Exception:  # a half-torn-down bar must not replace the real error
+            pass
+
+
+def _raised_in(exc: BaseException) -> str:
+    """The module of the innermost Python frame the exception passed through."""
+    tb = exc.__traceback__
+    if tb is None:
+        return type(exc).__module__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", type(exc).__module__))
+
+
+def unexpected_error_line(command: str, exc: BaseException) -> str:
+    """One line for an exception the toolkit did not raise on purpose: the command, the exception
+    type, the module it came from, its first message line and what to try."""
+    kind = type(exc)
+    name = kind.__qualname__
+    if kind.__module__ != "builtins":
+        name = f"{kind.__module__}.{name}"
+    try:
+        lines = str(exc).strip().splitlines()
+    except Exception:  # a broken __str__ must not hide the error itself
+        lines = []
+    message = lines[0].strip() if lines else ""
+    if len(message) > 300:
+        message = message[:297] + "..."
+    detail = f": {message}" if message else ""
+    return (
+        f"error: {command} failed with {name} in {_raised_in(exc)}{detail} — rerun with --debug "
+        "for the full traceback"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -103,11 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         _configure_logging(level)
         return int(args.handler(args, config))
     except LLMToolkitError as exc:
+        _close_progress_bars()
         if debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # disk full, a path that is not a folder, permissions, ...
+        _close_progress_bars()
         if debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
@@ -117,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a library's error (or a bug): one line, not a bare traceback
+        _close_progress_bars()
+        if debug:
+            traceback.print_exc()
+        print(unexpected_error_line(args.command, exc), file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def run_create_samples(args: argparse.Namespace, config: ToolkitConfig) -> int:
     if not args.no_model:
         from transformers.utils import logging as hf_logging
 
-        from training_methods.tiny_model import build_tiny_model
+        from training_methods.transfer_learning.tiny_model import build_tiny_model
 
         hf_logging.disable_progress_bar()
         model_dir = build_tiny_model(args.model_dir, seed=config.common.seed)

@@ -18,10 +18,12 @@ import json
 import logging
 import math
 import os
+import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from document_processing.parsers import SUPPORTED_SUFFIXES, parser_for
@@ -29,10 +31,12 @@ from document_processing.records import PageText, ParsedDocument
 from shared_utils.config import DocumentProcessingConfig, ToolkitConfig, dump_config
 from shared_utils.errors import ConfigurationError, LLMToolkitError, SecurityError
 from shared_utils.file_utils import (
+    AtomicFile,
     FileTooLargeError,
     atomic_write,
     atomic_write_json,
     atomic_write_text,
+    folder_lock,
     is_within,
     iter_jsonl,
     sha256_file,
@@ -45,6 +49,13 @@ logger = logging.getLogger(__name__)
 
 CACHE_DIR = ".extract_cache"
 MANIFEST = "manifest.json"
+LOCK_FILE = ".extract.lock"
+_CACHE_FILE = re.compile(r"[0-9a-f]{24}\.jsonl")  # what `_cache_name` makes
+_OUTPUT_SUFFIXES = (".jsonl", ".txt")  # the only kinds of file an earlier run's outputs can be
+# The files a jsonl run may write besides the report: train/valid at the top, in alpaca/, chat/.
+_SPLIT_FILES = [
+    f"{d}{split}.jsonl" for d in ("", "alpaca/", "chat/") for split in ("train", "valid")
+]
 REPORT = "extract_report.json"
 RESOLVED_CONFIG = "resolved_config.yaml"
 # Bump when the cached record format or the processing changes, so old caches are not reused.
@@ -230,11 +241,22 @@ class ExtractRun:
     def run(self) -> ExtractResult:
         started = time.monotonic()
         self._check_folders()
+        # One run per output folder at a time: two runs would delete each other's cache files
+        # and outputs. The lock goes with the process, so a killed run never blocks the next.
+        with folder_lock(self.output_dir, LOCK_FILE, "extract run"):
+            self._check_cache_dir()
+            return self._run(started)
+
+    def _run(self, started: float) -> ExtractResult:
         max_bytes = int(self.settings.max_file_size_mb * 1e6)
         files, refused = discover_files(self.input_dir, self.output_dir, max_bytes)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.output_format == "text":
+            files, clashes = _text_name_clashes(files)
+            refused = sorted([*refused, *clashes], key=lambda report: report.source)
+        self.cache_dir.mkdir(exist_ok=True)
+        previous = self._read_manifest()
         settings_key = self._settings_key()
-        manifest = self._load_manifest(settings_key) if self.incremental else {}
+        manifest = self._reusable_entries(previous, settings_key) if self.incremental else {}
         hashes = {source: sha256_file(path) for path, source in files} if self.incremental else {}
 
         reports: dict[str, FileReport] = {r.source: r for r in refused}
@@ -255,7 +277,8 @@ class ExtractRun:
 
         ordered = [reports[source] for source in sorted(reports)]
         outputs, totals = self._assemble(ordered)
-        self._write_manifest(settings_key, ordered, hashes)
+        self._remove_stale(previous, set(outputs))
+        self._write_manifest(settings_key, ordered, hashes, outputs)
         result = ExtractResult(ordered, outputs, totals, time.monotonic() - started)
         self._write_report(result)
         return result
@@ -281,6 +304,21 @@ class ExtractRun:
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ConfigurationError(f"OUTPUT_DIR '{self.output_dir}' exists and is not a folder.")
         self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def _check_cache_dir(self) -> None:
+        """The cache folder must be extract's own folder: it deletes files in it."""
+        cache = self.cache_dir
+        if cache.is_symlink():
+            raise SecurityError(
+                f"'{cache}' is a symbolic link (to '{os.readlink(cache)}'); extract deletes files "
+                "in its cache folder, so it never follows a link there — remove the link (rm "
+                f"'{cache}'; what it points to is left as is) and run again."
+            )
+        if cache.exists() and not cache.is_dir():
+            raise ConfigurationError(
+                f"'{cache}' is not a folder; extract keeps its cache there — move it away and "
+                "run again."
+            )
 
     def _make_converter(self) -> Any:
         from document_processing.converters.lm_studio_converter import LMStudioConverter
@@ -437,7 +475,6 @@ class ExtractRun:
             report.split = "valid" if report.source in valid_sources else "train"
         if self.settings.output_format == "text":
             outputs = self._write_texts(ok)
-            self._remove_stale(set())
             duplicates = 0
             counts: dict[str, int] = {}
         else:
@@ -472,7 +509,8 @@ class ExtractRun:
         counts = dict.fromkeys((f"{n}" for n in names.values()), 0)
         seen: set[bytes] = set()
         duplicates = 0
-        with _OutputSet(self.output_dir, list(names.values())) as handles:
+        outputs = _OutputSet(self.output_dir, list(names.values()))
+        try:
             for report in ok:
                 split = "valid" if report.source in valid_sources else "train"
                 # One document's records at a time: memory follows the largest document.
@@ -487,51 +525,113 @@ class ExtractRun:
                     if (kind, split) not in names:
                         continue
                     name = names[(kind, split)]
-                    handles[name].write(json.dumps(record, ensure_ascii=False) + "\n")
+                    outputs.write(name, json.dumps(record, ensure_ascii=False) + "\n")
                     counts[str(name)] += 1
-        # An empty file is no data set (`load_dataset` refuses it): drop splits nothing went to.
+        except BaseException:
+            outputs.discard()
+            raise
+        # An empty file is no data set (`load_dataset` refuses it): splits nothing went to are
+        # not written, and do not replace a file of that name (an earlier run's is then stale).
         written = {name for name in names.values() if counts[str(name)]}
+        outputs.commit(written)
         for name in set(names.values()) - written:
-            (self.output_dir / name).unlink()
             del counts[str(name)]
-        self._remove_stale(written)
-        return [str(name) for name in names.values() if name in written], counts, duplicates
+        return [name.as_posix() for name in names.values() if name in written], counts, duplicates
 
     def _write_texts(self, ok: list[FileReport]) -> list[str]:
         outputs = []
         for report in ok:
             for line in iter_jsonl(self.cache_dir / _cache_name(report.source)):
                 if "document_text" in line:
-                    name = (
-                        report.source if report.source.endswith(".txt") else report.source + ".txt"
-                    )
+                    name = _text_name(report.source)
                     atomic_write_text(self.output_dir / name, line["document_text"] + "\n")
                     outputs.append(name)
         return outputs
 
-    def _remove_stale(self, written: set[Path]) -> None:
-        """Drop split files an earlier run wrote that this run's settings no longer produce."""
-        for name in ("train", "valid"):
-            for folder in (Path(), Path("alpaca"), Path("chat")):
-                candidate = (folder / name).with_suffix(".jsonl")
-                if candidate not in written and (self.output_dir / candidate).exists():
-                    (self.output_dir / candidate).unlink()
+    def _remove_stale(self, previous: dict[str, Any], written: set[str]) -> None:
+        """Delete the outputs an earlier run wrote that this run did not write again.
+
+        Only files the manifest lists as that run's outputs are candidates, and only while they
+        are as it left them (same size and modification time), regular files inside OUTPUT_DIR
+        with no symlink on the way. Anything else is the user's and is left alone, with a warning
+        when it has the name of an output this run did not write.
+        """
+        recorded = previous.get("outputs")
+        recorded = recorded if isinstance(recorded, dict) else {}
+        for name, stamp in sorted(recorded.items()):
+            if name in written:
+                continue
+            path = self._unchanged_output(name, stamp)
+            if path is not None:
+                path.unlink()
+                logger.info("removed %s: an earlier run wrote it, this run did not", path)
+        for name in _SPLIT_FILES:
+            path = self.output_dir / name
+            if name not in written and name not in recorded and os.path.lexists(path):
+                logger.warning(
+                    "%s was not written by an earlier extract run into this folder: left as is",
+                    path,
+                )
+
+    def _unchanged_output(self, name: Any, stamp: Any) -> Path | None:
+        """`OUTPUT_DIR/name` if it is an output an earlier run wrote, unchanged since; else None."""
+        if not isinstance(name, str) or not isinstance(stamp, dict):
+            return None
+        relative = PurePosixPath(name)
+        parts = relative.parts
+        if (
+            not parts
+            or relative.is_absolute()
+            or ".." in parts
+            or relative.suffix not in _OUTPUT_SUFFIXES
+        ):
+            return None  # not something extract writes: a hand-edited manifest
+        path = self.output_dir
+        for part in parts[:-1]:
+            path = path / part
+            if path.is_symlink() or not path.is_dir():
+                return None
+        path = path / parts[-1]
+        try:
+            info = path.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if (info.st_size, info.st_mtime_ns) != (stamp.get("size"), stamp.get("mtime_ns")):
+            logger.warning(
+                "%s changed since extract wrote it: left as is (delete it if it is stale)", path
+            )
+            return None
+        return path
 
     # -- manifest and report --------------------------------------------------------------------
 
-    def _load_manifest(self, settings_key: str) -> dict[str, Any]:
+    def _read_manifest(self) -> dict[str, Any]:
+        """What the last run into this folder recorded ({} if nothing readable)."""
         path = self.cache_dir / MANIFEST
+        if path.is_symlink():
+            return {}
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
-        if data.get("settings") != settings_key:
-            logger.info("settings changed since the last run: processing every file again")
+        return data if isinstance(data, dict) else {}
+
+    def _reusable_entries(self, previous: dict[str, Any], settings_key: str) -> dict[str, Any]:
+        if previous.get("settings") != settings_key:
+            if previous:
+                logger.info("settings changed since the last run: processing every file again")
             return {}
-        return data.get("files", {})
+        files = previous.get("files")
+        return files if isinstance(files, dict) else {}
 
     def _write_manifest(
-        self, settings_key: str, reports: list[FileReport], hashes: dict[str, str]
+        self,
+        settings_key: str,
+        reports: list[FileReport],
+        hashes: dict[str, str],
+        outputs: list[str],
     ) -> None:
         files = {}
         for report in reports:
@@ -541,11 +641,18 @@ class ExtractRun:
             entry = asdict(report)
             entry.pop("cached")
             files[report.source] = {"sha256": digest, "report": entry}
-        atomic_write_json(self.cache_dir / MANIFEST, {"settings": settings_key, "files": files})
+        # The outputs this run wrote, as it left them: the only files a later run may delete.
+        stamps = {}
+        for name in outputs:
+            info = (self.output_dir / name).lstat()
+            stamps[name] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
+        atomic_write_json(
+            self.cache_dir / MANIFEST, {"settings": settings_key, "files": files, "outputs": stamps}
+        )
         live = {_cache_name(source) for source in files}
-        for cached in self.cache_dir.glob("*.jsonl"):
-            if cached.name not in live:
-                cached.unlink()
+        for cached in self.cache_dir.iterdir():
+            if _CACHE_FILE.fullmatch(cached.name) and cached.name not in live:
+                cached.unlink()  # a symlink is removed, never followed
 
     def _write_report(self, result: ExtractResult) -> None:
         report = {
@@ -622,6 +729,38 @@ def _drop_duplicate_chunks(
     return result, dropped
 
 
+def _text_name(source: str) -> str:
+    """The `--format text` output of a document: `<source>.txt`; a `.txt` file keeps its name."""
+    return source if source.endswith(".txt") else source + ".txt"
+
+
+def _text_name_clashes(
+    files: list[tuple[Path, str]],
+) -> tuple[list[tuple[Path, str]], list[FileReport]]:
+    """Files whose `--format text` output would be another input's output, split off as failed.
+
+    `a.md` and `a.md.txt` would both write `a.md.txt`: the `.txt` file keeps its own name and the
+    other fails with a reason, so neither is silently lost.
+    """
+    sources = {source for _, source in files}
+    kept: list[tuple[Path, str]] = []
+    clashes: list[FileReport] = []
+    for path, source in files:
+        name = _text_name(source)
+        if name != source and name in sources:
+            clashes.append(
+                FileReport(
+                    source,
+                    "failed",
+                    f"--format text would write it to '{name}', which is the output of the input "
+                    f"file '{name}' too; rename one of the two files",
+                )
+            )
+        else:
+            kept.append((path, source))
+    return kept, clashes
+
+
 def _cache_name(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:24] + ".jsonl"
 
@@ -641,24 +780,36 @@ def _validation_sources(sources: list[str], ratio: float) -> set[str]:
 
 
 class _OutputSet:
-    """Several output files written together: all renamed into place on success, none on error."""
+    """Several output files written together to temporary files: `commit(keep)` renames those in
+    `keep` into place and drops the others (no existing file is replaced by one this run did not
+    fill); `discard()` drops them all, on error."""
 
     def __init__(self, root: Path, names: list[Path]) -> None:
-        self.root = root
-        self.names = names
-        self._contexts: list[Any] = []
+        self.files: dict[Path, AtomicFile] = {}
+        try:
+            for name in names:
+                self.files[name] = AtomicFile(root / name)
+        except BaseException:
+            self.discard()
+            raise
 
-    def __enter__(self) -> dict[Path, Any]:
-        handles = {}
-        for name in self.names:
-            context = atomic_write(self.root / name)
-            handles[name] = context.__enter__()
-            self._contexts.append(context)
-        return handles
+    def write(self, name: Path, text: str) -> None:
+        self.files[name].handle.write(text)
 
-    def __exit__(self, *exc_info: Any) -> None:
-        for context in reversed(self._contexts):
-            context.__exit__(*exc_info)
+    def commit(self, keep: set[Path]) -> None:
+        try:
+            for name, target in self.files.items():
+                if name in keep:
+                    target.commit()
+                else:
+                    target.discard()
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        for target in self.files.values():
+            target.discard()
 
 
 class _Progress:

@@ -63,10 +63,10 @@ def prepare_model(args: argparse.Namespace, work: Path) -> Path:
     if args.model:
         return Path(args.model)
     if args.adapter:
-        from training_methods.merge import merge_adapter
+        from training_methods.transfer_learning.merge import merge_adapter
 
         return merge_adapter(args.adapter, work / "merged", force=True)
-    from training_methods.tiny_model import build_tiny_model
+    from training_methods.transfer_learning.tiny_model import build_tiny_model
 
     heads = max(1, args.hidden_size // 64)
     return build_tiny_model(
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from training_methods.gguf_writer import write_gguf
+    from training_methods.transfer_learning.gguf_writer import write_gguf
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)

@@ -149,7 +149,7 @@ def mapped_file_ranges(suffix: str) -> list[tuple[int, int]]:
 
 def build_models(work: Path, sizes: Sizes, with_large: bool) -> tuple[Path, Path | None]:
     """The tiny model for the throughput runs and, unless skipped, the ~150M one for weights."""
-    from training_methods.tiny_model import build_tiny_model
+    from training_methods.transfer_learning.tiny_model import build_tiny_model
 
     tiny = work / "models" / "tiny"
     if not (tiny / "config.json").is_file():
@@ -164,7 +164,7 @@ def build_models(work: Path, sizes: Sizes, with_large: bool) -> tuple[Path, Path
 
 def corpus_words() -> list[str]:
     """Words of the sample corpus the tiny tokenizer was trained on, so they tokenise compactly."""
-    from training_methods.tiny_model import sample_corpus_texts
+    from training_methods.transfer_learning.tiny_model import sample_corpus_texts
 
     return sorted(set(re.findall(r"[a-z]{3,}", " ".join(sample_corpus_texts()).lower())))
 
@@ -348,7 +348,7 @@ def child_baseline(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def child_lora(args: argparse.Namespace, work: Path, packing: bool) -> dict[str, Any]:
     """(b) and (c): our train-lora path, exactly as `train_from_config` drives it."""
     from shared_utils.data_loader import DataLoaderFactory
-    from training_methods.lora_finetuner import LoRAFineTuner
+    from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
 
     config = benchmark_config(args, "lora", work / "models" / "tiny")
     apply_overrides(config, {"transfer_learning.lora.packing": packing})
@@ -430,8 +430,8 @@ def child_weights(args: argparse.Namespace, work: Path, quantized: bool) -> dict
     import torch
     import transformers  # noqa: F401
 
-    from training_methods.lora_finetuner import LoRAFineTuner
-    from training_methods.qlora_finetuner import QLoRAFineTuner
+    from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
+    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
 
     section = "qlora" if quantized else "lora"
     config = benchmark_config(args, section, work / "models" / "large")

@@ -168,6 +168,11 @@ class DocumentProcessingConfig:
 @dataclass
 class TrainingConfig:
     num_epochs: float = _help("Passes over the training data.", 3.0)
+    min_steps: int = _help(
+        "A small data set is trained for more epochs (whole ones), until the run takes at least "
+        "this many optimiser steps; the summary line says when. 0 keeps num_epochs as it is.",
+        250,
+    )
     batch_size: int = _help("Examples per device per step.", 4)
     gradient_accumulation_steps: int = _help("Steps whose gradients add up before an update.", 1)
     learning_rate: float = _help("Peak learning rate.", 2e-4)
@@ -191,6 +196,12 @@ class TrainingConfig:
         "Batch examples of similar length together so dynamic padding adds few pad tokens "
         "(ignored with packing).",
         True,
+    )
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = _help(
+        "Autocast the forward pass: auto is bf16 on CUDA GPUs that support it (else fp16) and on "
+        "CPUs with native bf16 instructions (AVX512-BF16, AMX), float32 elsewhere; the weights "
+        "and the LoRA update stay float32 on CPU.",
+        "auto",
     )
 
 
@@ -237,6 +248,7 @@ class LoraConfig:
             ("max_length", self.max_length >= 2, "must be at least 2"),
             ("val_size", 0 <= self.val_size < 1, "must be in [0, 1)"),
             ("training.num_epochs", training.num_epochs > 0, "must be more than 0"),
+            ("training.min_steps", training.min_steps >= 0, "must be 0 or more"),
             ("training.batch_size", training.batch_size >= 1, "must be at least 1"),
             (
                 "training.gradient_accumulation_steps",

@@ -8,37 +8,71 @@ exception (a rename within one file system is atomic on POSIX and Windows).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import stat
+import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from shared_utils.errors import SecurityError
+from shared_utils.errors import LLMToolkitError, SecurityError
+
+
+class AtomicFile:
+    """A temporary file next to `path`: `commit()` renames it over `path`, `discard()` removes it.
+
+    For several files that succeed or fail together, or a file that is kept only when something
+    was written to it; `atomic_write` is the one-file form.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        self.tmp = Path(tmp_name)
+        try:
+            self.handle: IO = os.fdopen(fd, mode, encoding=None if "b" in mode else encoding)
+        except BaseException:
+            os.close(fd)
+            self.tmp.unlink()
+            raise
+
+    def commit(self) -> None:
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            # mkstemp creates 0600; give the file the mode a plain open() would have.
+            os.chmod(self.tmp, 0o666 & ~_umask())
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary file next to `path`; on success it replaces `path`, on error it vanishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
+    target = AtomicFile(path, mode, encoding)
     try:
-        binary = "b" in mode
-        with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600; give the file the mode a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        yield target.handle
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        target.discard()
         raise
+    target.commit()
 
 
 def _umask() -> int:
@@ -123,3 +157,92 @@ def validate_input_file(path: Path, root: Path, max_bytes: int | None) -> None:
 
 class FileTooLargeError(SecurityError):
     """A file over the configured size limit: skipped by configuration rather than failed."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Folder locks: one run at a time per output folder
+# --------------------------------------------------------------------------------------------------
+
+
+class FolderInUseError(LLMToolkitError):
+    """Another process holds the lock of a folder this run would write to."""
+
+
+_HELD_LOCKS: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_locks_in_child() -> None:
+    # A forked worker shares the parent's lock; if the parent died, an orphaned worker would keep
+    # holding it. Closing the child's copies leaves the parent's lock in place (flock is released
+    # only when the last descriptor of the open file closes).
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, name: str, what: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock (`fcntl.flock`) on `folder/name` for the block.
+
+    The operating system releases the lock when the process ends in any way, so a lock file left
+    behind never blocks a later run; the file is not deleted (deleting it would let two runs lock
+    two different files). The holder writes its PID and command line into the file, so a refused
+    run can say who holds the folder. `what` names the holder in the error ("extract run").
+    Where `fcntl` does not exist (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = folder / name
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink: never write through it
+            raise SecurityError(
+                f"{path} is a symbolic link; remove it (rm '{path}') and run again."
+            ) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SecurityError(f"{path} is not a regular file; remove it and run again.")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise FolderInUseError(
+                f"'{folder}' is in use by another {what} ({_lock_holder(fd)}); wait for it to "
+                "finish or choose another folder."
+            ) from None
+        holder = {
+            "pid": os.getpid(),
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv])[:300],
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        _HELD_LOCKS.add(fd)
+        try:
+            yield
+        finally:
+            _HELD_LOCKS.discard(fd)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+    """'PID 123: python main.py extract ..., since ...' from a lock file, as far as it is known."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+        command = " ".join(str(holder["command"]).split())
+        return f"PID {int(holder['pid'])}: {command}, since {holder['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "PID unknown: it has just started"

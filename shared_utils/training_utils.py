@@ -91,6 +91,35 @@ def set_seed(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), where autocasting
+    to bf16 runs a model two to three times faster than float32; elsewhere bf16 is emulated."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:  # not Linux: no cheap way to tell, so stay in float32
+        pass
+    return False
+
+
+def mixed_precision_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `training.mixed_precision` on `device`; None for float32."""
+    import torch
+
+    if setting == "no" or device.type not in ("cuda", "cpu"):
+        return None
+    if setting == "bf16":
+        return torch.bfloat16
+    if setting == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB."""
     try:

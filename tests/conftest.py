@@ -62,7 +62,7 @@ def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A very small random Llama with the sample-corpus tokenizer, saved like a hub folder."""
-    from training_methods.tiny_model import build_tiny_model
+    from training_methods.transfer_learning.tiny_model import build_tiny_model
 
     return build_tiny_model(
         tmp_path_factory.mktemp("tiny-llama"),

@@ -87,6 +87,56 @@ def test_ctrl_c_exits_130_without_traceback(
     assert err.strip() == "interrupted"
 
 
+def test_a_library_error_is_one_line_naming_command_type_and_module(
+    run_main, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from document_processing import pipeline
+
+    def broken(self):
+        json.loads('{"a": 1,\n "b"}')  # raises json.decoder.JSONDecodeError inside json.decoder
+
+    monkeypatch.setattr(pipeline.ExtractRun, "run", broken)
+    status, _, err = run_main("extract", tmp_path, tmp_path / "out")
+    assert status == 1  # EXIT_FAILURE
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(
+        "error: extract failed with json.decoder.JSONDecodeError in json.decoder: "
+    )
+    assert "Expecting ':' delimiter" in err and "rerun with --debug" in err
+
+    status, _, err = run_main("--debug", "extract", tmp_path, tmp_path / "out")
+    assert status == 1
+    assert "Traceback" in err and "in broken" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: extract failed with")
+
+
+def test_builtin_error_names_the_raising_module_and_system_exit_passes(
+    run_main, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from document_processing import pipeline
+
+    def failing(self):
+        raise AssertionError("N must be divisible by block_n\nsecond line")
+
+    monkeypatch.setattr(pipeline.ExtractRun, "run", failing)
+    status, _, err = run_main("extract", tmp_path, tmp_path / "out")
+    assert status == 1
+    assert err.strip() == (
+        "error: extract failed with AssertionError in tests.test_cli: N must be divisible by "
+        "block_n — rerun with --debug for the full traceback"
+    )
+
+    def exits(self):
+        raise SystemExit(4)
+
+    monkeypatch.setattr(pipeline.ExtractRun, "run", exits)
+    with pytest.raises(SystemExit) as exited:  # passes through, as before
+        run_main("extract", tmp_path, tmp_path / "out")
+    assert exited.value.code == 4
+
+
 TRAIN_ARGS = ["--train-data", "{tmp}/s/datasets/chat.jsonl", "--max-steps", "2"]
 
 

@@ -54,7 +54,7 @@ def train_losses(run: Path) -> dict[int, float]:
 
 
 def lora_tuner(config):
-    from training_methods.lora_finetuner import LoRAFineTuner
+    from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
 
     return LoRAFineTuner.from_config(config)
 
@@ -89,7 +89,7 @@ def test_adapter_reloads_to_identical_logits_and_merge_matches(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from training_methods.merge import merge_adapter
+    from training_methods.transfer_learning.merge import merge_adapter
 
     config = make_config(tmp_path, tiny_llama, **{"training.max_steps": 8})
     tuner = lora_tuner(config)
@@ -232,7 +232,10 @@ def test_nan_loss_stops_with_training_error_and_keeps_the_checkpoint(
 def test_auto_target_modules_cover_every_linear_layer(tiny_llama: Path, tiny_gpt2: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from training_methods.lora_finetuner import find_linear_module_names, uses_conv1d
+    from training_methods.transfer_learning.lora_finetuner import (
+        find_linear_module_names,
+        uses_conv1d,
+    )
 
     llama = AutoModelForCausalLM.from_pretrained(tiny_llama)
     assert find_linear_module_names(llama) == [
@@ -281,7 +284,7 @@ def test_qlora_trains_lora_on_4bit_layers_on_cpu(tmp_path: Path, tiny_llama: Pat
     import bitsandbytes as bnb
     import torch
 
-    from training_methods.qlora_finetuner import QLoRAFineTuner
+    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
 
     config = make_config(tmp_path, tiny_llama, "qlora", **{"training.max_steps": 4})
     tuner = QLoRAFineTuner.from_config(config)
@@ -303,7 +306,7 @@ def test_qlora_quantization_keys_change_the_layers(tmp_path: Path, tiny_llama: P
     import bitsandbytes as bnb
     import torch
 
-    from training_methods.qlora_finetuner import QLoRAFineTuner
+    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
 
     config = make_config(
         tmp_path,
@@ -333,7 +336,7 @@ def test_qlora_without_bitsandbytes_says_so(
 ) -> None:
     import sys
 
-    from training_methods.qlora_finetuner import QLoRAFineTuner
+    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     config = make_config(tmp_path, tiny_llama, "qlora")
@@ -342,7 +345,7 @@ def test_qlora_without_bitsandbytes_says_so(
 
 
 def test_paged_8bit_optimizer_needs_cuda(tmp_path: Path, tiny_llama: Path) -> None:
-    from training_methods.qlora_finetuner import QLoRAFineTuner
+    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
 
     tuner = QLoRAFineTuner.from_config(make_config(tmp_path, tiny_llama, "qlora"))
     assert tuner.optimizer_name() == "adamw_torch"  # auto on CPU

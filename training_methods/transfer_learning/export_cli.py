@@ -1,4 +1,4 @@
-"""Command-line commands `export` (merged folder and/or GGUF file) and `chat`.
+"""Command-line commands `export` (merged folder and/or GGUF file), `chat` and `evaluate`.
 
 Heavy libraries are imported inside the handlers, so `python main.py --help` stays instant.
 """
@@ -15,8 +15,9 @@ from shared_utils.errors import EXIT_OK
 
 logger = logging.getLogger(__name__)
 
-GGUF_TYPE_CHOICES = ("f32", "f16", "q8_0")  # training_methods.gguf_writer.GGUF_TYPES
-FORMAT_CHOICES = ("merged", "gguf", "both")  # training_methods.export.EXPORT_FORMATS
+# The same as gguf_writer.GGUF_TYPES and export.EXPORT_FORMATS (training_methods.transfer_learning).
+GGUF_TYPE_CHOICES = ("f32", "f16", "q8_0")
+FORMAT_CHOICES = ("merged", "gguf", "both")
 
 
 def register_commands(
@@ -24,6 +25,7 @@ def register_commands(
 ) -> None:
     add_export_command(subparsers, parent)
     add_chat_command(subparsers, parent)
+    add_evaluate_command(subparsers, parent)
 
 
 def _positive_int(text: str) -> int:
@@ -87,7 +89,7 @@ def add_export_command(
 def run_export(args: argparse.Namespace, config: ToolkitConfig) -> int:
     from transformers.utils import logging as hf_logging
 
-    from training_methods.export import export_model
+    from training_methods.transfer_learning.export import export_model
 
     hf_logging.set_verbosity_error()
     logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lines repeat our summary
@@ -156,7 +158,7 @@ def run_chat(args: argparse.Namespace, config: ToolkitConfig) -> int:
     from transformers.utils import logging as hf_logging
 
     from shared_utils.training_utils import resolve_device
-    from training_methods.chat import run_chat as chat
+    from training_methods.transfer_learning.chat import run_chat as chat
 
     hf_logging.set_verbosity_error()
     with _no_loading_bars():  # the answer only, no bars in the terminal
@@ -169,6 +171,94 @@ def run_chat(args: argparse.Namespace, config: ToolkitConfig) -> int:
             device=resolve_device(config.common.device),
             seed=config.common.seed,
         )
+    return EXIT_OK
+
+
+def add_evaluate_command(
+    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        parents=[parent],
+        help="did it learn: base, fine-tuned (and GGUF) answers to your questions side by side",
+        description="Ask each question of the base model, the base with the adapter merged in, "
+        "and a GGUF file run by llama.cpp (--gguf), greedily, in the chat template the adapter "
+        "was trained with; report per model the answers that contain a reference answer, token "
+        "F1 and mean answer length. Writes answers.jsonl and evaluation.json, prints a table.",
+        epilog='Question file: JSON Lines, {"question": "...", "answers": ["...", ...]} or '
+        '{"messages": [...]} whose last (assistant) turn is the reference. A hit: the answer '
+        "contains a reference as whole words, after Unicode NFKC, casefolding and whitespace "
+        "collapsing. Exit status 2 for a bad option or missing file, 1 for a bad question line.",
+    )
+    parser.add_argument(
+        "--questions",
+        required=True,
+        metavar="FILE",
+        help='JSONL questions: {"question", "answers"} or {"messages"} records',
+    )
+    parser.add_argument(
+        "--model",
+        metavar="DIR_OR_ID",
+        help="base model folder, hub id or .gguf file (default with --adapter: the base named "
+        "in adapter_config.json)",
+    )
+    parser.add_argument("--adapter", metavar="DIR", help="adapter folder: adds the fine-tuned row")
+    parser.add_argument(
+        "--gguf", metavar="FILE", help="a GGUF file (e.g. from export): adds a llama.cpp row"
+    )
+    parser.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="where answers.jsonl and evaluation.json go (default: ADAPTER/evaluation with "
+        "--adapter, else outputs/evaluation)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=96,
+        metavar="N",
+        help="longest answer in tokens (default: 96)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="questions answered at once by transformers (default: 8)",
+    )
+    parser.add_argument("--system", metavar="PROMPT", help="a system prompt for every question")
+    parser.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="only the first N questions"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace, config: ToolkitConfig) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from training_methods.transfer_learning.evaluate import evaluate_questions
+
+    hf_logging.set_verbosity_error()
+    with _no_loading_bars():  # the progress of the answers only
+        report = evaluate_questions(
+            args.questions,
+            model=args.model,
+            adapter=args.adapter,
+            gguf=args.gguf,
+            output_dir=args.output_dir,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            system=args.system,
+            limit=args.limit,
+            device=config.common.device,
+            progress=not args.no_progress,
+        )
+    print(report.table())
+    print(
+        f"evaluate: {report.inputs['question_count']} questions, {len(report.rows)} rows; "
+        f"answers in {report.answers_path}, summary in {report.summary_path}"
+    )
     return EXIT_OK
 
 

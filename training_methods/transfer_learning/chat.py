@@ -33,28 +33,15 @@ def load_chat_model(
     model: str | None, adapter: str | Path | None, device: torch.device
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model to chat with (adapter merged in) and the tokenizer it was trained with."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from shared_utils.data_loader import ensure_chat_template
-    from training_methods.export import resolve_source, tokenizer_source
-    from training_methods.lora_finetuner import (
-        _model_not_found,
-        autocast_dtype,
-        ensure_model_available,
-    )
+    from training_methods.transfer_learning.export import resolve_source, tokenizer_source
+    from training_methods.transfer_learning.lora_finetuner import autocast_dtype
+    from training_methods.transfer_learning.model_loading import load_causal_lm, load_tokenizer
 
     source = resolve_source(model, adapter)
-    dtype = autocast_dtype(device)
-    ensure_model_available(source.model)
-    try:
-        loaded = AutoModelForCausalLM.from_pretrained(source.model, dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise _model_not_found(source.model, exc) from None
+    loaded = load_causal_lm(source.model, dtype=autocast_dtype(device))
     tokenizer_from = tokenizer_source(source)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
-    except (OSError, ValueError) as exc:
-        raise _model_not_found(tokenizer_from, exc) from None
+    tokenizer = load_tokenizer(tokenizer_from)
     if source.adapter is not None:
         from peft import PeftModel
 

@@ -5,9 +5,9 @@
 writes, under the output folder:
 
 - `merged/` (`--format merged|both`): the adapter merged into its base reloaded in 32 bits
-  (`training_methods.merge.merge_adapter`), loadable by plain `from_pretrained`.
+  (`training_methods.transfer_learning.merge.merge_adapter`), loadable by plain `from_pretrained`.
 - `NAME-TYPE.gguf` (`--format gguf|both`): one file llama.cpp, LM Studio and Ollama run
-  (`training_methods.gguf_writer`), and `Modelfile`, an Ollama recipe that points at it.
+  (`training_methods.transfer_learning.gguf_writer`), and `Modelfile`, an Ollama recipe that points at it.
 
 Every check that can fail runs before anything large is written: the adapter folder, the base
 model, whether the GGUF writer supports the architecture and tokenizer, and whether an output
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 from shared_utils.errors import ConfigurationError
 from shared_utils.file_utils import atomic_write_text
-from training_methods.gguf_writer import GGUF_TYPES, GGUFSummary, GGUFType
+from training_methods.transfer_learning.gguf_writer import GGUF_TYPES, GGUFSummary, GGUFType
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -60,7 +60,7 @@ class ExportSource:
 
 def resolve_source(model: str | None, adapter: str | Path | None) -> ExportSource:
     """Check --model/--adapter and name the base model; ConfigurationError when unusable."""
-    from training_methods.merge import ADAPTER_CONFIG, read_adapter_config
+    from training_methods.transfer_learning.merge import ADAPTER_CONFIG, read_adapter_config
 
     if adapter is None:
         if model is None:
@@ -136,7 +136,7 @@ def export_model(
     scratch: Path | None = None
     try:
         if source.adapter is not None:
-            from training_methods.merge import merge_adapter
+            from training_methods.transfer_learning.merge import merge_adapter
 
             if not want_merged:
                 scratch = Path(tempfile.mkdtemp(prefix=".merge-", dir=output_dir))
@@ -147,7 +147,7 @@ def export_model(
         else:
             model_dir = local_model_dir(source.model)
         if want_gguf:
-            from training_methods.gguf_writer import write_gguf
+            from training_methods.transfer_learning.gguf_writer import write_gguf
 
             result.gguf = write_gguf(
                 model_dir, gguf_path, gguf_type, name=source.name, progress=progress
@@ -169,6 +169,10 @@ def export_model(
 def local_model_dir(model: str) -> Path:
     """A local folder, or the cached download of a hub id (no network: the GGUF writer reads the
     safetensors files themselves)."""
+    from training_methods.transfer_learning.model_loading import is_gguf, resolve_model_path
+
+    if is_gguf(model):
+        return Path(resolve_model_path(model))
     if Path(model).is_dir():
         return Path(model)
     from huggingface_hub import snapshot_download
@@ -186,22 +190,12 @@ def local_model_dir(model: str) -> Path:
 def check_gguf_source(source: ExportSource) -> None:
     """Refuse, from configs alone, a model the GGUF writer cannot convert: runs before the merge
     and before any large file is written."""
-    from transformers import AutoConfig, AutoTokenizer
+    from training_methods.transfer_learning.gguf_writer import check_exportable, check_model_config
+    from training_methods.transfer_learning.model_loading import load_model_config, load_tokenizer
 
-    from training_methods.gguf_writer import check_exportable, check_model_config
-    from training_methods.lora_finetuner import _model_not_found, ensure_model_available
-
-    ensure_model_available(source.model)
-    try:
-        config = AutoConfig.from_pretrained(source.model)
-    except (OSError, ValueError) as exc:
-        raise _model_not_found(source.model, exc) from None
+    config = load_model_config(source.model)
     check_model_config(config, source.model)  # the architecture first: it needs no tokenizer
-    tokenizer_from = tokenizer_source(source)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
-    except (OSError, ValueError) as exc:
-        raise _model_not_found(tokenizer_from, exc) from None
+    tokenizer = load_tokenizer(tokenizer_source(source))
     check_exportable(config, tokenizer, source.model)
 
 
@@ -244,7 +238,7 @@ DEFAULT_GO_TEMPLATE = (
 
 def modelfile_text(gguf_name: str, tokenizer: PreTrainedTokenizerBase) -> str:
     """An Ollama Modelfile for the GGUF file `gguf_name` in the same folder."""
-    from training_methods.gguf_writer import chat_template_of
+    from training_methods.transfer_learning.gguf_writer import chat_template_of
 
     template = chat_template_of(tokenizer)
     template_text = template if isinstance(template, str) else ""

@@ -112,7 +112,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace, config: ToolkitConfig) -> int:
     apply_overrides(config, _overrides(args))
-    from training_methods.lora_finetuner import world_rank
+    from training_methods.transfer_learning.lora_finetuner import world_rank
 
     result = train_from_config(config, args.section, resume=args.resume, merge=args.merge)
     if world_rank() != 0:  # under accelerate/torchrun only rank 0 reports
@@ -124,13 +124,16 @@ def run_train(args: argparse.Namespace, config: ToolkitConfig) -> int:
         else ""
     )
     stopped = " (stopped early)" if result.stopped_early else ""
+    epochs = f"{result.epochs:g} epochs" + (
+        f" ({result.epochs_reason})" if result.epochs_reason else ""
+    )
     cuda = (
         f", CUDA peak {result.cuda_peak_allocated_mb:.0f} MB"
         if result.cuda_peak_allocated_mb is not None
         else ""
     )
     print(
-        f"{args.command_name}: {result.global_step} steps{stopped}, train loss "
+        f"{args.command_name}: {result.global_step} steps{stopped}, {epochs}, train loss "
         f"{result.train_loss:.4f}{eval_part}; {data['examples']} examples tokenised, "
         f"{data['truncated']} truncated, {data['dropped_no_response']} dropped; peak RSS "
         f"{result.peak_rss_mb:.0f} MB{cuda}; adapter in {result.output_dir}"
@@ -145,9 +148,9 @@ def train_from_config(
     from accelerate import PartialState
     from transformers.utils import logging as hf_logging
 
-    from training_methods.lora_finetuner import LoRAFineTuner
-    from training_methods.merge import merge_adapter
-    from training_methods.qlora_finetuner import QLoRAFineTuner
+    from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
+    from training_methods.transfer_learning.merge import merge_adapter
+    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
 
     hf_logging.set_verbosity_error()
     tuner_class = QLoRAFineTuner if section == "qlora" else LoRAFineTuner
@@ -210,7 +213,7 @@ def add_merge_command(
 
 
 def run_merge(args: argparse.Namespace, config: ToolkitConfig) -> int:
-    from training_methods.merge import merge_adapter
+    from training_methods.transfer_learning.merge import merge_adapter
 
     merged = merge_adapter(
         args.adapter, args.output, base_model=args.base_model, dtype=args.dtype, force=args.force

@@ -31,11 +31,16 @@ from shared_utils.config import LoraConfig, ToolkitConfig, check_training_sectio
 from shared_utils.data_loader import DataLoaderFactory, detect_format, normalize_record
 from shared_utils.errors import ConfigurationError, DataValidationError, TrainingError
 from shared_utils.file_utils import _umask, atomic_write_json, atomic_write_text
+from training_methods.transfer_learning.model_loading import (
+    load_causal_lm,
+    load_tokenizer,
+    recorded_name,
+)
 
 if TYPE_CHECKING:
     import datasets
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -48,57 +53,6 @@ SAMPLE_MAX_NEW_TOKENS = 48
 # --------------------------------------------------------------------------------------------------
 # Loading models and tokenizers
 # --------------------------------------------------------------------------------------------------
-
-
-def _model_not_found(model_name: str, exc: Exception) -> ConfigurationError:
-    return ConfigurationError(
-        f"model {model_name!r} could not be loaded ({type(exc).__name__}: "
-        f"{str(exc).splitlines()[0] if str(exc) else 'not found'}) — give a local folder made with "
-        "save_pretrained or a hub id; offline, hub ids only work once cached "
-        "(`python main.py create-samples` builds data/models/tiny-llama)"
-    )
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout_s).close()
-    except OSError:
-        return False
-    return True
-
-
-def ensure_model_available(model_name: str) -> None:
-    """Fail in seconds, not after a minute of download retries, when `model_name` is neither a
-    local folder, nor in the Hugging Face cache, nor reachable on the hub."""
-    if Path(model_name).exists() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
-        return  # a local path, or offline mode: from_pretrained answers at once
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        cached = try_to_load_from_cache(model_name, "config.json")
-    except ValueError:  # not a valid repo id either
-        cached = None
-    if isinstance(cached, str) or _hub_reachable():
-        return
-    raise _model_not_found(
-        model_name, OSError("not a local folder, not in the Hugging Face cache, hub unreachable")
-    )
-
-
-def load_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer
-
-    ensure_model_available(model_name)
-
-    try:
-        return AutoTokenizer.from_pretrained(model_name)
-    except (OSError, ValueError) as exc:
-        raise _model_not_found(model_name, exc) from None
 
 
 def find_linear_module_names(model: torch.nn.Module) -> list[str]:
@@ -274,6 +228,8 @@ class TrainResult:
     train_samples_per_second: float | None
     train_examples: int
     eval_examples: int
+    epochs: float
+    epochs_reason: str  # why epochs differ from training.num_epochs; empty when they do not
     peak_rss_mb: float
     cuda_peak_allocated_mb: float | None
     data: dict[str, Any] = field(default_factory=dict)
@@ -301,11 +257,9 @@ class LoRAFineTuner:
         from shared_utils.training_utils import resolve_device
 
         self.config = config if config is not None else ToolkitConfig()
-        # A local folder is recorded absolute in adapter_config.json, so merge, export and chat
-        # find the base from wherever they run.
-        self.model_name = (
-            str(Path(model_name).resolve()) if Path(model_name).is_dir() else model_name
-        )
+        # A local folder or GGUF file is recorded absolute in adapter_config.json, so merge,
+        # export and chat find the base from wherever they run.
+        self.model_name = recorded_name(model_name)
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha
         self.lora_dropout = lora_dropout
@@ -354,14 +308,7 @@ class LoRAFineTuner:
         return self._model
 
     def _load_base_model(self) -> PreTrainedModel:
-        from transformers import AutoModelForCausalLM
-
-        dtype = autocast_dtype(self.device)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise _model_not_found(self.model_name, exc) from None
-        return model
+        return load_causal_lm(self.model_name, dtype=autocast_dtype(self.device))
 
     def resolved_target_modules(self, model: torch.nn.Module) -> list[str]:
         if self.target_modules == "auto":
@@ -404,6 +351,8 @@ class LoRAFineTuner:
         if self.section_config.training.gradient_checkpointing:
             model.enable_input_require_grads()  # gradients must reach the frozen embeddings' output
         peft_model = get_peft_model(model, peft_config)
+        # The base as the user named it (a GGUF file rather than its cached dequantised folder).
+        peft_model.peft_config["default"].base_model_name_or_path = self.model_name
         trainable, total = peft_model.get_nb_trainable_parameters()
         logger.info(
             "LoRA r=%d alpha=%d on %s: %d trainable of %d parameters (%.2f%%)",
@@ -469,17 +418,35 @@ class LoRAFineTuner:
 
     # ---------------------------------------------------------------------------- training
 
-    def training_arguments(self, output_dir: Path, has_eval: bool):
+    def epochs_for(self, train_examples: int) -> tuple[float, str]:
+        """(epochs, why): `training.num_epochs`, raised to whole epochs on a small data set until
+        the run takes `training.min_steps` optimiser steps."""
+        import math
+
+        training = self.section_config.training
+        per_update = training.batch_size * training.gradient_accumulation_steps * world_size()
+        steps_per_epoch = max(1, math.ceil(train_examples / per_update))
+        wanted = math.ceil(training.min_steps / steps_per_epoch)
+        if training.max_steps == -1 and wanted > training.num_epochs:
+            return float(wanted), (
+                f"raised from {training.num_epochs:g} so that {train_examples} examples get "
+                f"training.min_steps={training.min_steps} steps"
+            )
+        return training.num_epochs, ""
+
+    def training_arguments(self, output_dir: Path, has_eval: bool, epochs: float | None = None):
         from transformers import TrainingArguments
+
+        from shared_utils.training_utils import mixed_precision_dtype
 
         training = self.section_config.training
         device_type = self.device.type
-        dtype = autocast_dtype(self.device)
+        autocast = mixed_precision_dtype(training.mixed_precision, self.device)
         import torch
 
         return TrainingArguments(
             output_dir=str(output_dir),
-            num_train_epochs=training.num_epochs,
+            num_train_epochs=training.num_epochs if epochs is None else epochs,
             max_steps=training.max_steps,
             per_device_train_batch_size=training.batch_size,
             per_device_eval_batch_size=training.batch_size,
@@ -507,8 +474,11 @@ class LoRAFineTuner:
             eval_steps=self.config.evaluation.eval_frequency,
             seed=self.config.common.seed,
             data_seed=self.config.common.seed,
-            bf16=device_type == "cuda" and dtype == torch.bfloat16,
-            fp16=device_type == "cuda" and dtype == torch.float16,
+            bf16=autocast == torch.bfloat16,
+            fp16=autocast == torch.float16,
+            # Only the loss: gathering logits (examples x length x vocabulary) for metrics nobody
+            # computes would take gigabytes on a 50k-token vocabulary.
+            prediction_loss_only=True,
             use_cpu=device_type == "cpu",
             report_to="none",  # MetricsLogger does TensorBoard and W&B itself
             remove_unused_columns=False,
@@ -549,7 +519,8 @@ class LoRAFineTuner:
         output_dir = Path(output_dir or self.section_config.output_dir)
         resume_checkpoint = self._checkpoint_to_resume(output_dir, resume)
         set_seed(self.config.common.seed)
-        args = self.training_arguments(output_dir, has_eval=eval_dataset is not None)
+        epochs, epochs_reason = self.epochs_for(len(train_dataset))
+        args = self.training_arguments(output_dir, has_eval=eval_dataset is not None, epochs=epochs)
         is_main = args.process_index == 0
         metrics_logger = (
             MetricsLogger(
@@ -639,6 +610,8 @@ class LoRAFineTuner:
             train_samples_per_second=output.metrics.get("train_samples_per_second"),
             train_examples=len(train_dataset),
             eval_examples=len(eval_dataset) if eval_dataset is not None else 0,
+            epochs=epochs,
+            epochs_reason=epochs_reason,
             peak_rss_mb=round(peak_rss_mb(), 1),
             cuda_peak_allocated_mb=cuda_peak_allocated_mb(),
             data={
@@ -784,6 +757,11 @@ def _config_dict(config: ToolkitConfig) -> dict[str, Any]:
     from shared_utils.config import config_to_dict
 
     return config_to_dict(config)
+
+
+def world_size() -> int:
+    """Processes training together under `accelerate launch`/torchrun (1 when not distributed)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def world_rank() -> int:

@@ -609,9 +609,9 @@ def write_gguf(
         config = AutoConfig.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as exc:
-        from training_methods.lora_finetuner import _model_not_found
+        from training_methods.transfer_learning.model_loading import model_not_found
 
-        raise _model_not_found(str(model_dir), exc) from None
+        raise model_not_found(str(model_dir), exc) from None
     arch, pre = check_exportable(config, tokenizer, where)
     started = time.monotonic()
     checkpoint = CheckpointTensors(model_dir)
