@@ -24,6 +24,18 @@ def register_commands(
     add_create_samples_command(subparsers, parent)
 
 
+def _record_kinds(text: str) -> list[str]:
+    from shared_utils.config import RECORD_KIND_NAMES
+
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    unknown = [kind for kind in kinds if kind not in RECORD_KIND_NAMES]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or 'nothing'}: use one or more of {', '.join(RECORD_KIND_NAMES)}"
+        )
+    return kinds
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -88,7 +100,14 @@ def add_extract_command(
         "--instruction-format",
         action="store_true",
         default=None,
-        help="also write alpaca/ and chat/ instruction records derived from document structure",
+        help="also write alpaca/ and chat/ instruction records that teach what the documents say",
+    )
+    parser.add_argument(
+        "--record-kinds",
+        type=_record_kinds,
+        metavar="KINDS",
+        help="comma-separated kinds of instruction records: section, continuation, topic, cloze "
+        "(default: document_processing.record_kinds)",
     )
     parser.add_argument(
         "--workers", type=_non_negative_int, help="worker processes (default: one per CPU core)"
@@ -131,6 +150,7 @@ def run_extract(args: argparse.Namespace, config: ToolkitConfig) -> int:
             "document_processing.overlap_size": args.overlap,
             "document_processing.tokenizer": args.tokenizer,
             "document_processing.instruction_format": args.instruction_format,
+            "document_processing.record_kinds": args.record_kinds,
             "document_processing.workers": args.workers,
             "document_processing.val_ratio": args.val_ratio,
             "document_processing.pdf.engine": args.pdf_engine,

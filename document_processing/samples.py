@@ -211,6 +211,35 @@ CHATS: list[list[dict[str, str]]] = [
 ]
 
 
+# Questions about the documents for `evaluate`, worded unlike the text; `answers` hold the fact.
+QUESTIONS: list[dict[str, object]] = [
+    {
+        "question": "How long did Marie's lasagne compost take to finish?",
+        "answers": ["eleven weeks"],
+    },
+    {
+        "question": "How long will the leaf mould test at the workshop run?",
+        "answers": ["eighteen months"],
+    },
+    {
+        "question": "How deep should the container for a worm bin be?",
+        "answers": ["30 centimetres", "30 cm"],
+    },
+    {
+        "question": "What size should the holes of the compost sieve be?",
+        "answers": ["one centimetre", "1 cm"],
+    },
+    {
+        "question": "How hot does the middle of a well-kept compost heap get?",
+        "answers": ["55 and 65", "55 to 65", "55-65"],
+    },
+    {
+        "question": "Which kind of worm goes into a vermicomposting bin?",
+        "answers": ["red wiggler"],
+    },
+]
+
+
 def create_samples(output_dir: Path) -> list[Path]:
     """Write the sample corpus and data sets under `output_dir`; returns the files written."""
     docs = output_dir / "documents"
@@ -221,6 +250,7 @@ def create_samples(output_dir: Path) -> list[Path]:
         _write(docs / "workshop_notes.txt", TEXT_NOTES.encode("cp1252")),
         _write_jsonl(sets / "instructions.jsonl", INSTRUCTIONS),
         _write_jsonl(sets / "chat.jsonl", [{"messages": m} for m in CHATS]),
+        _write_jsonl(sets / "questions.jsonl", QUESTIONS),
     ]
     return written
 

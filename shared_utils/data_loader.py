@@ -536,6 +536,12 @@ def pack_rows(tokenized: datasets.Dataset, max_length: int) -> datasets.Dataset:
 # --------------------------------------------------------------------------------------------------
 
 
+# Batch lengths are rounded up to a multiple of this: CPU kernels (oneDNN, above all in bf16) build
+# and cache a plan per input shape, and a few shapes instead of one per length trains 1.4x faster
+# on CPU (measured on SmolLM2-135M); the padding carries no label, so the loss is the same.
+PAD_TO_MULTIPLE_OF = 16
+
+
 class CausalLMCollator:
     """Pads a batch to its longest row: input ids with the pad id, labels with -100.
 
@@ -600,7 +606,7 @@ class DataLoaderFactory:
 
     @property
     def collator(self) -> CausalLMCollator:
-        return CausalLMCollator(int(self.tokenizer.pad_token_id))
+        return CausalLMCollator(int(self.tokenizer.pad_token_id), PAD_TO_MULTIPLE_OF)
 
     @property
     def tokenize_stats(self) -> TokenizeStats:

@@ -81,7 +81,10 @@ DOCUMENTS = [pdf_document, markdown_document, text_document]
 
 @pytest.fixture
 def converter() -> LMStudioConverter:
-    return LMStudioConverter(chunk_size=120, overlap_size=40, min_chunk_size=10)
+    """The structure-derived kinds only; topic and cloze records have tests of their own."""
+    return LMStudioConverter(
+        chunk_size=120, overlap_size=40, min_chunk_size=10, record_kinds=("section", "continuation")
+    )
 
 
 def _type_shape(value: Any) -> Any:
@@ -221,7 +224,9 @@ def test_continuations_split_a_chunk_at_a_sentence_boundary(
 def test_continuation_splits_near_one_third() -> None:
     text = "Aa aa. Bb bb. Cc cc. Dd dd. Ee ee. Ff ff."
     doc = ParsedDocument("x.txt", "text", DocumentMetadata(title="x"), [Section(text)])
-    converter = LMStudioConverter(chunk_size=200, overlap_size=0, min_chunk_size=5)
+    converter = LMStudioConverter(
+        chunk_size=200, overlap_size=0, min_chunk_size=5, record_kinds=("continuation",)
+    )
     alpaca, _ = converter.instruction_records(doc, converter.chunk_document(doc))
     (record,) = alpaca
     assert (record["input"], record["output"]) == ("Aa aa. Bb bb.", "Cc cc. Dd dd. Ee ee. Ff ff.")
@@ -234,7 +239,9 @@ def test_no_continuation_for_one_sentence_or_tiny_chunks() -> None:
         DocumentMetadata(title="x"),
         [Section("Only one sentence here, with no end"), Section("Hi. Yo.")],
     )
-    converter = LMStudioConverter(chunk_size=200, overlap_size=0, min_chunk_size=5)
+    converter = LMStudioConverter(
+        chunk_size=200, overlap_size=0, min_chunk_size=5, record_kinds=("continuation",)
+    )
     assert converter.instruction_records(doc, converter.chunk_document(doc)) == ([], [])
 
 
@@ -329,3 +336,156 @@ def test_instruction_files_load(converter: LMStudioConverter, load_json, tmp_pat
     loaded = load_json([_write_jsonl(tmp_path / "chat.jsonl", chat)])
     assert len(loaded) == len(chat)
     assert loaded[0]["messages"] == chat[0]["messages"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Topic and cloze records: questions about each sentence, answered by the document's own text
+# --------------------------------------------------------------------------------------------------
+
+FACTS = (
+    "The ferry Wenna Lorne was built in 1978 at the Haskett yard. The ferry leaves Calder Quay "
+    "at 8:15 and an adult ticket costs 18 euros. The Isle of Brannoch lies north of the ferry "
+    "route. Visitors say the Wenna Lorne is the slowest boat on the coast."
+)
+
+
+def fact_document(text: str = FACTS, title: str = "Island guide") -> ParsedDocument:
+    return ParsedDocument(
+        "guide.md", "markdown", DocumentMetadata(title=title), [Section(text, ["Ferry"])]
+    )
+
+
+def _fact_records(kinds=("topic", "cloze"), text: str = FACTS, phrasings: int = 2):
+    doc = fact_document(text)
+    converter = LMStudioConverter(
+        chunk_size=400,
+        overlap_size=0,
+        min_chunk_size=10,
+        record_kinds=kinds,
+        question_phrasings=phrasings,
+    )
+    return doc, converter.instruction_records(doc, converter.chunk_document(doc))
+
+
+def test_key_terms_are_names_numbers_with_units_and_repeated_content_words() -> None:
+    from document_processing.converters.instruction_records import FUNCTION_WORDS, key_terms
+
+    sentence = "The ferry Wenna Lorne leaves Calder Quay at 8:15 and a ticket costs 18 euros."
+    terms = [
+        t.text for t in key_terms(sentence, FUNCTION_WORDS["en"], frozenset(), frozenset({"ferry"}))
+    ]
+    assert terms == ["Wenna Lorne", "Calder Quay", "8:15", "18 euros"]  # names, numbers first
+    plain = "The ferry waits at the ticket office."
+    terms = [t.text for t in key_terms(plain, FUNCTION_WORDS["en"], frozenset(), {"ferry"})]
+    # A run of content words is a term when it holds a word the document repeats; "ticket
+    # office" occurs once here, which is most often a passing detail.
+    assert terms == ["ferry waits"]
+    joined = key_terms("We sailed to the Isle of Brannoch.", FUNCTION_WORDS["en"], frozenset())
+    assert [t.text for t in joined] == ["Isle of Brannoch"]
+    # A capitalised first word is a name only when the document capitalises it mid-sentence too.
+    first = key_terms("Visitors love Ostrelby.", FUNCTION_WORDS["en"], frozenset())
+    assert [t.text for t in first] == ["Ostrelby"]
+
+
+def test_topic_answers_are_sentences_of_the_document_that_hold_the_term() -> None:
+    doc, (alpaca, chat) = _fact_records(kinds=("topic",))
+    assert alpaca and {r["kind"] for r in alpaca} == {"topic"}
+    sentences = [s.strip() + "." for s in FACTS.split(".") if s.strip()]
+    for record in alpaca:  # grounded: every answer is sentences copied from the document
+        assert record["input"] == ""
+        assert all(part + "." in sentences for part in record["output"][:-1].split(". "))
+    per_sentence = [r for r in alpaca if not r["instruction"].startswith("Tell me everything")]
+    for record in per_sentence:
+        term = record["instruction"].split("about ", 1)[1].rstrip("?.")
+        assert term.casefold() in record["output"].casefold()
+    # Each sentence is asked about under two of its terms, in two different wordings.
+    built = [r for r in per_sentence if r["output"].startswith("The ferry Wenna Lorne was built")]
+    assert len(built) == 2 and len({r["instruction"].split(" about")[0] for r in built}) == 2
+    # A name mentioned in two sentences gets an overview answered by both.
+    (overview,) = [r for r in alpaca if r["instruction"] == "Tell me everything about Wenna Lorne."]
+    assert overview["output"].startswith("The ferry Wenna Lorne was built")
+    assert overview["output"].endswith("slowest boat on the coast.")
+    assert [r["messages"][1]["content"] for r in chat] == [r["output"] for r in alpaca]
+
+
+def test_question_phrasings_sets_the_topic_records_per_sentence() -> None:
+    _, (one, _) = _fact_records(kinds=("topic",), phrasings=1)
+    _, (three, _) = _fact_records(kinds=("topic",), phrasings=3)
+    assert len(one) < len(three)
+
+
+def test_cloze_records_blank_a_name_or_number_that_the_answer_fills_back() -> None:
+    from document_processing.converters.instruction_records import BLANK
+
+    _, (alpaca, _) = _fact_records(kinds=("cloze",))
+    answers = {r["output"] for r in alpaca}
+    assert {"1978", "8:15", "18 euros", "Wenna Lorne"} <= answers
+    for record in alpaca:
+        blanked = record["instruction"].split(": ", 1)[1]
+        assert blanked.count(BLANK) == 1
+        assert blanked.replace(BLANK, record["output"]) in FACTS
+
+
+def test_records_are_worded_in_the_document_language() -> None:
+    german = (
+        "Die Fähre Wenna Lorne wurde im Jahr 1978 in der Werft von Haskett gebaut. Die Fähre "
+        "fährt um 8:15 ab, und eine Karte kostet 18 Euro. Die Wenna Lorne ist das langsamste "
+        "Boot der Küste, und sie ist grün."
+    )
+    _, (alpaca, _) = _fact_records(kinds=("topic", "cloze"), text=german)
+    questions = [r["instruction"] for r in alpaca]
+    assert any(q.startswith("Was sagt der Text über") for q in questions)
+    assert any(q.startswith("Ergänze die Lücke") for q in questions)
+    assert not any("What" in q or "Fill in" in q for q in questions)
+
+
+def test_a_language_without_a_list_falls_back_to_the_words_every_sentence_shares() -> None:
+    from document_processing.converters.instruction_records import (
+        detect_language,
+        document_sentences,
+        statistical_function_words,
+    )
+
+    subjects = ["Lautta", "Majakka", "Satama", "Museo", "Kirkko", "Tori", "Silta", "Saari"]
+    colours = ["vihreä", "punainen", "harmaa", "valkoinen", "sininen", "musta", "keltainen"]
+    finnish = " ".join(
+        f"{subject} on {colours[n % len(colours)]} ja se on {1900 + 7 * n} rakennettu."
+        for n, subject in enumerate(subjects)
+    )
+    doc = fact_document(finnish)
+    sentences = document_sentences(doc)
+    assert detect_language([w for s in sentences for w in s.text.split()]) is None
+    common = statistical_function_words(sentences)
+    assert {"on", "ja", "se"} <= common and not {"lautta", "majakka"} & common
+    _, (alpaca, _) = _fact_records(kinds=("topic",), text=finnish)
+    assert alpaca and all(r["output"] in finnish for r in alpaca)
+
+
+def test_record_kinds_come_from_the_config_and_are_range_checked() -> None:
+    from shared_utils.config import DocumentProcessingConfig
+    from shared_utils.errors import ConfigurationError
+
+    settings = DocumentProcessingConfig(record_kinds=["cloze"], question_phrasings=3)
+    converter = LMStudioConverter.from_config(settings)
+    assert converter.record_kinds == ("cloze",) and converter.question_phrasings == 3
+    doc = fact_document()
+    alpaca, _ = converter.instruction_records(doc, converter.chunk_document(doc))
+    assert {r["kind"] for r in alpaca} == {"cloze"}
+    for bad in (["quiz"], []):
+        with pytest.raises(ConfigurationError, match="document_processing.record_kinds"):
+            DocumentProcessingConfig(record_kinds=bad).check()
+    with pytest.raises(ConfigurationError, match="document_processing.question_phrasings"):
+        DocumentProcessingConfig(question_phrasings=0).check()
+
+
+def test_extract_record_kinds_flag(run_main, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "guide.md").write_text("# Island guide\n\n## Ferry\n\n" + FACTS, encoding="utf-8")
+    out = tmp_path / "out"
+    status, _, _ = run_main("extract", docs, out, "--instruction-format", "--record-kinds", "topic")
+    assert status == 0
+    kinds = {json.loads(line)["kind"] for line in (out / "chat" / "train.jsonl").open()}
+    assert kinds == {"topic"}
+    status, _, err = run_main("extract", docs, out, "--record-kinds", "quiz")
+    assert status == 2 and "quiz: use one or more of section, continuation, topic, cloze" in err

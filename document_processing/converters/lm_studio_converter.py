@@ -21,8 +21,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from document_processing.converters.instruction_records import (
+    FactRecordBuilder,
+    RecordKind,
+    record_pair,
+)
 from document_processing.records import ParsedDocument
 from shared_utils.config import DocumentProcessingConfig
 from shared_utils.errors import ConfigurationError
@@ -40,8 +45,6 @@ _NON_SPACE = re.compile(r"\S")
 
 # How an oversize unit is split, coarsest first; below the last level it is cut hard.
 _SPLIT_LEVELS: tuple[re.Pattern[str], ...] = (_LINE_BREAK, _WORD_BREAK)
-
-RecordKind = Literal["section", "continuation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,31 +418,6 @@ def _local_spans(spans: Sequence[Sequence[int]], start: int, end: int) -> list[S
     return local
 
 
-def _instruction_pair(
-    instruction: str, input_text: str, output: str, record: dict[str, Any], kind: RecordKind
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One example as an Alpaca record and as a chat ("messages") record."""
-    common = {"source": record["source"], "chunk_id": record["chunk_id"], "kind": kind}
-    prompt = instruction + ("\n\n" + input_text if input_text else "")
-    # prompt/completion repeat the pair in the form TRL's SFTTrainer and MLX-LM read as is.
-    alpaca = {
-        "instruction": instruction,
-        "input": input_text,
-        "output": output,
-        "prompt": prompt,
-        "completion": output,
-        **common,
-    }
-    chat = {
-        "messages": [
-            {"role": "user", "content": prompt},
-            {"role": "assistant", "content": output},
-        ],
-        **common,
-    }
-    return alpaca, chat
-
-
 class LMStudioConverter:
     """Chunks parsed documents into training records (the name is historical)."""
 
@@ -449,6 +427,8 @@ class LMStudioConverter:
         overlap_size: int = 50,
         min_chunk_size: int = 20,
         tokenizer: str | None = None,
+        record_kinds: Sequence[RecordKind] | None = None,
+        question_phrasings: int | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ConfigurationError(
@@ -467,6 +447,9 @@ class LMStudioConverter:
         self.overlap_size = overlap_size
         self.min_chunk_size = min_chunk_size
         self.tokenizer = tokenizer
+        defaults = DocumentProcessingConfig()
+        self.record_kinds = tuple(record_kinds or defaults.record_kinds)
+        self.question_phrasings = question_phrasings or defaults.question_phrasings
         self._counter = _TokenCounter(tokenizer) if tokenizer else None
 
     @classmethod
@@ -476,6 +459,8 @@ class LMStudioConverter:
             overlap_size=settings.overlap_size,
             min_chunk_size=settings.min_chunk_size,
             tokenizer=settings.tokenizer,
+            record_kinds=settings.record_kinds,
+            question_phrasings=settings.question_phrasings,
         )
 
     @property
@@ -541,31 +526,42 @@ class LMStudioConverter:
     def instruction_records(
         self, doc: ParsedDocument, chunks: Sequence[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(Alpaca records, chat records) derived from the structure of `doc`.
+        """(Alpaca records, chat records) of `doc`, of the kinds in `record_kinds`.
 
         - section: the first chunk of each section under a heading answers "Write the section
           "<heading path>" of "<title>"."
         - continuation: a chunk of two or more sentences (and at least 2 * min_chunk_size
           characters) is cut at the sentence boundary nearest its first third; the model is
           asked to continue the first part with the rest.
+        - topic and cloze: questions about the key terms of each sentence, answered by the
+          document's own sentences (see `instruction_records.py`).
         """
+        pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        if "section" in self.record_kinds or "continuation" in self.record_kinds:
+            pairs += self._structure_records(doc, chunks)
+        if "topic" in self.record_kinds or "cloze" in self.record_kinds:
+            builder = FactRecordBuilder(doc, chunks, phrasings=self.question_phrasings)
+            pairs += [pair for pair in builder.records() if pair[0]["kind"] in self.record_kinds]
+        return [alpaca for alpaca, _ in pairs], [chat for _, chat in pairs]
+
+    def _structure_records(
+        self, doc: ParsedDocument, chunks: Sequence[dict[str, Any]]
+    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         title = doc.metadata.title or doc.source
-        alpaca: list[dict[str, Any]] = []
-        chat: list[dict[str, Any]] = []
+        pairs = []
         seen_sections: set[int] = set()
         for record in chunks:
             meta = record["metadata"]
             section_index = meta["section_index"]
             path = doc.sections[section_index].heading_path
-            if section_index not in seen_sections and path:
+            where = (doc.source, record["chunk_id"])
+            if "section" in self.record_kinds and section_index not in seen_sections and path:
                 instruction = f'Write the section "{" > ".join(path)}" of "{title}".'
-                pair = _instruction_pair(instruction, "", record["text"], record, "section")
-                alpaca.append(pair[0])
-                chat.append(pair[1])
+                pairs.append(record_pair(instruction, "", record["text"], *where, "section"))
             seen_sections.add(section_index)
 
             text = record["text"]
-            if len(text) < 2 * self.min_chunk_size:
+            if "continuation" not in self.record_kinds or len(text) < 2 * self.min_chunk_size:
                 continue
             section = doc.sections[section_index]
             protected = _local_spans(
@@ -575,10 +571,8 @@ class LMStudioConverter:
             )
             split = _continuation_split(text, protected)
             if split is not None:
-                pair = _instruction_pair("Continue the text.", *split, record, "continuation")
-                alpaca.append(pair[0])
-                chat.append(pair[1])
-        return alpaca, chat
+                pairs.append(record_pair("Continue the text.", *split, *where, "continuation"))
+        return pairs
 
 
 def chunk_features() -> Any:

@@ -468,6 +468,24 @@ class EvaluationReport:
     def table(self) -> str:
         return format_table(self.rows)
 
+    def side_by_side(self, count: int) -> str:
+        """Each row's answer to the first `count` questions, a hit marked with a tick."""
+        blocks = []
+        for index in range(min(count, self.inputs["question_count"])):
+            found = [a for a in self.answers if a["index"] == index]
+            if not found:
+                continue
+            lines = [
+                f"Q{index + 1}: {found[0]['question']}  (reference: {found[0]['references'][0]})"
+            ]
+            width = max(len(a["row"]) for a in found)
+            for answer in found:
+                mark = "✓" if answer["hit"] else "✗"
+                text = " ".join(answer["answer"].split())
+                lines.append(f"  {answer['row'].ljust(width)} {mark} {text}")
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks) + "\n"
+
     def to_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "rows": {r.row: r.to_dict() for r in self.rows}}
 

@@ -5,9 +5,9 @@
 writes, under the output folder:
 
 - `merged/` (`--format merged|both`): the adapter merged into its base reloaded in 32 bits
-  (`training_methods.transfer_learning.merge.merge_adapter`), loadable by plain `from_pretrained`.
+  (`merge.merge_adapter`), loadable by plain `from_pretrained`.
 - `NAME-TYPE.gguf` (`--format gguf|both`): one file llama.cpp, LM Studio and Ollama run
-  (`training_methods.transfer_learning.gguf_writer`), and `Modelfile`, an Ollama recipe that points at it.
+  (`gguf_writer`), and `Modelfile`, an Ollama recipe that points at it.
 
 Every check that can fail runs before anything large is written: the adapter folder, the base
 model, whether the GGUF writer supports the architecture and tokenizer, and whether an output

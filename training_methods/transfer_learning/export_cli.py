@@ -230,6 +230,12 @@ def add_evaluate_command(
     parser.add_argument(
         "--limit", type=_positive_int, metavar="N", help="only the first N questions"
     )
+    parser.add_argument(
+        "--show",
+        type=_positive_int,
+        metavar="N",
+        help="also print the answers of every row to the first N questions, side by side",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run_evaluate)
 
@@ -254,6 +260,8 @@ def run_evaluate(args: argparse.Namespace, config: ToolkitConfig) -> int:
             device=config.common.device,
             progress=not args.no_progress,
         )
+    if args.show:
+        print(report.side_by_side(args.show))
     print(report.table())
     print(
         f"evaluate: {report.inputs['question_count']} questions, {len(report.rows)} rows; "

@@ -90,6 +90,42 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+# Causal LMs whose output is exactly `lm_head(decoder(...))`: no logit scaling or soft-capping.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3"})
+
+
+def supports_labelled_positions_loss(model: torch.nn.Module) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    return getattr(config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES and hasattr(
+        base, "get_decoder"
+    )
+
+
+def labelled_positions_loss(
+    model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+) -> torch.Tensor:
+    """The causal-LM loss with the output layer applied only at positions whose next token is
+    learned. Prompts, system turns and padding carry no label, and for a 50k-token vocabulary the
+    output layer and its softmax are a fifth of the compute and most of the activation memory;
+    the result equals the model's own loss (summed over labelled tokens, divided by their count,
+    or by `num_items_in_batch` under gradient accumulation)."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    learned = targets != -100
+    logits = base.get_output_embeddings()(hidden[:, :-1][learned]).float()
+    loss = torch.nn.functional.cross_entropy(logits, targets[learned], reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else learned.sum()
+    if isinstance(count, torch.Tensor):
+        count = count.to(loss.device)
+    return loss / count
+
+
 # --------------------------------------------------------------------------------------------------
 # Trainer pieces: NaN guard, metrics, early stopping
 # --------------------------------------------------------------------------------------------------
@@ -99,7 +135,13 @@ def _trainer_class():
     from transformers import Trainer
 
     class GuardedTrainer(Trainer):
-        """A Trainer that stops on a non-finite loss before the optimizer applies it."""
+        """A Trainer that stops on a non-finite loss before the optimizer applies it, and
+        computes the output layer only where a label is learned (`labelled_positions_loss`)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            if return_outputs or not supports_labelled_positions_loss(model):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return labelled_positions_loss(model, inputs, num_items_in_batch)
 
         def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: ANN001
             import torch

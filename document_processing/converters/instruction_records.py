@@ -1,0 +1,469 @@
+"""Instruction records that teach a model what a document says, built from the document alone.
+
+Every answer is the document's own text: no record invents anything, and no model is needed. A
+small model learns to answer questions about a text when it has seen each fact reached from
+several directions, so each fact is approached from several sides (the kinds, `kind` in every
+record):
+
+- section: "Write the section "<heading path>" of "<title>"." answered by the section's first
+  chunk. Recitation: the text in its own order.
+- continuation: the first third of a chunk (cut at a sentence boundary) continued by the rest.
+- topic: a question about one key term of the document (a name, a number with its unit, a run of
+  content words) answered by the document's sentences that mention it, in document order. Each
+  term is asked in `phrasings` differently worded questions, so the model learns to reach the
+  sentences from the term, not from one fixed wording.
+- cloze: a sentence with one key term blanked out, answered by the term: retrieval of the fact
+  itself from the rest of its sentence.
+
+Key terms come from each sentence, without language models or English-only rules: a token with a
+digit (and the word after it when that word is not a function word: "12 euros"), runs of
+capitalised words, and runs of content words. Function words come from a short list per language
+(the language is the one whose list covers most of the document's words); for a language without
+a list, the words that occur in the largest share of the document's sentences stand in for them.
+The questions of `topic` and `cloze` records are worded in the document's language when it has a
+template below, else in English.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from document_processing.records import ParsedDocument
+from shared_utils.config import RECORD_KIND_NAMES
+
+Span = tuple[int, int]
+RecordKind = Literal["section", "continuation", "topic", "cloze"]
+RECORD_KINDS: tuple[RecordKind, ...] = RECORD_KIND_NAMES  # type: ignore[assignment]
+
+MAX_TERM_WORDS = 4  # longer runs of content words are not a "term"
+MAX_TERMS_PER_SENTENCE = 4
+MAX_ANSWER_SENTENCES = 3  # a topic answer: the first sentences that mention the term
+MIN_TERM_CHARS = 3
+
+# Words of a sentence: letters/digits, joined by inner punctuation ("7:40", "1,200", "re-entry").
+_WORD = re.compile(r"\w+(?:[’'.,:/-]\w+)*")
+
+# Function words of the languages with templates; enough to find them in running text.
+FUNCTION_WORDS: dict[str, frozenset[str]] = {
+    "en": frozenset(
+        """a about above after again against all also although am an and any are as at be
+        because been before being below between both but by can could did do does doing down
+        during each either every few for from further had has have having he her here hers
+        herself him himself his how however i if in into is it its itself just may me might more
+        most much must my myself neither no nor not now of off on once only or other our ours
+        ourselves out over own same shall she should so some such than that the their theirs them
+        themselves then there these they this those through to too under until up upon us very
+        was we were what when where whether which while who whom whose why will with within
+        without would yet you your yours yourself yourselves one two three""".split()
+    ),
+    "de": frozenset(
+        """aber alle als also am an auch auf aus bei bin bis bist da damit dann das dass dem den
+        der des die dies diese dieser dieses doch dort du durch ein eine einem einen einer eines
+        er es für hat hatte ich ihr im in ist ja jede jeder jedes kann kein keine man mit muss
+        nach nicht noch nur ob oder ohne sehr sein seine sich sie sind so über um und uns unter
+        vom von vor war waren was wenn wer wie wir wird wo zu zum zur""".split()
+    ),
+    "fr": frozenset(
+        """à au aux avec ce ces cet cette dans de des du elle elles en est et été être il ils
+        je la le les leur leurs lui mais me même mes moi mon ne nos notre nous on ont ou où par
+        pas pour qu que qui sa sans se ses son sont sur ta te tes toi ton tu un une vos votre
+        vous y était sont l d qu c n s j""".split()
+    ),
+    "es": frozenset(
+        """a al algo como con cual de del desde donde el ella ellas ellos en entre era es esa
+        ese eso esta este esto está están fue ha hay la las le les lo los más me mi muy no nos o
+        para pero por que quien se ser si sin sobre son su sus también te tu un una uno y
+        ya""".split()
+    ),
+    "it": frozenset(
+        """a ad al alla alle anche che chi ci come con da dal dalla dei del della delle di e è
+        era gli ha hanno i il in io la le lei lo loro lui ma mi ne nel nella non o per più quale
+        quando questa questo se si sono su sua sue suo suoi tra un una uno""".split()
+    ),
+    "pt": frozenset(
+        """a ao aos as com como da das de do dos e é ela ele eles em entre era essa esse esta
+        este foi há isso mais mas me muito na nas não no nos o os ou para pela pelo por que quem
+        se sem ser seu sua são também te um uma""".split()
+    ),
+    "nl": frozenset(
+        """aan al als bij dat de den der deze die dit door een en er had heb heeft het hij hoe
+        ik in is je kan maar met na naar niet nog of om ook op over te tot uit van voor was wat
+        we wel werd wie wij worden zal ze zich zijn zo""".split()
+    ),
+}
+
+# Per language: (topic question phrasings, overview question, cloze instruction); {term} and
+# {title} are filled in.
+TEMPLATES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "en": (
+        (
+            "What does the text say about {term}?",
+            'What does "{title}" tell us about {term}?',
+            "What do you know about {term}?",
+        ),
+        "Tell me everything about {term}.",
+        'Fill in the blank (from "{title}"): {sentence}',
+    ),
+    "de": (
+        (
+            "Was sagt der Text über {term}?",
+            "Was erfahren wir in „{title}“ über {term}?",
+            "Was weißt du über {term}?",
+        ),
+        "Erzähl mir alles über {term}.",
+        "Ergänze die Lücke (aus „{title}“): {sentence}",
+    ),
+    "fr": (
+        (
+            "Que dit le texte à propos de {term} ?",
+            "Qu'apprend-on sur {term} dans « {title} » ?",
+            "Que sais-tu de {term} ?",
+        ),
+        "Dis-moi tout sur {term}.",
+        "Complète le blanc (d'après « {title} ») : {sentence}",
+    ),
+    "es": (
+        (
+            "¿Qué dice el texto sobre {term}?",
+            "¿Qué nos cuenta «{title}» sobre {term}?",
+            "¿Qué sabes de {term}?",
+        ),
+        "Cuéntame todo sobre {term}.",
+        "Completa el espacio en blanco (de «{title}»): {sentence}",
+    ),
+    "it": (
+        (
+            "Che cosa dice il testo su {term}?",
+            "Che cosa ci dice «{title}» su {term}?",
+            "Che cosa sai di {term}?",
+        ),
+        "Dimmi tutto su {term}.",
+        "Completa lo spazio vuoto (da «{title}»): {sentence}",
+    ),
+    "pt": (
+        (
+            "O que diz o texto sobre {term}?",
+            "O que nos diz «{title}» sobre {term}?",
+            "O que sabes sobre {term}?",
+        ),
+        "Conta-me tudo sobre {term}.",
+        "Preenche o espaço em branco (de «{title}»): {sentence}",
+    ),
+    "nl": (
+        (
+            "Wat zegt de tekst over {term}?",
+            "Wat vertelt „{title}” ons over {term}?",
+            "Wat weet je over {term}?",
+        ),
+        "Vertel me alles over {term}.",
+        "Vul de lege plek in (uit „{title}”): {sentence}",
+    ),
+}
+DEFAULT_LANGUAGE = "en"
+BLANK = "_____"
+
+
+# --------------------------------------------------------------------------------------------------
+# Sentences, language and key terms
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One sentence (or line, or table row) of a section, with where it sits."""
+
+    text: str
+    section_index: int
+    start: int  # character offset in the section text
+
+
+@dataclass(frozen=True)
+class Term:
+    text: str
+    start: int  # offsets within the sentence
+    end: int
+
+
+def document_sentences(doc: ParsedDocument) -> list[Sentence]:
+    """The sentences of every section; a protected block (table, code) contributes its lines."""
+    from document_processing.converters.lm_studio_converter import sentence_spans
+
+    sentences = []
+    for index, section in enumerate(doc.sections):
+        protected = {tuple(span) for span in section.protected}
+        for start, end in sentence_spans(section.text, section.protected):
+            pieces = [(start, end)]
+            if (start, end) in protected or "\n" in section.text[start:end]:
+                pieces = _lines(section.text, start, end)
+            for piece_start, piece_end in pieces:
+                text = section.text[piece_start:piece_end].strip()
+                if any(ch.isalnum() for ch in text):
+                    sentences.append(Sentence(text, index, piece_start))
+    return sentences
+
+
+def _lines(text: str, start: int, end: int) -> list[Span]:
+    spans, pos = [], start
+    for line in text[start:end].split("\n"):
+        if line.strip():
+            spans.append((pos, pos + len(line)))
+        pos += len(line) + 1
+    return spans
+
+
+def _fold(word: str) -> str:
+    return unicodedata.normalize("NFKC", word).casefold()
+
+
+def detect_language(words: Sequence[str]) -> str | None:
+    """The language whose function words make up most of `words`: at least 15% of them, and
+    at least four different ones (a single shared short word such as "on" proves nothing)."""
+    if not words:
+        return None
+    folded = Counter(_fold(word) for word in words)
+    total = sum(folded.values())
+    best, best_share = None, 0.15
+    for language, function_words in FUNCTION_WORDS.items():
+        found = [word for word in folded if word in function_words]
+        share = sum(folded[word] for word in found) / total
+        if len(found) >= 4 and share > best_share:
+            best, best_share = language, share
+    return best
+
+
+def statistical_function_words(sentences: Sequence[Sentence]) -> frozenset[str]:
+    """For a language without a list: the words found in 30% or more of the sentences (and in
+    three at least); in running text these are articles, prepositions and auxiliaries."""
+    spread: Counter[str] = Counter()
+    for sentence in sentences:
+        spread.update({_fold(m.group()) for m in _WORD.finditer(sentence.text)})
+    floor = max(3, math.ceil(0.3 * len(sentences)))
+    return frozenset(word for word, count in spread.items() if count >= floor)
+
+
+def _is_capitalised(word: str) -> bool:
+    return word[:1].isupper()
+
+
+def key_terms(
+    sentence: str,
+    function_words: frozenset[str],
+    mid_sentence_capitals: frozenset[str],
+    repeated: frozenset[str] = frozenset(),
+) -> list[Term]:
+    """Numbers (with their unit), capitalised names and runs of content words of one sentence.
+
+    `mid_sentence_capitals` holds the folded words the document capitalises inside sentences: a
+    capitalised first word counts as a name only when it is one of them.
+    """
+    words = list(_WORD.finditer(sentence))
+    terms: list[Term] = []
+    taken = [False] * len(words)
+
+    def add(first: int, last: int) -> None:
+        start, end = words[first].start(), words[last].end()
+        text = sentence[start:end]
+        if len(text) >= MIN_TERM_CHARS or any(ch.isdigit() for ch in text):
+            terms.append(Term(text, start, end))
+        for k in range(first, last + 1):
+            taken[k] = True
+
+    def is_function(k: int) -> bool:
+        return _fold(words[k].group()) in function_words
+
+    def is_name(k: int) -> bool:
+        word = words[k].group()
+        if not _is_capitalised(word) or is_function(k) and k == 0:
+            return False
+        return k > 0 or _fold(word) in mid_sentence_capitals
+
+    # Numbers, with the word after them when it is a content word ("12 euros", "1893").
+    for k, match in enumerate(words):
+        if any(ch.isdigit() for ch in match.group()):
+            last = k
+            if k + 1 < len(words) and not is_function(k + 1) and words[k + 1].group().isalpha():
+                last = k + 1
+            add(k, last)
+    # Names: runs of capitalised words, joined across one function word ("Isle of Brannoch").
+    k = 0
+    while k < len(words):
+        if taken[k] or not is_name(k):
+            k += 1
+            continue
+        last = k
+        while last + 1 < len(words) and not taken[last + 1]:
+            if is_name(last + 1) or _is_capitalised(words[last + 1].group()):
+                last += 1
+            elif (
+                last + 2 < len(words)
+                and is_function(last + 1)
+                and not taken[last + 2]
+                and _is_capitalised(words[last + 2].group())
+            ):
+                last += 2
+            else:
+                break
+        add(k, min(last, k + MAX_TERM_WORDS - 1))
+        k = last + 1
+    # Runs of content words.
+    k = 0
+    while k < len(words):
+        if taken[k] or is_function(k):
+            k += 1
+            continue
+        last = k
+        while last + 1 < len(words) and not taken[last + 1] and not is_function(last + 1):
+            last += 1
+        first = max(k, last - MAX_TERM_WORDS + 1)  # a long run: its last words
+        # A topic is a word the document comes back to; a one-off word is most often a verb.
+        if any(_fold(words[j].group()) in repeated for j in range(first, last + 1)):
+            add(first, last)
+        k = last + 1
+    terms.sort(key=lambda term: term.start)
+    # Numbers and names first, then the longest runs, up to the limit; in sentence order.
+    ranked = sorted(
+        terms,
+        key=lambda t: (
+            not any(ch.isdigit() for ch in t.text) and not _is_capitalised(t.text),
+            -len(t.text.split()),
+        ),
+    )
+    keep = {id(term) for term in ranked[:MAX_TERMS_PER_SENTENCE]}
+    return [term for term in terms if id(term) in keep]
+
+
+# --------------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------------
+
+
+def record_pair(
+    instruction: str, input_text: str, output: str, source: str, chunk_id: str, kind: RecordKind
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One example as an Alpaca record and as a chat ("messages") record."""
+    common = {"source": source, "chunk_id": chunk_id, "kind": kind}
+    prompt = instruction + ("\n\n" + input_text if input_text else "")
+    # prompt/completion repeat the pair in the form TRL's SFTTrainer and MLX-LM read as is.
+    alpaca = {
+        "instruction": instruction,
+        "input": input_text,
+        "output": output,
+        "prompt": prompt,
+        "completion": output,
+        **common,
+    }
+    chat = {
+        "messages": [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": output},
+        ],
+        **common,
+    }
+    return alpaca, chat
+
+
+def _stable_index(text: str, modulo: int) -> int:
+    return zlib.crc32(text.encode("utf-8")) % modulo
+
+
+class FactRecordBuilder:
+    """The `topic` and `cloze` records of one document."""
+
+    def __init__(
+        self, doc: ParsedDocument, chunks: Sequence[dict[str, Any]], phrasings: int = 2
+    ) -> None:
+        self.doc = doc
+        self.title = doc.metadata.title or doc.source
+        self.chunks = chunks
+        self.phrasings = phrasings
+        self.sentences = document_sentences(doc)
+        words = [m.group() for s in self.sentences for m in _WORD.finditer(s.text)]
+        self.language = detect_language(words)
+        self.function_words = (
+            FUNCTION_WORDS[self.language]
+            if self.language
+            else statistical_function_words(self.sentences)
+        )
+        self.questions, self.overview, self.cloze = TEMPLATES[self.language or DEFAULT_LANGUAGE]
+        counts = Counter(_fold(word) for word in words)
+        self.repeated = frozenset(word for word, count in counts.items() if count >= 2)
+        self.mid_capitals = frozenset(
+            _fold(m.group())
+            for s in self.sentences
+            for k, m in enumerate(_WORD.finditer(s.text))
+            if k > 0 and _is_capitalised(m.group())
+        )
+
+    def chunk_id(self, sentence: Sentence) -> str:
+        """The id of the chunk that holds the start of `sentence`."""
+        for record in self.chunks:
+            meta = record["metadata"]
+            if (
+                meta["section_index"] == sentence.section_index
+                and meta["char_start"] <= sentence.start < meta["char_end"]
+            ):
+                return record["chunk_id"]
+        return self.chunks[0]["chunk_id"] if self.chunks else f"{self.doc.source}#0"
+
+    def records(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """`topic` records: each sentence asked about under up to `phrasings` of its key terms
+        (names first), each time in another wording, and for every name the document mentions
+        in two or more sentences, an overview answered by the first of them. `cloze` records:
+        each sentence with one of its names or numbers blanked out."""
+        pairs = []
+        names: dict[str, tuple[str, list[Sentence]]] = {}
+        for sentence in self.sentences:
+            terms = key_terms(sentence.text, self.function_words, self.mid_capitals, self.repeated)
+            facts = [t for t in terms if _is_fact(t.text)]
+            keys = [t for t in terms if _is_capitalised(t.text) and not _has_digit(t.text)]
+            keys += [t for t in terms if not _is_fact(t.text)]
+            where = (self.doc.source, self.chunk_id(sentence))
+            first = _stable_index(sentence.text, len(self.questions))
+            for offset, term in enumerate(keys[: self.phrasings]):
+                template = self.questions[(first + offset) % len(self.questions)]
+                question = template.format(title=self.title, term=term.text)
+                pairs.append(record_pair(question, "", sentence.text, *where, "topic"))
+            for term in keys:
+                if _is_capitalised(term.text):
+                    entry = names.setdefault(_fold(term.text), (term.text, []))
+                    if sentence not in entry[1]:
+                        entry[1].append(sentence)
+            for term in facts:
+                blanked = sentence.text[: term.start] + BLANK + sentence.text[term.end :]
+                instruction = self.cloze.format(title=self.title, sentence=blanked)
+                pairs.append(record_pair(instruction, "", term.text, *where, "cloze"))
+        for term, mentioned in names.values():
+            if len(mentioned) < 2:
+                continue
+            answer = " ".join(s.text for s in mentioned[:MAX_ANSWER_SENTENCES])
+            question = self.overview.format(title=self.title, term=term)
+            where = (self.doc.source, self.chunk_id(mentioned[0]))
+            pairs.append(record_pair(question, "", answer, *where, "topic"))
+        return pairs
+
+
+def _has_digit(text: str) -> bool:
+    return any(ch.isdigit() for ch in text)
+
+
+def _is_fact(text: str) -> bool:
+    """A name or a number: what a question about the sentence most often asks for."""
+    return _has_digit(text) or _is_capitalised(text)
+
+
+__all__ = [
+    "RECORD_KINDS",
+    "FactRecordBuilder",
+    "RecordKind",
+    "detect_language",
+    "document_sentences",
+    "key_terms",
+    "record_pair",
+]
