@@ -59,7 +59,7 @@ _SPLIT_FILES = [
 REPORT = "extract_report.json"
 RESOLVED_CONFIG = "resolved_config.yaml"
 # Bump when the cached record format or the processing changes, so old caches are not reused.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 FIRST_RANGE_PAGES = 8
 
 

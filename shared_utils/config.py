@@ -122,10 +122,10 @@ class DocumentProcessingConfig:
         "Kinds of instruction records: section (recite a section), continuation (continue a "
         "passage), topic (questions about each sentence's names and key terms, answered by the "
         "sentence), cloze (a sentence with a name or number blanked, answered by it).",
-        ["section", "continuation", "topic"],
+        ["section", "continuation", "topic", "cloze"],
     )
     question_phrasings: int = _help(
-        "Topic records per sentence, each about another of its key terms in another wording.", 2
+        "Topic records per sentence, each about another of its key terms in another wording.", 3
     )
     val_ratio: float = _help(
         "Share of documents (by hash of their path) written to valid.jsonl instead of train.jsonl.",
@@ -190,7 +190,7 @@ class TrainingConfig:
     min_steps: int = _help(
         "A small data set is trained for more epochs (whole ones), until the run takes at least "
         "this many optimiser steps; the summary line says when. 0 keeps num_epochs as it is.",
-        250,
+        200,
     )
     batch_size: int = _help("Examples per device per step.", 8)
     gradient_accumulation_steps: int = _help("Steps whose gradients add up before an update.", 1)

@@ -98,14 +98,6 @@ def test_a_gguf_file_is_a_base_model_read_once_then_from_the_cache(smollm2: Path
     assert model_loading.resolve_model_path(str(smollm2)) == str(cached)
 
 
-def test_a_gguf_transformers_cannot_read_is_one_line(tmp_path: Path, run_main) -> None:
-    broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"GGUF" + b"\0" * 64)
-    status, _, err = run_main("chat", "--model", broken, "--prompt", "hi")
-    assert status == 2
-    assert err.count("\n") == 1 and "transformers cannot read this GGUF" in err
-
-
 def test_training_on_a_document_teaches_the_real_model_and_the_gguf_keeps_it(
     smollm2: Path, tmp_path: Path, run_main
 ) -> None:

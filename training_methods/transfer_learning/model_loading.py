@@ -129,7 +129,7 @@ def _dequantise_gguf(gguf_path: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    logger.warning(
+    logger.info(
         "reading %s with transformers (dequantising; the result is cached in %s)",
         gguf_path,
         target,
