@@ -245,7 +245,12 @@ class LoraConfig:
     )
     lora_r: int = _help("LoRA rank.", 16)
     lora_alpha: int = _help("LoRA scaling numerator (scale = alpha / r).", 32)
-    lora_dropout: float = _help("Dropout on the LoRA input.", 0.1)
+    lora_dropout: float = _help(
+        "Dropout on the LoRA input. 0 by default: on CPU drawing the dropout masks took a fifth "
+        "of the training time (measured on SmolLM2-135M), and a small folder is learned, not "
+        "generalised from.",
+        0.0,
+    )
     target_modules: str | list[str] = _help(
         "Module names to adapt, or 'auto' for every linear layer of the architecture.", "auto"
     )

@@ -288,7 +288,7 @@ class LoRAFineTuner:
         model_name: str,
         lora_r: int = 16,
         lora_alpha: int = 32,
-        lora_dropout: float = 0.1,
+        lora_dropout: float = 0.0,
         target_modules: str | Sequence[str] = "auto",
         *,
         max_length: int = 512,

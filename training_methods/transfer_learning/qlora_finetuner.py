@@ -64,7 +64,7 @@ class QLoRAFineTuner(LoRAFineTuner):
         model_name: str,
         lora_r: int = 64,
         lora_alpha: int = 16,
-        lora_dropout: float = 0.1,
+        lora_dropout: float = 0.0,
         target_modules: str | Sequence[str] = "auto",
         *,
         load_in_4bit: bool = True,
