@@ -626,6 +626,9 @@ class LoRAFineTuner:
             restored = self._restore_adapter(best_dir)
         metrics_callback.active = stopping.active = False
         final_eval = trainer.evaluate() if eval_dataset is not None else {}
+        # accelerate wraps the model's forward in the training autocast (bf16 on some CPUs);
+        # take the wrapper off so samples, merges and callers get the float32 model they saved.
+        trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
         if final_eval and is_main:
             metrics_logger.log(
                 {
