@@ -328,7 +328,7 @@ class ExtractRun:
     def _settings_key(self) -> str:
         """Hash of everything that shapes a document's cached records."""
         data = asdict(self.settings)
-        for key in ("workers", "file_timeout", "val_ratio", "deduplicate"):
+        for key in ("workers", "file_timeout", "worker_memory_mb", "val_ratio", "deduplicate"):
             data.pop(key)
         data["pipeline_version"] = PIPELINE_VERSION
         if self.settings.tokenizer:
@@ -345,7 +345,9 @@ class ExtractRun:
         workers = self.settings.workers or default_worker_count()
         progress = _Progress(len(todo), self.show_progress)
         jobs: dict[str, _PdfJob] = {}
-        with KillableProcessPool(workers, self.settings.file_timeout) as pool:
+        with KillableProcessPool(
+            workers, self.settings.file_timeout, self.settings.worker_memory_mb
+        ) as pool:
             for path, source in todo:
                 if path.suffix.lower() == ".pdf":
                     jobs[source] = _PdfJob(path, source, time.monotonic())
@@ -426,6 +428,14 @@ class ExtractRun:
             )
         elif result.error_type == "PermissionError":
             reason = "permission denied; make it readable (chmod +r)"
+        elif result.error_type in ("MemoryError", "WorkerDied"):
+            limit = self.settings.worker_memory_mb
+            verdict = "it needed" if result.error_type == "MemoryError" else "it may have needed"
+            reason = (
+                f"{reason.rstrip('.')}; {verdict} more than the {limit:g} MB a worker may take "
+                "(a PDF page that inflates to gigabytes does); raise "
+                "document_processing.worker_memory_mb if the file is just large"
+            )
         elif result.error_type not in _TOOLKIT_ERRORS:
             reason = f"{result.error_type}: {reason}"
         logger.debug("failed: %s: %s", source, reason)  # the command lists failures at the end

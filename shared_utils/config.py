@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -19,7 +20,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from shared_utils.errors import ConfigurationError, SecurityError
+from shared_utils.errors import ConfigurationError
+from shared_utils.security import first_yaml_alias
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
@@ -136,6 +138,11 @@ class DocumentProcessingConfig:
         "Seconds one file (or one page range of a large PDF) may take before its worker is killed.",
         300.0,
     )
+    worker_memory_mb: float = _help(
+        "Memory (MB) one worker may take beyond what it starts with (Linux); a file that needs "
+        "more, such as a PDF page that inflates to gigabytes, fails with the reason.",
+        2000.0,
+    )
     max_file_size_mb: float = _help("Files larger than this are skipped and reported.", 200.0)
     max_text_length: int = _help(
         "Sanitisation limit: a document's text is cut at this many characters (reported).",
@@ -160,6 +167,7 @@ class DocumentProcessingConfig:
             ("val_ratio", 0.0 <= self.val_ratio < 1.0, "must be in [0, 1)"),
             ("workers", self.workers >= 0, "must be 0 (one per core) or more"),
             ("file_timeout", self.file_timeout > 0, "must be more than 0 seconds"),
+            ("worker_memory_mb", self.worker_memory_mb >= 100, "must be at least 100"),
             ("max_file_size_mb", self.max_file_size_mb > 0, "must be more than 0"),
             ("max_text_length", self.max_text_length > 0, "must be at least 1"),
             ("pdf.pages_per_task", self.pdf.pages_per_task >= 1, "must be at least 1"),
@@ -182,6 +190,11 @@ class DocumentProcessingConfig:
 # --------------------------------------------------------------------------------------------------
 # transfer_learning
 # --------------------------------------------------------------------------------------------------
+
+
+# A billion optimiser updates is weeks even for a tiny model; a larger max_steps is a typo, and
+# the warm-up (warmup_ratio of max_steps) would keep the learning rate near 0 for the whole run.
+MAX_TRAINING_STEPS = 1_000_000_000
 
 
 @dataclass
@@ -289,8 +302,8 @@ class LoraConfig:
             ("training.max_grad_norm", training.max_grad_norm > 0, "must be more than 0"),
             (
                 "training.max_steps",
-                training.max_steps == -1 or training.max_steps >= 1,
-                "must be -1 (all epochs) or at least 1",
+                training.max_steps == -1 or 1 <= training.max_steps <= MAX_TRAINING_STEPS,
+                f"must be -1 (all epochs) or from 1 to {MAX_TRAINING_STEPS:,}",
             ),
             ("training.logging_steps", training.logging_steps >= 1, "must be at least 1"),
         ]
@@ -641,6 +654,12 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters: an error message never prints a huge value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return `value` as type `tp`, or raise ConfigurationError naming `key`."""
     origin = typing.get_origin(tp)
@@ -656,7 +675,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         hint = _did_you_mean(str(value), [str(c) for c in choices])
         raise ConfigurationError(
-            f"config key '{key}' is {value!r}; choose one of {', '.join(map(repr, choices))}.{hint}"
+            f"config key '{key}' is {_shown(value)}; choose one of "
+            f"{', '.join(map(repr, choices))}.{hint}"
         )
     elif origin is list:
         if isinstance(value, list):
@@ -673,37 +693,56 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                number = float(value.replace("_", ""))
-            except ValueError:
-                pass
-            else:
-                if number.is_integer():
-                    return int(number)
+        number = _finite_float(value, key)
+        if number is not None and number.is_integer():
+            if abs(number) > _EXACT_FLOAT_INTEGERS:
+                raise ConfigurationError(
+                    f"config key '{key}' is {_shown(value)}, too large to be an exact integer; "
+                    "write the whole number out, or a sensible one."
+                )
+            return int(number)
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.replace("_", ""))
-            except ValueError:
-                pass
+        number = _finite_float(value, key)
+        if number is not None:
+            return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigurationError(
-        f"config key '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})."
+        f"config key '{key}' must be {_type_name(tp)}, got {_shown(value)} "
+        f"({type(value).__name__})."
     )
+
+
+# Integers above 2**53 written as floats (1e23) are not what they look like: 1e23 is
+# 99999999999999991611392. No setting needs that many of anything.
+_EXACT_FLOAT_INTEGERS = 2**53
+
+
+def _finite_float(value: Any, key: str) -> float | None:
+    """`value` as a float when it is a number or numeric text (`2e-4`, `1_000`), else None.
+
+    Infinity and NaN are refused: no setting means "forever" by them, and they turn into
+    overflows or endless loops further on.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value.replace("_", "")) if isinstance(value, str) else float(value)
+    except (ValueError, OverflowError):
+        return None
+    if not math.isfinite(number):
+        raise ConfigurationError(
+            f"config key '{key}' is {_shown(value)}; it must be a finite number."
+        )
+    return number
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     """Build dataclass `cls` from a mapping, rejecting unknown keys."""
     where = prefix or "the top level"
     if not isinstance(data, dict):
-        raise ConfigurationError(f"config section '{where}' must be a mapping, got {data!r}.")
+        raise ConfigurationError(f"config section '{where}' must be a mapping, got {_shown(data)}.")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -750,12 +789,19 @@ def read_yaml(path: Path) -> Any:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"config file '{path}' cannot be read: {exc}.") from None
+    # Config errors exit 2, also the refusals below (an alias or a python tag is never run).
     try:
+        alias = first_yaml_alias(text)
+        if alias is not None:
+            raise ConfigurationError(
+                f"{path}:{alias.start_mark.line + 1}: refused YAML alias (*{alias.anchor}); "
+                "aliases can expand to gigabytes, so write the value out instead."
+            )
         return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         line = f":{mark.line + 1}" if mark else ""
-        raise SecurityError(
+        raise ConfigurationError(
             f"{path}{line}: refused YAML tag ({exc.problem}); only plain YAML is allowed."
         ) from None
     except yaml.YAMLError as exc:

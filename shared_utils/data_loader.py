@@ -9,11 +9,13 @@ The pipeline is read → validate → normalise → tokenise → (pack) → coll
   records are a completion with an empty prompt; `prompt`/`completion` records keep both; alpaca
   (`instruction`/`input`/`output`) and chat (`messages`) records become a conversation.
 - `tokenize_rows` renders conversations with the tokenizer's chat template (or
-  `DEFAULT_CHAT_TEMPLATE` when it has none), tokenises the whole text once with character offsets
-  and labels only the response tokens (-100 elsewhere) unless `train_on_prompt`. Each response
-  keeps its end-of-turn token in the labels, and an EOS id is appended when the text does not end
-  with one, so the model learns to stop. Labels come from character spans, never from comparing
-  token ids with the pad id, so an EOS that doubles as padding is still learned.
+  `DEFAULT_CHAT_TEMPLATE` when it has none), tokenises the text once with character offsets
+  and labels only the response tokens (-100 elsewhere) unless `train_on_prompt`. Text that lies
+  far beyond `max_length` tokens is cut before tokenising, so memory does not grow with a
+  record. Each response keeps its end-of-turn token in the labels, and an EOS id is appended
+  when the text does not end with one, so the model learns to stop. Labels come from character
+  spans, never from comparing token ids with the pad id, so an EOS that doubles as padding is
+  still learned.
 - `pack_rows` concatenates examples up to `max_length` with `position_ids` restarting at 0 for
   each example and no attention mask: transformers then builds a block-diagonal causal mask from
   the position ids (`masking_utils.find_packed_sequence_indices`), so no token attends across an
@@ -24,10 +26,13 @@ The pipeline is read → validate → normalise → tokenise → (pack) → coll
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import signal
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -281,6 +286,72 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+# Rendering a chat template takes milliseconds; a template that loops for longer (nested
+# `range(100000)` loops run for hours and fill memory) is stopped with an error.
+CHAT_TEMPLATE_SECONDS = 5.0
+
+
+class _TemplateTimeout(Exception):
+    """Raised by the SIGALRM handler inside a chat template render that ran out of time."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise `_TemplateTimeout` in the block once `seconds` have passed (SIGALRM).
+
+    Signals reach only the main thread; elsewhere the block runs without a limit.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "setitimer"
+    ):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _TemplateTimeout
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def render_chat_template(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    add_generation_prompt: bool = False,
+) -> str:
+    """The conversation rendered with the tokenizer's chat template, as text.
+
+    The template comes with the model, so it is untrusted: transformers runs it in Jinja's
+    sandbox, and here it gets `CHAT_TEMPLATE_SECONDS`. A refused or failing template is a
+    `ConfigurationError` naming the model, instead of a Jinja traceback.
+    """
+    import jinja2
+
+    where = f"the chat template of {tokenizer.name_or_path!r}"
+    fix = "fix or replace `chat_template` in its tokenizer_config.json (or chat_template.jinja)"
+    try:
+        with _time_limit(CHAT_TEMPLATE_SECONDS):
+            return tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+    except _TemplateTimeout:
+        raise ConfigurationError(
+            f"{where} ran for more than {CHAT_TEMPLATE_SECONDS:g} s on one conversation; {fix}"
+        ) from None
+    except jinja2.exceptions.SecurityError as exc:
+        raise ConfigurationError(
+            f"{where} was refused by the template sandbox ({exc}); {fix}"
+        ) from None
+    except jinja2.exceptions.TemplateError as exc:
+        raise ConfigurationError(f"{where} failed ({type(exc).__name__}: {exc}); {fix}") from None
+
+
 def render_with_spans(
     tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]
 ) -> tuple[str, list[tuple[int, int]]]:
@@ -297,10 +368,8 @@ def render_with_spans(
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = tokenizer.apply_chat_template(
-            messages[:index], tokenize=False, add_generation_prompt=True
-        )
-        full = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        prompt = render_chat_template(tokenizer, messages[:index], add_generation_prompt=True)
+        full = render_chat_template(tokenizer, messages[: index + 1])
         if not prompt.startswith(text) or not full.startswith(prompt):
             raise ConfigurationError(
                 f"the chat template of {tokenizer.name_or_path!r} rewrites earlier turns, so "
@@ -310,6 +379,40 @@ def render_with_spans(
         spans.append((len(prompt), len(full)))
         text = full
     return text, spans
+
+
+# Characters per token assumed when a text is cut before tokenising. Tokens of natural text average
+# about 4 characters; a cut that leaves too few tokens is made again, longer.
+CHARS_PER_TOKEN_GUESS = 16
+_CUT_MARGIN_TOKENS = 8
+
+
+def _messages_within(
+    messages: Sequence[Mapping[str, str]], max_chars: int
+) -> tuple[list[dict[str, str]], bool]:
+    """The turns whose words can fall within the first `max_chars` characters of the rendered
+    conversation, the last one cut there; and whether anything was cut.
+
+    A rendered conversation holds every content in order, so a content that starts after
+    `max_chars` characters of content renders after `max_chars` too. One later assistant turn
+    is kept, empty, so the conversation still has a response to locate (beyond the cut).
+    """
+    kept: list[dict[str, str]] = []
+    total = 0
+    cut = False
+    for index, message in enumerate(messages):
+        room = max_chars - total
+        if room <= 0:
+            reply = next((m for m in messages[index:] if m["role"] == "assistant"), None)
+            if reply is not None:
+                kept.append({**reply, "content": ""})
+            return kept, True
+        content = message["content"]
+        if len(content) > room:
+            content, cut = content[:room], True
+        kept.append({**message, "content": content})
+        total += len(content)
+    return kept, cut
 
 
 @dataclass
@@ -367,42 +470,77 @@ class ExampleTokenizer:
         ]
         return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
-    def text_and_spans(self, row: Mapping[str, Any]) -> tuple[str, list[tuple[int, int]], bool]:
-        """Full text, trainable character spans, and whether a trailing EOS must be appended."""
+    def text_and_spans(
+        self, row: Mapping[str, Any], max_chars: int | None = None
+    ) -> tuple[str, list[tuple[int, int]], bool, bool]:
+        """Full text, trainable character spans, whether a trailing EOS must be appended, and
+        whether the text was cut.
+
+        With `max_chars`, the text (and every message in it) is cut to that many characters
+        before it is rendered, so a huge record never reaches the tokenizer whole.
+        """
+        cut = False
         if row["messages"]:
-            text, spans = render_with_spans(self.tokenizer, row["messages"])
-            return text, spans, False
-        text = row["prompt"] + row["completion"]
-        return text, [(len(row["prompt"]), len(text))], True
+            messages = row["messages"]
+            if max_chars is not None:
+                messages, cut = _messages_within(messages, max_chars)
+            text, spans = render_with_spans(self.tokenizer, messages)
+            append_eos = False
+        else:
+            prompt, completion = row["prompt"], row["completion"]
+            if max_chars is not None and max(len(prompt), len(completion)) > max_chars:
+                prompt, completion = prompt[:max_chars], completion[:max_chars]
+                cut = True
+            text = prompt + completion
+            spans, append_eos = [(len(prompt), len(text))], True
+        if max_chars is not None and len(text) > max_chars:
+            text = text[:max_chars]
+            spans = [(start, min(end, max_chars)) for start, end in spans if start < max_chars]
+            cut = True
+        return text, spans, append_eos, cut
+
+    def _encode(self, texts: list[str], add_special: bool) -> tuple[list[Any], list[Any]]:
+        """Token ids and character offsets of each text."""
+        encoded = self.tokenizer(texts, add_special_tokens=add_special, return_offsets_mapping=True)
+        return encoded["input_ids"], encoded["offset_mapping"]
 
     def __call__(self, batch: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
-        """A `datasets.map(batched=True)` function: rows in, `input_ids`/`labels`/`length` out."""
+        """A `datasets.map(batched=True)` function: rows in, `input_ids`/`labels`/`length` out.
+
+        Texts are cut to `max_length * CHARS_PER_TOKEN_GUESS` characters before tokenising:
+        tokenising a 100 MB record whole, with offsets, takes about 10 GB, and all but its first
+        `max_length` tokens are truncated away anyway.
+        """
         columns = list(batch)
         rows = [
             dict(zip(columns, values, strict=True)) for values in zip(*batch.values(), strict=True)
         ]
-        prepared = [self.text_and_spans(row) for row in rows]
+        max_chars = self.max_length * CHARS_PER_TOKEN_GUESS
+        prepared = [self.text_and_spans(row, max_chars) for row in rows]
         examples: list[tuple[list[int], list[int]] | None] = [None] * len(prepared)
         bos = self.tokenizer.bos_token
         for add_special in (True, False):
             # Templates that write the BOS text themselves are tokenised without adding another.
             chosen = [
                 i
-                for i, (text, _, _) in enumerate(prepared)
+                for i, (text, *_) in enumerate(prepared)
                 if add_special != bool(bos and text.startswith(bos))
             ]
             if not chosen:
                 continue
-            encoded = self.tokenizer(
-                [prepared[i][0] for i in chosen],
-                add_special_tokens=add_special,
-                return_offsets_mapping=True,
-            )
+            all_ids, all_offsets = self._encode([prepared[i][0] for i in chosen], add_special)
             for j, i in enumerate(chosen):
-                _, spans, append_eos = prepared[i]
-                examples[i] = self._label(
-                    encoded["input_ids"][j], encoded["offset_mapping"][j], spans, append_eos
-                )
+                _, spans, append_eos, cut = prepared[i]
+                ids, offsets = all_ids[j], all_offsets[j]
+                limit = max_chars
+                # A cut text must give more tokens than max_length keeps, with a margin for its
+                # last word, which the cut may have split. Tokens longer than the guess (runs of
+                # spaces in some vocabularies) get a longer cut, up to the whole text.
+                while cut and len(ids) < self.max_length + _CUT_MARGIN_TOKENS:
+                    limit *= 4
+                    text, spans, append_eos, cut = self.text_and_spans(rows[i], limit)
+                    (ids,), (offsets,) = self._encode([text], add_special)
+                examples[i] = self._label(ids, offsets, spans, append_eos)
         kept = [example for example in examples if example is not None]
         return {
             "input_ids": [ids for ids, _ in kept],

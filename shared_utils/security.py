@@ -3,6 +3,7 @@
 Documents are data, never markup to render or code to run: script and style blocks, HTML comments
 and tags are removed (their text content kept for ordinary tags), the text is NFKC-normalised,
 control characters other than newline and tab are dropped, and overlong text is cut at a limit.
+YAML from files (configs, Markdown frontmatter) is checked for aliases before it is loaded.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+
+import yaml
 
 _DANGEROUS_BLOCK = re.compile(
     r"<(script|style|iframe|object|embed|noscript|template)\b[^>]*>.*?</\1\s*>",
@@ -51,3 +54,16 @@ def sanitize_text(text: str, max_length: int | None = None) -> tuple[str, bool]:
     if max_length is not None and len(text) > max_length:
         return text[:max_length], True
     return text, False
+
+
+def first_yaml_alias(source: str) -> yaml.AliasEvent | None:
+    """The first alias (`*name`) in a YAML text, or None; raises `yaml.YAMLError` when the text
+    is not YAML.
+
+    Loading expands aliases, so a few hundred bytes of nested aliases become gigabytes (the
+    "billion laughs"); callers refuse a text that has one, before loading it.
+    """
+    for event in yaml.parse(source, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            return event
+    return None

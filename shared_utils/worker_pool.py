@@ -8,6 +8,11 @@ with a deadline per task, and kills and replaces a worker whose task runs past i
 
 Tasks may be submitted while results are being consumed (a large PDF's first page range tells how
 many more ranges to queue).
+
+Each worker may also get a memory limit (`RLIMIT_AS`): a PDF whose page inflates to gigabytes then
+fails with `MemoryError` (or its worker dies) instead of taking the machine's memory. Workers die
+with the parent: on Linux the kernel kills them when the parent ends (`PR_SET_PDEATHSIG`), and a
+worker holds no pipe end but its own, so it also sees the parent's end close.
 """
 
 from __future__ import annotations
@@ -43,9 +48,50 @@ class _Worker:
     deadline: float = field(default=float("inf"))
 
 
-def _worker_main(conn: multiprocessing.connection.Connection) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent ends; elsewhere, nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent ended before the request took effect
+        os._exit(1)
+
+
+def _limit_memory(megabytes: float) -> None:
+    """Let this process map at most `megabytes` more than it maps now (`RLIMIT_AS`).
+
+    Relative to the current size, because a forked worker starts with everything the parent had
+    mapped (imported libraries), which it shares rather than uses.
+    """
+    import resource
+
+    with open("/proc/self/statm") as statm:
+        mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = mapped + int(megabytes * 1e6)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _worker_main(
+    conn: multiprocessing.connection.Connection,
+    parent_conn: multiprocessing.connection.Connection,
+    parent_pid: int,
+    memory_limit_mb: float | None,
+) -> None:
+    _die_with_parent(parent_pid)
+    # A forked child inherits the parent's end of its own pipe; holding it, it would never see
+    # the parent go away.
+    parent_conn.close()
     # Ctrl-C goes to the whole process group; the parent decides what happens, not the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if memory_limit_mb is not None and sys.platform.startswith("linux"):
+        _limit_memory(memory_limit_mb)
     while True:
         try:
             item = conn.recv()
@@ -74,11 +120,14 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 class KillableProcessPool:
-    """Run picklable top-level functions in `workers` processes, each task within `timeout` s."""
+    """Run picklable top-level functions in `workers` processes, each task within `timeout` s,
+    each worker within `memory_limit_mb` MB more memory than it starts with (Linux; None: no
+    limit)."""
 
-    def __init__(self, workers: int, timeout: float) -> None:
+    def __init__(self, workers: int, timeout: float, memory_limit_mb: float | None = None) -> None:
         self.max_workers = max(1, workers)
         self.timeout = timeout
+        self.memory_limit_mb = memory_limit_mb
         self._ctx = _context()
         self._workers: list[_Worker] = []
         self._queue: deque[tuple[int, Any, Callable[..., Any], tuple[Any, ...]]] = deque()
@@ -146,7 +195,11 @@ class KillableProcessPool:
 
     def _start_worker(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=_worker_main, args=(child_conn,), daemon=True)
+        process = self._ctx.Process(
+            target=_worker_main,
+            args=(child_conn, parent_conn, os.getpid(), self.memory_limit_mb),
+            daemon=True,
+        )
         process.start()
         child_conn.close()
         worker = _Worker(process=process, conn=parent_conn)

@@ -35,7 +35,7 @@ from document_processing.parsers.text_parser import cut_warning, decode_bytes, r
 from document_processing.records import DocumentMetadata, ParsedDocument, Section
 from shared_utils.config import DocumentProcessingConfig
 from shared_utils.errors import DocumentProcessingError, SecurityError
-from shared_utils.security import remove_control_characters, strip_html
+from shared_utils.security import first_yaml_alias, remove_control_characters, strip_html
 
 # --------------------------------------------------------------------------------------------------
 # frontmatter
@@ -81,13 +81,12 @@ def _split_frontmatter(text: str, path: Path) -> tuple[_Frontmatter, list[str]]:
 def _load_frontmatter_yaml(source: str, path: Path) -> Any:
     """`yaml.safe_load` with errors that name the file and line (frontmatter starts on line 2)."""
     try:
-        for event in yaml.parse(source, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                line = event.start_mark.line + 2
-                raise SecurityError(
-                    f"{path}:{line}: frontmatter uses a YAML alias (*{event.anchor}); "
-                    "only plain YAML is allowed."
-                )
+        alias = first_yaml_alias(source)
+        if alias is not None:
+            raise SecurityError(
+                f"{path}:{alias.start_mark.line + 2}: frontmatter uses a YAML alias "
+                f"(*{alias.anchor}); only plain YAML is allowed."
+            )
         return yaml.safe_load(source)
     except yaml.constructor.ConstructorError as exc:
         line = _yaml_line(exc)

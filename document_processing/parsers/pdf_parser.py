@@ -595,6 +595,17 @@ def _encrypted_error(path: Path) -> DocumentProcessingError:
     )
 
 
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `exc` is a `kind`, or wraps one (pdfplumber wraps pdfminer's errors in
+    `PdfminerException(original)`)."""
+    return (
+        isinstance(exc, kind)
+        or any(isinstance(arg, kind) for arg in exc.args)
+        or isinstance(exc.__cause__, kind)
+        or isinstance(exc.__context__, kind)
+    )
+
+
 def _reason(exc: BaseException) -> str:
     """An exception as one short line: "PdfStreamError: Stream has ended unexpectedly"."""
     message = " ".join(str(exc).split()) or "no details"
@@ -895,6 +906,8 @@ def _read_page(engine: _PageSource, number: int, limit: float) -> tuple[str, str
     try:
         text = engine.page_text(number)
     except Exception as exc:  # an engine bug on one page must not lose the other pages
+        if _caused_by(exc, MemoryError):  # the worker's memory limit: the file fails, with why
+            raise MemoryError(f"page {number}: {engine.name}: {_reason(exc)}") from exc
         return "", f"{engine.name} failed: {_reason(exc)}"
     text = _normalise_newlines(text or "")
     return text, page_quality_problem(text, limit)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from shared_utils.data_loader import render_chat_template
 from shared_utils.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -99,9 +100,7 @@ class ChatSession:
             self.model.config, "n_positions", None
         )
         while True:
-            text = self.tokenizer.apply_chat_template(
-                self.messages, tokenize=False, add_generation_prompt=True
-            )
+            text = render_chat_template(self.tokenizer, self.messages, add_generation_prompt=True)
             bos = self.tokenizer.bos_token
             ids = self.tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))[
                 "input_ids"

@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared_utils.config import LoraConfig, ToolkitConfig, check_training_sections, dump_config
-from shared_utils.data_loader import DataLoaderFactory, detect_format, normalize_record
+from shared_utils.data_loader import (
+    CHARS_PER_TOKEN_GUESS,
+    DataLoaderFactory,
+    detect_format,
+    normalize_record,
+    render_chat_template,
+)
 from shared_utils.errors import ConfigurationError, DataValidationError, TrainingError
 from shared_utils.file_utils import _umask, atomic_write_json, atomic_write_text
 from training_methods.transfer_learning.model_loading import (
@@ -739,17 +745,19 @@ class LoRAFineTuner:
         first response and that response, or the first words of a text and the words after."""
         if rows is None or count <= 0 or "messages" not in rows.column_names:
             return []
+        # Training saw at most max_length tokens of a record; a huge one is cut alike here.
+        limit = self.max_length * CHARS_PER_TOKEN_GUESS
         pairs = []
         for row in rows.select(range(min(count, len(rows)))):
-            messages = row["messages"]
+            messages = [{**m, "content": m["content"][:limit]} for m in row["messages"]]
             if messages:
                 first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-                prompt = self.tokenizer.apply_chat_template(
-                    messages[:first], tokenize=False, add_generation_prompt=True
+                prompt = render_chat_template(
+                    self.tokenizer, messages[:first], add_generation_prompt=True
                 )
                 pairs.append((prompt, messages[first]["content"]))
             else:
-                words = (row["prompt"] + row["completion"]).split()
+                words = (row["prompt"][:limit] + row["completion"][:limit]).split()
                 pairs.append((" ".join(words[:12]), " ".join(words[12:60])))
         return pairs
 
@@ -766,11 +774,15 @@ class LoRAFineTuner:
         bos = self.tokenizer.bos_token
         try:
             for prompt in prompts:
+                # The end of an overlong prompt (where the answer starts), at most max_length
+                # tokens of it, as in training.
+                prompt = prompt[-self.max_length * CHARS_PER_TOKEN_GUESS :]
                 encoded = self.tokenizer(
                     prompt,
                     return_tensors="pt",
                     add_special_tokens=not (bos and prompt.startswith(bos)),
-                ).to(model.device)
+                )
+                encoded = {k: v[:, -self.max_length :].to(model.device) for k, v in encoded.items()}
                 with torch.no_grad():
                     generated = model.generate(
                         **encoded,
