@@ -39,6 +39,7 @@ from shared_utils.file_utils import (
     folder_lock,
     is_within,
     iter_jsonl,
+    remove_leftover_temp_files,
     sha256_file,
     validate_input_file,
 )
@@ -176,16 +177,20 @@ def _strip_path(message: str, path: Path) -> str:
 
 def _pdf_first_range(
     path: Path, settings: DocumentProcessingConfig
-) -> tuple[Any, list[PageText], int]:
-    """Probe a PDF and extract its first page range; the parent queues the other ranges."""
+) -> tuple[Any, list[PageText], int, str]:
+    """Probe a PDF and extract its first page range; the parent queues the other ranges.
+
+    Also returns the file's SHA-256, taken as it is read (see `_parse_whole`).
+    """
     from document_processing.parsers.pdf_parser import extract_pages, probe_pdf
 
+    digest = sha256_file(path)
     info = probe_pdf(path, settings)
     # A short first range: the other ranges are queued only once it returns, and until then the
     # other workers may have nothing to do (a corpus of one book).
     last = min(info.page_count, settings.pdf.pages_per_task, FIRST_RANGE_PAGES)
     pages = extract_pages(path, 1, last, settings, keep_open=True) if last >= 1 else []
-    return info, pages, last
+    return info, pages, last, digest
 
 
 def _pdf_range(
@@ -197,8 +202,13 @@ def _pdf_range(
     return extract_pages(path, first, last, settings, keep_open=True)
 
 
-def _parse_whole(path: Path, source: str, settings: DocumentProcessingConfig) -> ParsedDocument:
-    return parser_for(path).parse(path, source, settings)
+def _parse_whole(
+    path: Path, source: str, settings: DocumentProcessingConfig
+) -> tuple[ParsedDocument, str]:
+    """The parsed document and the file's SHA-256, taken as the file is read: the manifest
+    records it, and a file deleted or changed later in the run is never read again."""
+    digest = sha256_file(path)
+    return parser_for(path).parse(path, source, settings), digest
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,6 +245,7 @@ class ExtractRun:
         self.show_progress = show_progress
         self.cache_dir = output_dir / CACHE_DIR
         self._converter: Any = None
+        self._hashes: dict[str, str] = {}  # source -> SHA-256 of the bytes that were read
 
     # -- entry point --------------------------------------------------------------------------
 
@@ -257,7 +268,25 @@ class ExtractRun:
         previous = self._read_manifest()
         settings_key = self._settings_key()
         manifest = self._reusable_entries(previous, settings_key) if self.incremental else {}
-        hashes = {source: sha256_file(path) for path, source in files} if self.incremental else {}
+        removed = remove_leftover_temp_files(
+            self.output_dir,
+            [
+                *_SPLIT_FILES,
+                REPORT,
+                RESOLVED_CONFIG,
+                f"{CACHE_DIR}/{MANIFEST}",
+                *(f"{CACHE_DIR}/{_cache_name(source)}" for _, source in files),
+                *(_text_name(source) for _, source in files),
+            ],
+        )
+        if removed:
+            logger.info("removed %d temporary files an interrupted run left behind", removed)
+        # Content hashes of the inputs: up front with --incremental (to find what changed),
+        # else filled in by the workers as they read each file.
+        if self.incremental:
+            files, vanished = self._hash_inputs(files)
+            refused = sorted([*refused, *vanished], key=lambda report: report.source)
+        hashes = self._hashes
 
         reports: dict[str, FileReport] = {r.source: r for r in refused}
         todo: list[tuple[Path, str]] = []
@@ -320,6 +349,21 @@ class ExtractRun:
                 "run again."
             )
 
+    def _hash_inputs(
+        self, files: list[tuple[Path, str]]
+    ) -> tuple[list[tuple[Path, str]], list[FileReport]]:
+        """Hash every input into `self._hashes`; a file that cannot be read is reported failed."""
+        kept, failed = [], []
+        for path, source in files:
+            try:
+                self._hashes[source] = sha256_file(path)
+            except OSError as exc:
+                reason = f"cannot be read ({exc.strerror or exc}); it changed during the run"
+                failed.append(FileReport(source, "failed", reason))
+            else:
+                kept.append((path, source))
+        return kept, failed
+
     def _make_converter(self) -> Any:
         from document_processing.converters.lm_studio_converter import LMStudioConverter
 
@@ -369,7 +413,7 @@ class ExtractRun:
     def _finish_file(self, result: TaskResult, source: str) -> FileReport:
         if not result.ok:
             return self._failure(source, result)
-        doc: ParsedDocument = result.value
+        doc, self._hashes[source] = result.value
         return self._finish_document(doc, result.seconds)
 
     def _on_pdf_result(
@@ -389,7 +433,7 @@ class ExtractRun:
                 result.error = f"pages {result.tag[2]}-{result.tag[3]}: {result.error}"
             return self._failure(source, result)
         if kind == "pdf-first":
-            info, pages, last = result.value
+            info, pages, last, self._hashes[source] = result.value
             job.info = info
             job.pages.extend(pages)
             progress.add_pages(info.page_count, len(pages))
@@ -647,7 +691,7 @@ class ExtractRun:
         for report in reports:
             if report.status != "ok":
                 continue
-            digest = hashes.get(report.source) or sha256_file(self.input_dir / report.source)
+            digest = hashes[report.source]  # taken when the file was read, never read again
             entry = asdict(report)
             entry.pop("cached")
             files[report.source] = {"sha256": digest, "report": entry}

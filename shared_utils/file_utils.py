@@ -12,12 +12,13 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from shared_utils.errors import LLMToolkitError, SecurityError
@@ -73,6 +74,46 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
         target.discard()
         raise
     target.commit()
+
+
+# What `AtomicFile` names its temporary file for NAME: `.NAME.` + mkstemp's 8 random characters.
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_leftover_temp_files(root: Path, names: Iterable[str]) -> int:
+    """Delete the temporary files a killed process left for the given outputs; returns how many.
+
+    `names` are paths relative to `root` of files written with `AtomicFile`; only regular files
+    named as its temporary files of those names are removed, and no symlink is followed. Call it
+    while holding the folder's lock, so no running writer's file is taken.
+    """
+    by_folder: dict[PurePosixPath, set[str]] = {}
+    for name in names:
+        relative = PurePosixPath(name)
+        if not relative.is_absolute() and ".." not in relative.parts:
+            by_folder.setdefault(relative.parent, set()).add(relative.name)
+    removed = 0
+    for folder, finals in by_folder.items():
+        path = _subfolder_without_links(root, folder)
+        if path is None:
+            continue
+        for entry in os.scandir(path):
+            match = _TEMP_NAME.fullmatch(entry.name)
+            if match and match["name"] in finals and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def _subfolder_without_links(root: Path, relative: PurePosixPath) -> Path | None:
+    """`root/relative` when it is a folder reached through no symlink below `root`, else None."""
+    path = root
+    for part in relative.parts:
+        path = path / part
+        if path.is_symlink():
+            return None
+    return path if path.is_dir() else None
 
 
 def _umask() -> int:

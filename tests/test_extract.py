@@ -321,8 +321,9 @@ def _slow_parse(path, source, settings):
     if "hang" in path.name:
         time.sleep(120)
     from document_processing.parsers import parser_for
+    from shared_utils.file_utils import sha256_file
 
-    return parser_for(path).parse(path, source, settings)
+    return parser_for(path).parse(path, source, settings), sha256_file(path)
 
 
 def test_a_hanging_file_is_killed_and_reported(

@@ -333,3 +333,139 @@ def test_render_chat_template_needs_no_signal_outside_the_main_thread(
     thread.join(timeout=30)
     assert results == [render_chat_template(tokenizer, messages)]
     assert results[0].startswith("### Instruction:\nHi")
+
+
+# --------------------------------------------------------------------------------------------------
+# No orphans, no half states
+# --------------------------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting to be reaped has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_workers_die_with_the_parent(tmp_path: Path, signal_name: str) -> None:
+    import signal
+
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from shared_utils.worker_pool import KillableProcessPool
+        pool = KillableProcessPool(workers=2, timeout=600)
+        for _ in range(2):
+            pool.submit(time.sleep, 600)
+        results = pool.results()
+        pool._dispatch()
+        print(" ".join(str(w.process.pid) for w in pool._workers), flush=True)
+        next(results)
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        parent.send_signal(getattr(signal, signal_name))
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_temporary_files_of_a_killed_run_are_removed_by_the_next(
+    run_main, samples_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    leftovers = [
+        out / ".train.jsonl.k3x9q0ab.tmp",
+        out / "chat" / ".train.jsonl.zz81_kq2.tmp",
+        out / ".extract_report.json.a1b2c3d4.tmp",
+        out / ".extract_cache" / ".manifest.json.qwertyui.tmp",
+    ]
+    users = [out / ".notes.jsonl.abcdefgh.tmp", out / "train.jsonl.tmp", out / ".train.jsonl.tmp"]
+    for path in [*leftovers, *users]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}\n", encoding="utf-8")
+    status, _, err = run_main("extract", samples_dir / "documents", out, "--instruction-format")
+    assert status == 0, err
+    assert [path for path in leftovers if path.exists()] == []
+    assert all(path.exists() for path in users)  # not named like ours: the user's
+    assert sorted(out.rglob("*.tmp")) == sorted(users)
+
+
+def test_an_input_deleted_during_the_run_keeps_report_and_manifest(
+    run_main, samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest records the hash taken when the file was read; the file is not read again."""
+    import hashlib
+
+    from document_processing.pipeline import ExtractRun
+
+    docs = samples_dir / "documents"
+    victim = sorted(docs.rglob("*.md"))[0]
+    digest = hashlib.sha256(victim.read_bytes()).hexdigest()
+    finish = ExtractRun._finish_document
+
+    def finish_then_delete(self, doc, seconds):
+        if doc.source == victim.relative_to(docs).as_posix():
+            victim.unlink()  # read and parsed; the user deletes it while the run goes on
+        return finish(self, doc, seconds)
+
+    monkeypatch.setattr(ExtractRun, "_finish_document", finish_then_delete)
+    out = tmp_path / "out"
+    status, _, err = run_main("extract", docs, out, "--workers", "1")
+    assert status == 0, err
+    assert not victim.exists()
+    report = json.loads((out / "extract_report.json").read_text())
+    assert all(f["status"] == "ok" for f in report["files"])
+    manifest = json.loads((out / ".extract_cache" / "manifest.json").read_text())
+    assert manifest["files"][victim.relative_to(docs).as_posix()]["sha256"] == digest
+
+
+def test_resume_falls_back_to_the_newest_complete_checkpoint(
+    run_main, tmp_path: Path, tiny_llama: Path, samples_dir: Path
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train-lora", "--model-name", tiny_llama, "--output-dir", out,
+            "--train-data", samples_dir / "datasets" / "chat.jsonl"]  # fmt: skip
+    config = write_config(tmp_path, "checkpoint: {save_steps: 2}\ncommon: {device: cpu}\n")
+    status, _, err = run_main("--config", config, *argv, "--max-steps", "4")
+    assert status == 0, err
+    # Killed while checkpoint-4 was saved: the weights half written, no trainer state yet.
+    partial = out / "checkpoint-4"
+    (partial / "trainer_state.json").unlink()
+    weights = partial / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    status, stdout, err = run_main("--config", config, *argv, "--max-steps", "6", "--resume")
+    assert status == 0, err
+    assert "checkpoint-4 is incomplete" in err and "resuming from checkpoint-2" in err
+    assert "6 steps" in stdout
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+
+
+def test_resume_with_no_complete_checkpoint_is_one_line(
+    run_main, tmp_path: Path, tiny_llama: Path, samples_dir: Path
+) -> None:
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "trainer_state.json").write_text('{"global_st', encoding="utf-8")
+    status, _, err = run_main(
+        "train-lora", "--model-name", tiny_llama, "--output-dir", out, "--resume",
+        "--train-data", samples_dir / "datasets" / "chat.jsonl",
+    )  # fmt: skip
+    assert status == 2
+    assert "no complete checkpoint" in err and "checkpoint-2" in err and err.count("\n") == 1

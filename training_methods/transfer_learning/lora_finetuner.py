@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -240,13 +241,35 @@ def _perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 50 else float("inf")
 
 
-def _last_checkpoint(output_dir: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+def _checkpoint_folders(output_dir: Path) -> list[Path]:
+    """The `checkpoint-N` folders of a run, newest (highest N) first."""
     if not output_dir.is_dir():
-        return None
-    found = get_last_checkpoint(str(output_dir))
-    return Path(found) if found else None
+        return []
+    folders = [
+        path
+        for path in output_dir.iterdir()
+        if re.fullmatch(rf"{CHECKPOINT_PREFIX}-\d+", path.name) and path.is_dir()
+    ]
+    return sorted(folders, key=_checkpoint_step, reverse=True)
+
+
+def _is_complete_checkpoint(folder: Path) -> bool:
+    """The Trainer writes `trainer_state.json` after the weights, optimizer and scheduler, so a
+    checkpoint without a readable one was cut short while it was being saved."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(state, dict)
+        and "global_step" in state
+        and (folder / "adapter_model.safetensors").is_file()
+    )
+
+
+def _last_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    return next((f for f in _checkpoint_folders(output_dir) if _is_complete_checkpoint(f)), None)
 
 
 def _checkpoint_step(checkpoint: Path) -> int:
@@ -683,20 +706,34 @@ class LoRAFineTuner:
         return result
 
     def _checkpoint_to_resume(self, output_dir: Path, resume: bool) -> Path | None:
-        last = _last_checkpoint(output_dir)
-        if resume:
-            if last is None:
+        folders = _checkpoint_folders(output_dir)
+        if not resume:
+            if folders:
                 raise ConfigurationError(
-                    f"--resume: no {CHECKPOINT_PREFIX}-* folder in {output_dir} — run without "
-                    "--resume to start training, or point --output-dir at the earlier run"
+                    f"{output_dir} holds checkpoints of an earlier run ({folders[0].name}) — pass "
+                    "--resume to continue it, or choose another --output-dir"
                 )
-            return last
-        if last is not None:
+            return None
+        if not folders:
             raise ConfigurationError(
-                f"{output_dir} holds checkpoints of an earlier run ({last.name}) — pass --resume "
-                "to continue it, or choose another --output-dir"
+                f"--resume: no {CHECKPOINT_PREFIX}-* folder in {output_dir} — run without "
+                "--resume to start training, or point --output-dir at the earlier run"
             )
-        return None
+        last = _last_checkpoint(output_dir)
+        if last is None:
+            raise ConfigurationError(
+                f"--resume: no complete checkpoint in {output_dir} ({folders[0].name} has no "
+                "readable trainer_state.json: the run was killed while saving it) — delete the "
+                "run folder and start again"
+            )
+        if last != folders[0]:
+            # A later save overwrites the incomplete folder; until then it is left as it is.
+            logger.warning(
+                "%s is incomplete (the run was killed while saving it): resuming from %s",
+                folders[0],
+                last.name,
+            )
+        return last
 
     def _restore_adapter(self, adapter_dir: Path) -> bool:
         from peft import set_peft_model_state_dict
