@@ -106,8 +106,8 @@ def add_extract_command(
         "--record-kinds",
         type=_record_kinds,
         metavar="KINDS",
-        help="comma-separated kinds of instruction records: section, continuation, topic, cloze "
-        "(default: document_processing.record_kinds)",
+        help="comma-separated kinds of instruction records: section, continuation, topic, "
+        "question, cloze (default: document_processing.record_kinds)",
     )
     parser.add_argument(
         "--workers", type=_non_negative_int, help="worker processes (default: one per CPU core)"

@@ -94,7 +94,13 @@ class PdfConfig:
     )
 
 
-RECORD_KIND_NAMES = ("section", "continuation", "topic", "cloze")  # see instruction_records.py
+RECORD_KIND_NAMES = (
+    "section",
+    "continuation",
+    "topic",
+    "question",
+    "cloze",
+)  # see instruction_records.py
 
 
 @dataclass
@@ -123,7 +129,9 @@ class DocumentProcessingConfig:
     record_kinds: list[str] = _help(
         "Kinds of instruction records: section (recite a section), continuation (continue a "
         "passage), topic (questions about each sentence's names and key terms, answered by the "
-        "sentence), cloze (a sentence with a name or number blanked, answered by it).",
+        "sentence), question (a sentence asked back with a name or number replaced by a question "
+        "word, answered by it), cloze (a sentence with a name or number blanked, answered by "
+        "it).",
         ["section", "continuation", "topic", "cloze"],
     )
     question_phrasings: int = _help(
@@ -212,6 +220,11 @@ class TrainingConfig:
         "135M-parameter model; lower it (2e-4) for long runs on large models.",
         1e-3,
     )
+    loraplus_lr_ratio: float = _help(
+        "LoRA+: the LoRA B matrices learn this many times faster than the A matrices (16 in the "
+        "LoRA+ paper); 0 trains both at learning_rate.",
+        0.0,
+    )
     weight_decay: float = _help("AdamW weight decay.", 0.0)
     warmup_ratio: float = _help("Share of the steps with a linear warm-up.", 0.03)
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _help(
@@ -298,6 +311,7 @@ class LoraConfig:
             ),
             ("training.learning_rate", training.learning_rate > 0, "must be more than 0"),
             ("training.weight_decay", training.weight_decay >= 0, "must be 0 or more"),
+            ("training.loraplus_lr_ratio", training.loraplus_lr_ratio >= 0, "must be 0 or more"),
             ("training.warmup_ratio", 0 <= training.warmup_ratio < 1, "must be in [0, 1)"),
             ("training.max_grad_norm", training.max_grad_norm > 0, "must be more than 0"),
             (

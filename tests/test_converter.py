@@ -426,16 +426,55 @@ def test_cloze_records_blank_a_name_or_number_that_the_answer_fills_back() -> No
         assert blanked.replace(BLANK, record["output"]) in FACTS
 
 
+def test_question_records_ask_the_sentence_back_with_a_question_word_for_each_fact() -> None:
+    _, (alpaca, _) = _fact_records(kinds=("question",))
+    assert alpaca and {r["kind"] for r in alpaca} == {"question"}
+    asked = {r["instruction"]: r["output"] for r in alpaca}
+    # A year, a clock time, a count with its unit and a name each get their question word; the
+    # answer is the fact alone, so it cannot be copied from the question.
+    assert asked["The ferry Wenna Lorne was built in which year at the Haskett yard?"] == "1978"
+    when = "The ferry leaves Calder Quay at what time and an adult ticket costs 18 euros?"
+    assert asked[when] == "8:15"
+    price = "The ferry leaves Calder Quay at 8:15 and an adult ticket costs how many euros?"
+    assert asked[price] == "18 euros"
+    assert asked["The ferry what was built in 1978 at the Haskett yard?"] == "Wenna Lorne"
+    where = "Ferry: The ferry leaves what at 8:15 and an adult ticket costs 18 euros?"
+    assert asked[where] == "Calder Quay"
+    for question, answer in asked.items():
+        assert answer in FACTS and answer not in question
+
+
+def test_a_question_without_another_name_in_it_says_which_section_it_is_about() -> None:
+    text = "The tower is 31 metres tall. The Wenna Lorne sails at 8:15 from the Calder Quay."
+    _, (alpaca, _) = _fact_records(kinds=("question",), text=text)
+    asked = [r["instruction"] for r in alpaca]
+    # "The tower" alone does not say which tower: the section's heading does.
+    assert "Ferry: The tower is how many metres tall?" in asked
+    assert "The Wenna Lorne sails at what time from the Calder Quay?" in asked
+
+
+def test_dates_are_asked_as_dates() -> None:
+    _, (alpaca, _) = _fact_records(
+        kinds=("question",), text="Membership runs from 1 March each year."
+    )
+    assert [r["instruction"] for r in alpaca] == [
+        "Ferry: Membership runs from which date each year?"
+    ]
+
+
 def test_records_are_worded_in_the_document_language() -> None:
     german = (
         "Die Fähre Wenna Lorne wurde im Jahr 1978 in der Werft von Haskett gebaut. Die Fähre "
         "fährt um 8:15 ab, und eine Karte kostet 18 Euro. Die Wenna Lorne ist das langsamste "
         "Boot der Küste, und sie ist grün."
     )
-    _, (alpaca, _) = _fact_records(kinds=("topic", "cloze"), text=german)
+    _, (alpaca, _) = _fact_records(kinds=("topic", "question", "cloze"), text=german)
     questions = [r["instruction"] for r in alpaca]
     assert any(q.startswith("Was sagt der Text über") for q in questions)
     assert any(q.startswith("Ergänze die Lücke") for q in questions)
+    assert "Die Fähre Wenna Lorne wurde im Jahr welchem Jahr in der Werft von Haskett gebaut?" in (
+        questions
+    )
     assert not any("What" in q or "Fill in" in q for q in questions)
 
 
@@ -488,4 +527,4 @@ def test_extract_record_kinds_flag(run_main, tmp_path: Path) -> None:
     kinds = {json.loads(line)["kind"] for line in (out / "chat" / "train.jsonl").open()}
     assert kinds == {"topic"}
     status, _, err = run_main("extract", docs, out, "--record-kinds", "quiz")
-    assert status == 2 and "quiz: use one or more of section, continuation, topic, cloze" in err
+    assert status == 2 and "quiz: use one or more of section, continuation, topic, question" in err

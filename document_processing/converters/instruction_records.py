@@ -39,7 +39,7 @@ from document_processing.records import ParsedDocument
 from shared_utils.config import RECORD_KIND_NAMES
 
 Span = tuple[int, int]
-RecordKind = Literal["section", "continuation", "topic", "cloze"]
+RecordKind = Literal["section", "continuation", "topic", "question", "cloze"]
 RECORD_KINDS: tuple[RecordKind, ...] = RECORD_KIND_NAMES  # type: ignore[assignment]
 
 MAX_TERM_WORDS = 4  # longer runs of content words are not a "term"
@@ -99,71 +99,124 @@ FUNCTION_WORDS: dict[str, frozenset[str]] = {
     ),
 }
 
-# Per language: (topic question phrasings, overview question, cloze instruction); {term} and
-# {title} are filled in.
-TEMPLATES: dict[str, tuple[tuple[str, ...], str, str]] = {
-    "en": (
-        (
+
+# Per language: topic question phrasings ({term}, {context}: the heading of the sentence's section,
+# or the document's title), the overview question ({term}), the cloze instruction ({context},
+# {sentence}) and the question words of `question` records: for a count ({unit} follows), a year,
+# a date, a clock time and a name.
+@dataclass(frozen=True)
+class LanguageTemplates:
+    topic: tuple[str, ...]
+    overview: str
+    cloze: str
+    count: str
+    year: str
+    date: str  # a number and a capitalised word: "1 March"
+    time: str
+    name: str
+    question_mark: tuple[str, str] = ("", "?")  # what opens and closes a question
+
+
+TEMPLATES: dict[str, LanguageTemplates] = {
+    "en": LanguageTemplates(
+        topic=(
             "What does the text say about {term}?",
-            'What does "{title}" tell us about {term}?',
+            'What does "{context}" say about {term}?',
             "What do you know about {term}?",
         ),
-        "Tell me everything about {term}.",
-        'Fill in the blank (from "{title}"): {sentence}',
+        overview="Tell me everything about {term}.",
+        cloze='Fill in the blank ("{context}"): {sentence}',
+        count="how many {unit}",
+        year="which year",
+        date="which date",
+        time="what time",
+        name="what",
     ),
-    "de": (
-        (
+    "de": LanguageTemplates(
+        topic=(
             "Was sagt der Text über {term}?",
-            "Was erfahren wir in „{title}“ über {term}?",
+            "Was steht in „{context}“ über {term}?",
             "Was weißt du über {term}?",
         ),
-        "Erzähl mir alles über {term}.",
-        "Ergänze die Lücke (aus „{title}“): {sentence}",
+        overview="Erzähl mir alles über {term}.",
+        cloze="Ergänze die Lücke („{context}“): {sentence}",
+        count="wie viele {unit}",
+        year="welchem Jahr",
+        date="welchem Datum",
+        time="wie viel Uhr",
+        name="was",
     ),
-    "fr": (
-        (
+    "fr": LanguageTemplates(
+        topic=(
             "Que dit le texte à propos de {term} ?",
-            "Qu'apprend-on sur {term} dans « {title} » ?",
+            "Que dit « {context} » à propos de {term} ?",
             "Que sais-tu de {term} ?",
         ),
-        "Dis-moi tout sur {term}.",
-        "Complète le blanc (d'après « {title} ») : {sentence}",
+        overview="Dis-moi tout sur {term}.",
+        cloze="Complète le blanc (« {context} ») : {sentence}",
+        count="combien de {unit}",
+        year="quelle année",
+        date="quelle date",
+        time="quelle heure",
+        name="quoi",
+        question_mark=("", " ?"),
     ),
-    "es": (
-        (
+    "es": LanguageTemplates(
+        topic=(
             "¿Qué dice el texto sobre {term}?",
-            "¿Qué nos cuenta «{title}» sobre {term}?",
+            "¿Qué dice «{context}» sobre {term}?",
             "¿Qué sabes de {term}?",
         ),
-        "Cuéntame todo sobre {term}.",
-        "Completa el espacio en blanco (de «{title}»): {sentence}",
+        overview="Cuéntame todo sobre {term}.",
+        cloze="Completa el espacio en blanco («{context}»): {sentence}",
+        count="cuántos {unit}",
+        year="qué año",
+        date="qué fecha",
+        time="qué hora",
+        name="qué",
+        question_mark=("¿", "?"),
     ),
-    "it": (
-        (
+    "it": LanguageTemplates(
+        topic=(
             "Che cosa dice il testo su {term}?",
-            "Che cosa ci dice «{title}» su {term}?",
+            "Che cosa dice «{context}» su {term}?",
             "Che cosa sai di {term}?",
         ),
-        "Dimmi tutto su {term}.",
-        "Completa lo spazio vuoto (da «{title}»): {sentence}",
+        overview="Dimmi tutto su {term}.",
+        cloze="Completa lo spazio vuoto («{context}»): {sentence}",
+        count="quanti {unit}",
+        year="quale anno",
+        date="quale data",
+        time="che ora",
+        name="che cosa",
     ),
-    "pt": (
-        (
+    "pt": LanguageTemplates(
+        topic=(
             "O que diz o texto sobre {term}?",
-            "O que nos diz «{title}» sobre {term}?",
+            "O que diz «{context}» sobre {term}?",
             "O que sabes sobre {term}?",
         ),
-        "Conta-me tudo sobre {term}.",
-        "Preenche o espaço em branco (de «{title}»): {sentence}",
+        overview="Conta-me tudo sobre {term}.",
+        cloze="Preenche o espaço em branco («{context}»): {sentence}",
+        count="quantos {unit}",
+        year="que ano",
+        date="que data",
+        time="que horas",
+        name="o quê",
     ),
-    "nl": (
-        (
+    "nl": LanguageTemplates(
+        topic=(
             "Wat zegt de tekst over {term}?",
-            "Wat vertelt „{title}” ons over {term}?",
+            "Wat zegt „{context}” over {term}?",
             "Wat weet je over {term}?",
         ),
-        "Vertel me alles over {term}.",
-        "Vul de lege plek in (uit „{title}”): {sentence}",
+        overview="Vertel me alles over {term}.",
+        cloze="Vul de lege plek in („{context}”): {sentence}",
+        count="hoeveel {unit}",
+        year="welk jaar",
+        date="welke datum",
+        time="hoe laat",
+        name="wat",
     ),
 }
 DEFAULT_LANGUAGE = "en"
@@ -301,11 +354,14 @@ def key_terms(
         while last + 1 < len(words) and not taken[last + 1]:
             if is_name(last + 1) or _is_capitalised(words[last + 1].group()):
                 last += 1
-            elif (
-                last + 2 < len(words)
+            elif (  # one word, a function word, one word: "Isle of Brannoch", not
+                # "Lowen Brackley by Hester Quayle" or "Saturday the Wenna Lorne"
+                last == k
+                and last + 2 < len(words)
                 and is_function(last + 1)
                 and not taken[last + 2]
                 and _is_capitalised(words[last + 2].group())
+                and not (last + 3 < len(words) and _is_capitalised(words[last + 3].group()))
             ):
                 last += 2
             else:
@@ -391,7 +447,7 @@ class FactRecordBuilder:
             if self.language
             else statistical_function_words(self.sentences)
         )
-        self.questions, self.overview, self.cloze = TEMPLATES[self.language or DEFAULT_LANGUAGE]
+        self.templates = TEMPLATES[self.language or DEFAULT_LANGUAGE]
         counts = Counter(_fold(word) for word in words)
         self.repeated = frozenset(word for word, count in counts.items() if count >= 2)
         self.mid_capitals = frozenset(
@@ -412,12 +468,22 @@ class FactRecordBuilder:
                 return record["chunk_id"]
         return self.chunks[0]["chunk_id"] if self.chunks else f"{self.doc.source}#0"
 
+    def context(self, sentence: Sentence) -> str:
+        """What a question about `sentence` is asked within: the heading of its section (what
+        "the tower" of a sentence is), or the document's title for text before any heading."""
+        path = self.doc.sections[sentence.section_index].heading_path
+        heading = path[-1] if path else ""
+        return heading if heading and _fold(heading) != _fold(self.title) else self.title
+
     def records(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """`topic` records: each sentence asked about under up to `phrasings` of its key terms
         (names first), each time in another wording, and for every name the document mentions
-        in two or more sentences, an overview answered by the first of them. `cloze` records:
-        each sentence with one of its names or numbers blanked out."""
+        in two or more sentences, an overview answered by the first of them. `question` records:
+        each sentence asked back with one of its names or numbers replaced by a question word,
+        answered by the sentence. `cloze` records: each sentence with one of its names or
+        numbers blanked out, answered by it."""
         pairs = []
+        templates = self.templates
         names: dict[str, tuple[str, list[Sentence]]] = {}
         for sentence in self.sentences:
             terms = key_terms(sentence.text, self.function_words, self.mid_capitals, self.repeated)
@@ -425,10 +491,11 @@ class FactRecordBuilder:
             keys = [t for t in terms if _is_capitalised(t.text) and not _has_digit(t.text)]
             keys += [t for t in terms if not _is_fact(t.text)]
             where = (self.doc.source, self.chunk_id(sentence))
-            first = _stable_index(sentence.text, len(self.questions))
+            context = self.context(sentence)
+            first = _stable_index(sentence.text, len(templates.topic))
             for offset, term in enumerate(keys[: self.phrasings]):
-                template = self.questions[(first + offset) % len(self.questions)]
-                question = template.format(title=self.title, term=term.text)
+                template = templates.topic[(first + offset) % len(templates.topic)]
+                question = template.format(context=context, term=term.text)
                 pairs.append(record_pair(question, "", sentence.text, *where, "topic"))
             for term in keys:
                 if _is_capitalised(term.text):
@@ -436,17 +503,46 @@ class FactRecordBuilder:
                     if sentence not in entry[1]:
                         entry[1].append(sentence)
             for term in facts:
+                question = self.echo_question(sentence.text, term)
+                if not any(_is_capitalised(t.text) for t in keys if t is not term):
+                    question = f"{context}: {question}"  # no other name says what it is about
+                pairs.append(record_pair(question, "", term.text, *where, "question"))
                 blanked = sentence.text[: term.start] + BLANK + sentence.text[term.end :]
-                instruction = self.cloze.format(title=self.title, sentence=blanked)
+                instruction = templates.cloze.format(context=context, sentence=blanked)
                 pairs.append(record_pair(instruction, "", term.text, *where, "cloze"))
         for term, mentioned in names.values():
             if len(mentioned) < 2:
                 continue
             answer = " ".join(s.text for s in mentioned[:MAX_ANSWER_SENTENCES])
-            question = self.overview.format(title=self.title, term=term)
+            question = templates.overview.format(term=term)
             where = (self.doc.source, self.chunk_id(mentioned[0]))
             pairs.append(record_pair(question, "", answer, *where, "topic"))
         return pairs
+
+    def echo_question(self, sentence: str, term: Term) -> str:
+        """`sentence` asked back with `term` replaced by a question word: "The tower is how many
+        metres tall?" for "The tower is 31 metres tall."."""
+        templates = self.templates
+        first, *rest = term.text.split()
+        if not _has_digit(first):
+            word = templates.name
+        elif _CLOCK_TIME.fullmatch(first):
+            word = templates.time
+        elif _YEAR.fullmatch(first) and not rest:
+            word = templates.year
+        elif rest and _is_capitalised(rest[0]):
+            word = templates.date
+        else:
+            word = templates.count.format(unit=" ".join(rest)).strip()
+        text = (sentence[: term.start] + word + sentence[term.end :]).rstrip(" .!;:")
+        opening, closing = templates.question_mark
+        if not text[:1].isupper() or term.start == 0:
+            text = text[:1].upper() + text[1:]
+        return f"{opening}{text}{closing}"
+
+
+_CLOCK_TIME = re.compile(r"\d{1,2}[:.]\d{2}")
+_YEAR = re.compile(r"1[0-9]{3}|20[0-9]{2}")
 
 
 def _has_digit(text: str) -> bool:

@@ -533,13 +533,13 @@ class LMStudioConverter:
         - continuation: a chunk of two or more sentences (and at least 2 * min_chunk_size
           characters) is cut at the sentence boundary nearest its first third; the model is
           asked to continue the first part with the rest.
-        - topic and cloze: questions about the key terms of each sentence, answered by the
-          document's own sentences (see `instruction_records.py`).
+        - topic, question and cloze: questions about the key terms and facts of each sentence,
+          answered by the document's own text (see `instruction_records.py`).
         """
         pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
         if "section" in self.record_kinds or "continuation" in self.record_kinds:
             pairs += self._structure_records(doc, chunks)
-        if "topic" in self.record_kinds or "cloze" in self.record_kinds:
+        if {"topic", "question", "cloze"} & set(self.record_kinds):
             builder = FactRecordBuilder(doc, chunks, phrasings=self.question_phrasings)
             pairs += [pair for pair in builder.records() if pair[0]["kind"] in self.record_kinds]
         return [alpaca for alpaca, _ in pairs], [chat for _, chat in pairs]
