@@ -145,6 +145,16 @@ def discover_files(
             if name.startswith(".") or path.suffix.lower() not in SUPPORTED_SUFFIXES:
                 continue
             source = path.relative_to(input_dir).as_posix()
+            if not _is_utf8(source):
+                refused.append(
+                    FileReport(
+                        _printable(source),
+                        "failed",
+                        "the file name is not valid UTF-8 (records name their source in UTF-8); "
+                        "rename the file (e.g. convmv -f latin1 -t utf8 --notest FILE)",
+                    )
+                )
+                continue
             try:
                 validate_input_file(path, root, max_bytes)
             except SecurityError as exc:
@@ -160,6 +170,20 @@ def discover_files(
     accepted.sort(key=lambda item: item[1])
     refused.sort(key=lambda item: item.source)
     return accepted, refused
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a name whose bytes are not UTF-8 (Python holds them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    """A file name with its non-UTF-8 bytes written as backslash escapes (`caf\\xe9.md`)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _strip_path(message: str, path: Path) -> str:
@@ -291,11 +315,8 @@ class ExtractRun:
         reports: dict[str, FileReport] = {r.source: r for r in refused}
         todo: list[tuple[Path, str]] = []
         for path, source in files:
-            entry = manifest.get(source)
-            cache_file = self.cache_dir / _cache_name(source)
-            if entry and entry.get("sha256") == hashes.get(source) and cache_file.exists():
-                report = FileReport(**entry["report"])
-                report.cached = True
+            report = _cached_report(manifest.get(source), hashes.get(source))
+            if report is not None and (self.cache_dir / _cache_name(source)).exists():
                 reports[source] = report
             else:
                 todo.append((path, source))
@@ -668,7 +689,10 @@ class ExtractRun:
             return {}
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except FileNotFoundError:  # the first run into this folder
+            return {}
+        except (OSError, ValueError, RecursionError):  # a damaged or hand-made manifest
+            logger.warning("%s cannot be read: every file is processed again", path)
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -728,6 +752,30 @@ _TOOLKIT_ERRORS = {
     "DataValidationError",
     "ConfigurationError",
 }
+
+
+def _cached_report(entry: Any, digest: str | None) -> FileReport | None:
+    """The report a manifest entry holds for a file whose content hash is still `digest`, or
+    None when the entry is missing, stale or not what extract writes (a hand-edited manifest
+    means the file is processed again, never a crash)."""
+    if not isinstance(entry, dict) or digest is None or entry.get("sha256") != digest:
+        return None
+    fields = entry.get("report")
+    if not isinstance(fields, dict):
+        return None
+    try:
+        report = FileReport(**fields)
+    except TypeError:  # unknown or missing keys
+        return None
+    blank = FileReport("")
+    for name, value in asdict(report).items():
+        expected = type(getattr(blank, name))
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            return None
+    if report.status != "ok":
+        return None
+    report.cached = True
+    return report
 
 
 def _sanitize_metadata(doc: ParsedDocument) -> None:

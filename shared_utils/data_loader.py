@@ -160,17 +160,23 @@ class ReadStats:
 def iter_normalized_records(path: Path, stats: ReadStats | None = None) -> Iterator[dict[str, Any]]:
     """Validate and normalise the records of one JSONL file, one line at a time."""
     record_format: RecordFormat | None = None
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            where = f"{path}:{line_number}"
+            line = _decode_line(raw, where, first=line_number == 1)
             if not line.strip():
                 continue
-            where = f"{path}:{line_number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataValidationError(
                     f"{where}: not valid JSON ({exc.msg}, column {exc.colno}) — fix or remove the "
                     "line"
+                ) from None
+            except RecursionError:
+                raise DataValidationError(
+                    f"{where}: JSON nested too deeply to read — a record is an object of "
+                    "strings and lists, a few levels deep; fix or remove the line"
                 ) from None
             if not isinstance(record, dict):
                 raise DataValidationError(
@@ -202,6 +208,24 @@ def iter_normalized_records(path: Path, stats: ReadStats | None = None) -> Itera
             yield row
 
 
+def _decode_line(raw: bytes, where: str, *, first: bool) -> str:
+    """One line of a JSONL file as text; JSON Lines are UTF-8 (a leading BOM is allowed)."""
+    if first and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataValidationError(
+            f"{where}: the file is UTF-16; JSON Lines must be UTF-8 — convert it (iconv -f UTF-16 "
+            "-t UTF-8 IN > OUT)"
+        )
+    if first and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(
+            f"{where}: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the "
+            "line) — save the file as UTF-8"
+        ) from None
+
+
 def _rows_generator(path: str, fingerprint: str) -> Iterator[dict[str, Any]]:
     # `fingerprint` only keys the Arrow cache: a changed file gets a new cache entry.
     del fingerprint
@@ -213,19 +237,23 @@ def _file_fingerprint(path: Path) -> str:
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def read_records(path: str | Path) -> tuple[datasets.Dataset, ReadStats]:
+def read_records(
+    path: str | Path, *, flag: str = "--train-data"
+) -> tuple[datasets.Dataset, ReadStats]:
     """Stream a JSONL file into a memory-mapped Arrow dataset of normalised rows.
 
     Raises `DataValidationError` naming `file:line` for the first bad line, and when the file has
-    no usable record.
+    no usable record; `flag` is the command-line flag that names the file (for the message of a
+    missing one).
     """
     import datasets
 
     path = Path(path)
     if not path.is_file():
+        what = "evaluation data" if flag == "--eval-data" else "training data"
         raise DataValidationError(
-            f"{path}: training data not found — run `python main.py extract DOCS_DIR "
-            "data/processed` or pass --train-data"
+            f"{path}: {what} not found — run `python main.py extract DOCS_DIR data/processed` "
+            f"or pass {flag} with an existing file"
         )
     # A first streaming pass validates every line and counts (constant memory); the Arrow cache
     # below is then built from rows known to be good.
@@ -750,8 +778,8 @@ class DataLoaderFactory:
     def tokenize_stats(self) -> TokenizeStats:
         return self.example_tokenizer.stats
 
-    def load_rows(self, path: str | Path) -> datasets.Dataset:
-        rows, stats = read_records(path)
+    def load_rows(self, path: str | Path, *, flag: str = "--train-data") -> datasets.Dataset:
+        rows, stats = read_records(path, flag=flag)
         self.read_stats.append(stats)
         return rows
 

@@ -426,31 +426,47 @@ def test_cloze_records_blank_a_name_or_number_that_the_answer_fills_back() -> No
         assert blanked.replace(BLANK, record["output"]) in FACTS
 
 
-def test_question_records_ask_the_sentence_back_with_a_question_word_for_each_fact() -> None:
+def test_question_records_ask_for_each_fact_in_the_words_of_its_clause() -> None:
     _, (alpaca, _) = _fact_records(kinds=("question",))
     assert alpaca and {r["kind"] for r in alpaca} == {"question"}
     asked = {r["instruction"]: r["output"] for r in alpaca}
     # A year, a clock time, a count with its unit and a name each get their question word; the
     # answer is the fact alone, so it cannot be copied from the question.
     assert asked["The ferry Wenna Lorne was built in which year at the Haskett yard?"] == "1978"
-    when = "The ferry leaves Calder Quay at what time and an adult ticket costs 18 euros?"
-    assert asked[when] == "8:15"
-    price = "The ferry leaves Calder Quay at 8:15 and an adult ticket costs how many euros?"
-    assert asked[price] == "18 euros"
     assert asked["The ferry what was built in 1978 at the Haskett yard?"] == "Wenna Lorne"
-    where = "Ferry: The ferry leaves what at 8:15 and an adult ticket costs 18 euros?"
-    assert asked[where] == "Calder Quay"
+    # A sentence that opens with a function word and no name of its own ("The ferry leaves
+    # ...") is about the subject of the sentence before it, which the question names.
+    when = (
+        "Wenna Lorne: The ferry leaves Calder Quay at what time and an adult ticket costs 18 euros?"
+    )
+    assert asked[when] == "8:15"
+    # A long sentence is cut to the words around the fact.
+    price = "Wenna Lorne: leaves Calder Quay at 8:15 and an adult ticket costs how many euros?"
+    assert asked[price] == "18 euros"
+    assert asked["The what lies north of the ferry route?"] == "Isle of Brannoch"
     for question, answer in asked.items():
         assert answer in FACTS and answer not in question
 
 
-def test_a_question_without_another_name_in_it_says_which_section_it_is_about() -> None:
+def test_a_question_without_a_name_says_which_section_it_is_about() -> None:
     text = "The tower is 31 metres tall. The Wenna Lorne sails at 8:15 from the Calder Quay."
     _, (alpaca, _) = _fact_records(kinds=("question",), text=text)
     asked = [r["instruction"] for r in alpaca]
     # "The tower" alone does not say which tower: the section's heading does.
     assert "Ferry: The tower is how many metres tall?" in asked
     assert "The Wenna Lorne sails at what time from the Calder Quay?" in asked
+
+
+def test_the_question_is_the_clause_that_holds_the_fact() -> None:
+    text = (
+        "Its only town is Ostrelby, on the eastern shore, home to around 1,140 people all year "
+        "round. The Wenna Lorne leaves at 7:30 each day."
+    )
+    _, (alpaca, _) = _fact_records(kinds=("question",), text=text)
+    asked = {r["instruction"]: r["output"] for r in alpaca}
+    # Commas before a space end a clause; the one inside "1,140" and the colon of "7:30" do not.
+    assert asked["Ostrelby: home to around how many people all year round?"] == "1,140 people"
+    assert asked["The Wenna Lorne leaves at what time each day?"] == "7:30"
 
 
 def test_dates_are_asked_as_dates() -> None:

@@ -469,3 +469,185 @@ def test_resume_with_no_complete_checkpoint_is_one_line(
     )  # fmt: skip
     assert status == 2
     assert "no complete checkpoint" in err and "checkpoint-2" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# One line, never a traceback
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_file_name_that_is_not_utf8_fails_alone(run_main, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / os.fsdecode(b"caf\xe9.md")).write_text("# Cafe\n\nAbout coffee.\n", encoding="utf-8")
+    (docs / "ok.md").write_text("# Fine\n\nThis file is read as usual.\n", encoding="utf-8")
+    status, _, err = run_main("extract", docs, tmp_path / "out")
+    assert status == 3, err  # that file failed, the other was written
+    report = json.loads((tmp_path / "out" / "extract_report.json").read_text(encoding="utf-8"))
+    files = {f["source"]: f for f in report["files"]}
+    assert files["ok.md"]["status"] == "ok"
+    assert files["caf\\xe9.md"]["status"] == "failed"
+    assert "not valid UTF-8" in files["caf\\xe9.md"]["reason"]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "not an object",
+        {"sha256": "SAME", "report": "not an object"},
+        {"sha256": "SAME", "report": {"source": "guide.md", "unknown_key": 1}},
+        {"sha256": "SAME", "report": {"source": "guide.md", "chunks": "many"}},
+        {"sha256": "SAME", "report": {"source": "guide.md", "chunks": True}},
+        {"sha256": "SAME", "report": {"source": 7}},
+    ],
+)
+def test_a_crafted_manifest_means_files_are_processed_again(
+    run_main, tmp_path: Path, entry: object
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "guide.md").write_text("# Guide\n\nThe guide says one thing.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert run_main("extract", docs, out, "--incremental")[0] == 0
+    manifest_file = out / ".extract_cache" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    digest = manifest["files"]["guide.md"]["sha256"]
+    if isinstance(entry, dict):
+        entry = {**entry, "sha256": digest}
+    manifest["files"]["guide.md"] = entry
+    manifest_file.write_text(json.dumps(manifest), encoding="utf-8")
+    status, _, err = run_main("extract", docs, out, "--incremental")
+    assert status == 0, err
+    [report] = json.loads((out / "extract_report.json").read_text(encoding="utf-8"))["files"]
+    assert report["status"] == "ok" and report["cached"] is False and report["chunks"] == 1
+
+
+def test_a_manifest_nested_too_deeply_is_ignored(run_main, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "guide.md").write_text("# Guide\n\nThe guide says one thing.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    (out / ".extract_cache").mkdir(parents=True)
+    (out / ".extract_cache" / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    status, _, err = run_main("extract", docs, out, "--incremental")
+    assert status == 0, err
+    assert "manifest.json cannot be read" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "caf\u00e9"}\n'.encode("utf-16"), "train.jsonl:1: the file is UTF-16"),
+        (b'{"text": "fine"}\n{"text": "caf\xe9"}\n', "train.jsonl:2: not UTF-8 (byte 0xe9"),
+        (b"[" * 100_000 + b"]" * 100_000 + b"\n", "train.jsonl:1: JSON nested too deeply"),
+    ],
+)
+def test_unreadable_training_data_is_one_line_naming_the_line(
+    run_main, tmp_path: Path, tiny_llama: Path, content: bytes, message: str
+) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(content)
+    status, _, err = run_main(
+        "train-lora", "--model-name", tiny_llama, "--train-data", data,
+        "--output-dir", tmp_path / "run",
+    )  # fmt: skip
+    assert status == 1
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_utf8_bom_is_read(tmp_path: Path) -> None:
+    from shared_utils.data_loader import iter_normalized_records
+
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(b'\xef\xbb\xbf{"text": "caf\xc3\xa9"}\n')
+    assert [row["completion"] for row in iter_normalized_records(data)] == ["caf\u00e9"]
+
+
+def test_a_missing_eval_file_is_named_as_evaluation_data(
+    run_main, tmp_path: Path, tiny_llama: Path, samples_dir: Path
+) -> None:
+    status, _, err = run_main(
+        "train-lora", "--model-name", tiny_llama, "--output-dir", tmp_path / "run",
+        "--train-data", samples_dir / "datasets" / "chat.jsonl",
+        "--eval-data", tmp_path / "absent.jsonl",
+    )  # fmt: skip
+    assert status == 1
+    assert "absent.jsonl: evaluation data not found" in err and "--eval-data" in err
+    assert "--train-data" not in err
+
+
+def test_bytes_that_are_not_utf8_in_a_chat_prompt_or_stdin_are_replaced(
+    run_main, tmp_path: Path, tiny_llama: Path
+) -> None:
+    status, stdout, err = run_main(
+        "chat", "--model", tiny_llama, "--prompt", os.fsdecode(b"caf\xe9?"),
+        "--max-new-tokens", "4", "--temperature", "0",
+    )  # fmt: skip
+    assert status == 0, err
+    piped = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), "chat", "--model", str(tiny_llama),
+         "--max-new-tokens", "4", "--temperature", "0"],
+        input=b"caf\xe9?\n\xff\xfe\n",
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr.decode(errors="replace")[-2000:]
+    assert b"Traceback" not in piped.stderr
+
+
+@pytest.fixture(scope="module")
+def rl_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`best_model.pt` of a 256-step CartPole PPO run."""
+    from main import main
+    from tests.test_rl_cli import write_config as write_rl_config
+
+    folder = tmp_path_factory.mktemp("rl")
+    config = write_rl_config(folder)
+    argv = ["train-rl", "--algorithm", "ppo", "--config", config, "--output-dir", folder / "run"]
+    assert main([*map(str, argv), "--no-progress"]) == 0
+    return folder / "run" / "best_model.pt"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda c: c.pop("spaces"), "'spaces' is missing or not a dict"),
+        (lambda c: c.update(agent="weights"), "'agent' is missing or not a dict"),
+        (lambda c: c["progress"].update(global_step="many"), "'progress.global_step' is missing"),
+        (lambda c: c["agent"].pop("policy"), "the network's weights are missing"),
+        (lambda c: c["agent_kwargs"].update(hidden_dim=200_000), "'agent_kwargs.hidden_dim' is"),
+        (lambda c: c["agent_kwargs"].update(hidden_dim="64"), "'agent_kwargs.hidden_dim' is"),
+        (lambda c: c["agent_kwargs"].update(depth=3), "its agent settings do not build an agent"),
+    ],
+)
+def test_a_damaged_rl_checkpoint_is_one_line(
+    run_main, rl_model: Path, tmp_path: Path, damage, message: str
+) -> None:
+    import torch
+
+    checkpoint = torch.load(rl_model, weights_only=True)
+    damage(checkpoint)
+    damaged = tmp_path / "damaged.pt"
+    torch.save(checkpoint, damaged)
+    started = time.monotonic()
+    status, _, err = run_main("evaluate-rl", "--checkpoint", damaged, "--episodes", "1")
+    assert time.monotonic() - started < 30  # nothing as large as hidden_dim says is allocated
+    assert status == 2
+    assert message in err and str(damaged) in err and err.count("\n") == 1
+
+
+def test_a_safetensors_file_with_a_bad_header_is_one_line(
+    run_main, tmp_path: Path, tiny_llama: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama, model)
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:40] = b"{ not json at all, just bytes }!"  # the JSON header after its 8-byte length
+    weights.write_bytes(bytes(data))
+    status, _, err = run_main("chat", "--model", model, "--prompt", "Hello")
+    assert status == 2
+    assert "has a damaged .safetensors weights file" in err and str(model) in err
+    assert err.count("\n") == 1

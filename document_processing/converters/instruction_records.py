@@ -485,6 +485,10 @@ class FactRecordBuilder:
         pairs = []
         templates = self.templates
         names: dict[str, tuple[str, list[Sentence]]] = {}
+        # What the sentences of a section are about: the first name of the latest sentence that
+        # does not open with a function word ("Gullhaven Harbour is ...", not "She ...").
+        subject: str | None = None
+        subject_section = -1
         for sentence in self.sentences:
             terms = key_terms(sentence.text, self.function_words, self.mid_capitals, self.repeated)
             facts = [t for t in terms if _is_fact(t.text)]
@@ -502,10 +506,20 @@ class FactRecordBuilder:
                     entry = names.setdefault(_fold(term.text), (term.text, []))
                     if sentence not in entry[1]:
                         entry[1].append(sentence)
+            own = [t for t in keys if self.is_name(t)]
+            words = _WORD.findall(sentence.text)
+            opening = words and _fold(words[0]) in self.function_words
+            # "She crosses from Calder Quay": about the subject before, not its own first name.
+            continues = opening and not (
+                own and len(_WORD.findall(sentence.text, 0, own[0].start)) < SUBJECT_WORDS
+            )
+            if sentence.section_index != subject_section:
+                subject, subject_section = None, sentence.section_index
+            if own and (subject is None or not continues):
+                subject = own[0].text
             for term in facts:
-                question = self.echo_question(sentence.text, term)
-                if not any(_is_capitalised(t.text) for t in keys if t is not term):
-                    question = f"{context}: {question}"  # no other name says what it is about
+                about = subject if subject and _fold(subject) != _fold(term.text) else context
+                question = self.fact_question(sentence.text, term, about)
                 pairs.append(record_pair(question, "", term.text, *where, "question"))
                 blanked = sentence.text[: term.start] + BLANK + sentence.text[term.end :]
                 instruction = templates.cloze.format(context=context, sentence=blanked)
@@ -519,28 +533,68 @@ class FactRecordBuilder:
             pairs.append(record_pair(question, "", answer, *where, "topic"))
         return pairs
 
-    def echo_question(self, sentence: str, term: Term) -> str:
-        """`sentence` asked back with `term` replaced by a question word: "The tower is how many
-        metres tall?" for "The tower is 31 metres tall."."""
+    def is_name(self, term: Term) -> bool:
+        """Every word of `term` capitalised but its function words, and a first word of the
+        sentence only when the document capitalises it mid-sentence too ("Nobody may ..." is not
+        a name)."""
+        words = term.text.split()
+        if term.start == 0 and _fold(words[0]) not in self.mid_capitals:
+            return False
+        return all(_is_capitalised(w) or _fold(w) in self.function_words for w in words)
+
+    def fact_question(self, sentence: str, term: Term, about: str) -> str:
+        """A short question whose answer is `term`: the clause of `sentence` that holds it, with
+        a question word in its place, after what the sentence is about when the clause does not
+        say it. "Brannow Fell: a heather-covered hill of how many metres?" for "The highest
+        ground is Brannow Fell, a heather-covered hill of 212 metres."."""
+        start, end = _clause(sentence, term)
+        text = sentence[start : term.start] + self.question_word(term) + sentence[term.end : end]
+        text = text.strip(" .!;:,")
+        if _fold(about) not in _fold(text):
+            text = f"{about}: {text}"
+        elif not text[:1].isupper() and start == 0:
+            text = text[:1].upper() + text[1:]
+        opening, closing = self.templates.question_mark
+        return f"{opening}{text}{closing}"
+
+    def question_word(self, term: Term) -> str:
+        """The question word for a fact of `term`'s shape: a clock time, a year, a date, a count
+        with its unit, or a name."""
         templates = self.templates
         first, *rest = term.text.split()
         if not _has_digit(first):
-            word = templates.name
-        elif _CLOCK_TIME.fullmatch(first):
-            word = templates.time
-        elif _YEAR.fullmatch(first) and not rest:
-            word = templates.year
-        elif rest and _is_capitalised(rest[0]):
-            word = templates.date
-        else:
-            word = templates.count.format(unit=" ".join(rest)).strip()
-        text = (sentence[: term.start] + word + sentence[term.end :]).rstrip(" .!;:")
-        opening, closing = templates.question_mark
-        if not text[:1].isupper() or term.start == 0:
-            text = text[:1].upper() + text[1:]
-        return f"{opening}{text}{closing}"
+            return templates.name
+        if _CLOCK_TIME.fullmatch(first):
+            return templates.time
+        if _YEAR.fullmatch(first) and not rest:
+            return templates.year
+        if rest and _is_capitalised(rest[0]):
+            return templates.date
+        return templates.count.format(unit=" ".join(rest)).strip()
 
 
+def _clause(sentence: str, term: Term) -> Span:
+    """The span of `sentence` between the punctuation marks around `term`, at most
+    CLAUSE_WORDS words on each side; the whole sentence when that leaves too few words."""
+    start = max((m.end() for m in _CLAUSE_MARK.finditer(sentence, 0, term.start)), default=0)
+    following = _CLAUSE_MARK.search(sentence, term.end)
+    end = following.start() if following else len(sentence)
+    before = list(_WORD.finditer(sentence, start, term.start))
+    after = list(_WORD.finditer(sentence, term.end, end))
+    if len(before) + len(after) < MIN_CLAUSE_WORDS:
+        return 0, len(sentence)
+    if len(before) > CLAUSE_WORDS:
+        start = before[-CLAUSE_WORDS].start()
+    if len(after) > CLAUSE_WORDS:
+        end = after[CLAUSE_WORDS - 1].end()
+    return start, end
+
+
+# A comma, semicolon or colon before a space (not "1,140" or "7:30"), brackets, bars and dashes.
+_CLAUSE_MARK = re.compile(r"[,;:](?=\s)|[()|—–]")
+CLAUSE_WORDS = 10
+SUBJECT_WORDS = 3  # a name this close to the start of a sentence is what the sentence is about
+MIN_CLAUSE_WORDS = 3
 _CLOCK_TIME = re.compile(r"\d{1,2}[:.]\d{2}")
 _YEAR = re.compile(r"1[0-9]{3}|20[0-9]{2}")
 

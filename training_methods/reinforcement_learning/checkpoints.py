@@ -67,7 +67,51 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"checkpoint '{path}' has version {data.get('version')}; this toolkit reads version "
             f"{CHECKPOINT_VERSION}."
         )
+    _check_contents(data, path)
     return data
+
+
+# The entries every checkpoint holds and their types (`save_checkpoint` payloads of the trainer).
+_ENTRIES: dict[str, type] = {
+    "algorithm": str,
+    "spaces": dict,
+    "agent_kwargs": dict,
+    "agent": dict,
+    "normalization": dict,
+    "progress": dict,
+}
+
+
+def _check_contents(data: dict[str, Any], path: Path) -> None:
+    """ConfigurationError when a checkpoint is not as train-rl writes it (damaged or edited by
+    hand): an entry missing or of the wrong type, or an agent size its stored weights do not
+    have (a `hidden_dim` of 10**6 would allocate terabytes before any shape check)."""
+
+    def refuse(problem: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"checkpoint '{path}' is damaged or was edited: {problem}; use a .pt file as "
+            "train-rl wrote it."
+        )
+
+    for key, kind in _ENTRIES.items():
+        if not isinstance(data.get(key), kind):
+            raise refuse(f"'{key}' is missing or not a {kind.__name__}")
+    if data["algorithm"] not in ("ppo", "dqn"):
+        raise refuse(f"unknown algorithm {data['algorithm']!r}")
+    if not isinstance(data["spaces"].get("env_id"), str):
+        raise refuse("'spaces.env_id' is missing")
+    if not isinstance(data["progress"].get("global_step"), int):
+        raise refuse("'progress.global_step' is missing")
+    network = data["agent"].get("policy" if data["algorithm"] == "ppo" else "q_network")
+    if not isinstance(network, dict) or not all(
+        isinstance(t, torch.Tensor) for t in network.values()
+    ):
+        raise refuse("the network's weights are missing")
+    sizes = {size for tensor in network.values() for size in tensor.shape}
+    for key in ("state_dim", "action_dim", "hidden_dim"):
+        value = data["agent_kwargs"].get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value not in sizes:
+            raise refuse(f"'agent_kwargs.{key}' is {value!r}, which the stored weights do not have")
 
 
 def check_compatible(

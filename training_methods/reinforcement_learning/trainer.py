@@ -781,7 +781,13 @@ def load_agent_from_checkpoint(path: Path, device: torch.device) -> tuple[Agent,
         kwargs.update(num_envs=1, num_steps=1)  # no rollout buffer needed to act
     else:
         kwargs.update(buffer_size=kwargs["batch_size"])
-    agent = build_agent(saved["algorithm"], kwargs, device)
+    try:
+        agent = build_agent(saved["algorithm"], kwargs, device)
+    except (TypeError, ValueError) as exc:  # agent_kwargs edited by hand
+        raise ConfigurationError(
+            f"checkpoint '{path}' is damaged or was edited: its agent settings do not build an "
+            f"agent ({exc}); use a .pt file as train-rl wrote it."
+        ) from None
     _load_agent(agent, saved, path, with_optimizer=False)
     return agent, saved
 

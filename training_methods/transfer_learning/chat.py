@@ -37,16 +37,18 @@ def load_chat_model(
     from shared_utils.data_loader import ensure_chat_template
     from training_methods.transfer_learning.export import resolve_source, tokenizer_source
     from training_methods.transfer_learning.lora_finetuner import autocast_dtype
-    from training_methods.transfer_learning.model_loading import load_causal_lm, load_tokenizer
+    from training_methods.transfer_learning.model_loading import (
+        load_causal_lm,
+        load_tokenizer,
+        merge_adapter_weights,
+    )
 
     source = resolve_source(model, adapter)
     loaded = load_causal_lm(source.model, dtype=autocast_dtype(device))
     tokenizer_from = tokenizer_source(source)
     tokenizer = load_tokenizer(tokenizer_from)
     if source.adapter is not None:
-        from peft import PeftModel
-
-        loaded = PeftModel.from_pretrained(loaded, source.adapter).merge_and_unload()
+        loaded = merge_adapter_weights(loaded, source.adapter)
     if ensure_chat_template(tokenizer):
         logger.info("%s has no chat template: using the toolkit's default", tokenizer_from)
     loaded.config.use_cache = True
@@ -118,7 +120,7 @@ class ChatSession:
     def reply(self, user_text: str, stream: TextIO) -> str:
         import torch
 
-        self.messages.append({"role": "user", "content": user_text})
+        self.messages.append({"role": "user", "content": _valid_text(user_text)})
         input_ids = torch.tensor([self.prompt_ids()], device=self.model.device)
         streamer = _streamer_class()(self.tokenizer, stream)
         sampling = (
@@ -140,6 +142,12 @@ class ChatSession:
         answer = streamer.text.strip()
         self.messages.append({"role": "assistant", "content": answer})
         return answer
+
+
+def _valid_text(text: str) -> str:
+    """`text` with bytes that are not UTF-8 (held as lone surrogates when they came from the
+    command line) replaced by U+FFFD, which any tokenizer takes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def interactive(
@@ -197,5 +205,7 @@ def run_chat(
     if prompt is not None:
         session.reply(prompt, out)
         return 1
+    if lines is None and hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # a byte that is not UTF-8 becomes U+FFFD
     stdin_lines = lines if lines is not None else sys.stdin
     return interactive(session, stdin_lines, out, show_prompt=lines is None and sys.stdin.isatty())

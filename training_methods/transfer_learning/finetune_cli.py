@@ -162,7 +162,7 @@ def train_from_config(
         train_rows = tuner.load_jsonl(settings.train_data)
         eval_rows = None
         if settings.eval_data:
-            eval_rows = tuner.load_jsonl(settings.eval_data)
+            eval_rows = tuner.load_jsonl(settings.eval_data, flag="--eval-data")
         elif settings.val_size > 0 and len(train_rows) >= 2:
             held_out = max(1, round(settings.val_size * len(train_rows)))
             split = train_rows.train_test_split(

@@ -460,9 +460,10 @@ class LoRAFineTuner:
                 rows.append(row)
         return self._dataset_from_rows(rows)
 
-    def load_jsonl(self, path: str | Path) -> datasets.Dataset:
-        """Normalised rows of a JSONL file (streamed into the Arrow cache), not yet tokenised."""
-        return self.data.load_rows(path)
+    def load_jsonl(self, path: str | Path, *, flag: str = "--train-data") -> datasets.Dataset:
+        """Normalised rows of a JSONL file (streamed into the Arrow cache), not yet tokenised;
+        `flag` names the file in the message when it is missing."""
+        return self.data.load_rows(path, flag=flag)
 
     def tokenize(self, rows: datasets.Dataset, *, shuffle: bool = False) -> datasets.Dataset:
         return self.data.build_dataset(rows, shuffle=shuffle)

@@ -52,10 +52,13 @@ def merge_adapter(
 ) -> Path:
     """Write base + adapter as one model to `output_dir` (atomically: a temp folder renamed)."""
     import torch
-    from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from training_methods.transfer_learning.model_loading import load_causal_lm, load_tokenizer
+    from training_methods.transfer_learning.model_loading import (
+        load_causal_lm,
+        load_tokenizer,
+        merge_adapter_weights,
+    )
 
     adapter_dir = Path(adapter_dir)
     output_dir = Path(output_dir)
@@ -69,7 +72,7 @@ def merge_adapter(
         )
     check_output_dir(output_dir, adapter_dir, base, force)
     model = load_causal_lm(base, dtype=getattr(torch, dtype))
-    model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    model = merge_adapter_weights(model, adapter_dir)
     model.config.use_cache = True  # training switched the KV cache off; inference wants it
     # train-lora saves the tokenizer (and the chat template it trained with) next to the
     # adapter; a plain PEFT adapter or best_adapter/ has none, so take the base model's.

@@ -214,10 +214,33 @@ def load_model_config(model_name: str) -> PretrainedConfig:
 
 def load_causal_lm(model_name: str, **kwargs: Any) -> PreTrainedModel:
     """`AutoModelForCausalLM.from_pretrained` on the resolved path; one-line error on failure."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(model_name)
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except SafetensorError as exc:
+        raise damaged_weights(f"model {model_name!r}", exc) from None
     except (OSError, ValueError) as exc:
         raise model_not_found(model_name, exc) from None
+
+
+def merge_adapter_weights(model: PreTrainedModel, adapter_dir: str | Path) -> PreTrainedModel:
+    """The LoRA adapter in `adapter_dir` merged into `model`; one-line error when its weights
+    file is damaged."""
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    except SafetensorError as exc:
+        raise damaged_weights(f"adapter '{adapter_dir}'", exc) from None
+
+
+def damaged_weights(what: str, exc: Exception) -> ConfigurationError:
+    """The one-line error for a safetensors file that cannot be read (a bad header, cut short)."""
+    detail = str(exc).splitlines()[0] if str(exc) else "unreadable"
+    return ConfigurationError(
+        f"{what} has a damaged .safetensors weights file ({detail}) — copy or save it again"
+    )
