@@ -524,9 +524,12 @@ class ExtractRun:
         report.characters = sum(len(section.text) for section in doc.sections)
         if not chunks and not doc.text.strip():
             report.status = "failed"
-            report.reason = "no text could be extracted" + (
-                " (scanned pages need OCR first)" if doc.pages_needing_ocr else ""
-            )
+            if doc.warnings:  # an engine could not read the pages: that is why, not a scan
+                report.reason = f"no text could be extracted: {doc.warnings[0]}"
+            else:
+                report.reason = "no text could be extracted" + (
+                    " (scanned pages need OCR first)" if doc.pages_needing_ocr else ""
+                )
             return report
         with atomic_write(self.cache_dir / _cache_name(doc.source)) as handle:
             for record in chunks:

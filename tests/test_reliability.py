@@ -651,3 +651,70 @@ def test_a_safetensors_file_with_a_bad_header_is_one_line(
     assert status == 2
     assert "has a damaged .safetensors weights file" in err and str(model) in err
     assert err.count("\n") == 1
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command: what a planted checkpoint file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_refused_pickle_in_a_checkpoint_is_one_line_on_resume(
+    run_main, tmp_path: Path, tiny_llama: Path, samples_dir: Path
+) -> None:
+    import pickle
+
+    out = tmp_path / "run"
+    argv = ["train-lora", "--model-name", tiny_llama, "--output-dir", out,
+            "--train-data", samples_dir / "datasets" / "chat.jsonl"]  # fmt: skip
+    config = write_config(tmp_path, "checkpoint: {save_steps: 2}\ncommon: {device: cpu}\n")
+    status, _, err = run_main("--config", config, *argv, "--max-steps", "2")
+    assert status == 0, err
+    marker = tmp_path / "ran"
+    (out / "checkpoint-2" / "optimizer.pt").write_bytes(pickle.dumps(_RunsCode(marker)))
+    status, _, err = run_main("--config", config, *argv, "--max-steps", "4", "--resume")
+    assert status == 2
+    last = err.splitlines()[-1]  # after the model's loading bar
+    assert last.startswith("error: --resume:") and "Traceback" not in err
+    assert "checkpoint-2 holds a file that torch's safe loader refuses" in last
+    assert not marker.exists()
+
+
+def deep_page_tree_pdf(path: Path, depth: int) -> None:
+    """A one-page PDF whose page sits under `depth` nested /Pages nodes (objects 6 ...)."""
+    text = b"BT /F1 12 Tf 72 720 Td (Deep page tree) Tj ET"
+    contents = b"<< /Length %d >>\nstream\n%s\nendstream" % (len(text), text)
+    first, last = 6, 6 + depth - 1
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%d 0 R] /Count 1 >>" % first,
+        *page_objects(contents, parent=last),
+    ]
+    for number in range(first, last + 1):
+        kid = number + 1 if number < last else 3
+        parent = 2 if number == first else number - 1
+        objects.append(b"<< /Type /Pages /Parent %d 0 R /Kids [%d 0 R] /Count 1 >>" % (parent, kid))
+    write_pdf(path, objects)
+
+
+@pytest.mark.parametrize("engine", ["pdfplumber", "pypdfium2"])
+def test_a_pdf_no_engine_can_read_is_not_reported_as_needing_ocr(
+    run_main, tmp_path: Path, engine: str
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    deep_page_tree_pdf(docs / "deep.pdf", depth=5000)
+    deep_page_tree_pdf(docs / "shallow.pdf", depth=3)  # the same page, readable
+    status, _, err = run_main("extract", docs, tmp_path / "out", "--pdf-engine", engine)
+    assert status == 3, err
+    report = json.loads((tmp_path / "out" / "extract_report.json").read_text(encoding="utf-8"))
+    files = {f["source"]: f for f in report["files"]}
+    assert files["shallow.pdf"]["status"] == "ok"
+    reason = files["deep.pdf"]["reason"]
+    assert files["deep.pdf"]["status"] == "failed" and "OCR" not in reason
+    assert reason.startswith("no text could be extracted: page")
+    assert "failed" in reason or "cannot read the file" in reason

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -637,6 +638,16 @@ class LoRAFineTuner:
                 )
             metrics_logger.close()
             raise
+        except pickle.UnpicklingError as exc:
+            metrics_logger.close()
+            if resume_checkpoint is None:
+                raise
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
+            raise ConfigurationError(
+                f"--resume: {resume_checkpoint} holds a file that torch's safe loader refuses "
+                f"to unpickle ({detail[:200]}); train-lora never writes one — delete that "
+                "folder to resume from an earlier checkpoint"
+            ) from None
         except torch.cuda.OutOfMemoryError:
             metrics_logger.close()
             raise TrainingError(
