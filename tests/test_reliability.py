@@ -718,3 +718,33 @@ def test_a_pdf_no_engine_can_read_is_not_reported_as_needing_ocr(
     assert files["deep.pdf"]["status"] == "failed" and "OCR" not in reason
     assert reason.startswith("no text could be extracted: page")
     assert "failed" in reason or "cannot read the file" in reason
+
+
+@pytest.mark.parametrize("as_safetensors", [False, True])
+def test_a_full_disk_during_merge_is_one_line_and_leaves_nothing(
+    run_main, tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch, as_safetensors
+) -> None:
+    import errno
+
+    import transformers.modeling_utils
+    from peft import LoraConfig, get_peft_model
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    peft_model.save_pretrained(adapter)
+
+    def disk_full(*args, **kwargs):
+        if as_safetensors:  # how safetensors' Rust writer reports it
+            raise SafetensorError("I/O error: No space left on device (os error 28)")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    status, _, err = run_main("merge", "--adapter", adapter, "--output", tmp_path / "merged")
+    assert status == 1
+    last = err.splitlines()[-1]
+    assert last.startswith(f"error: {tmp_path / 'merged'}: the disk filled up")
+    assert "free about" in last and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no half-written folder

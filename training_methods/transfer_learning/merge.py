@@ -12,13 +12,14 @@ base model, the adapter, or a folder of the user's.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 
-from shared_utils.errors import ConfigurationError
+from shared_utils.errors import ConfigurationError, LLMToolkitError
 from shared_utils.file_utils import _umask
 
 logger = logging.getLogger(__name__)
@@ -96,11 +97,26 @@ def merge_adapter(
         (staging / MERGE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         check_output_dir(output_dir, adapter_dir, base, force)  # again: a minute has passed
         _replace_folder(staging, output_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if _is_disk_full(exc):
+            size = sum(p.numel() * p.element_size() for p in model.parameters())
+            raise LLMToolkitError(
+                f"{output_dir}: the disk filled up while the merged model was written; nothing "
+                f"was left behind — free about {size / 1e6:.0f} MB in {output_dir.parent} or "
+                "choose another --output, then merge again"
+            ) from None
         raise
     logger.info("merged %s into %s: %s", adapter_dir, base, output_dir)
     return output_dir
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC, also as safetensors reports it ("I/O error: No space left on device (os error
+    28)")."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return type(exc).__name__ == "SafetensorError" and f"os error {errno.ENOSPC})" in str(exc)
 
 
 def check_output_dir(output_dir: Path, adapter_dir: Path, base: str, force: bool) -> None:
