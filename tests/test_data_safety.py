@@ -85,8 +85,9 @@ def test_extract_removes_only_outputs_it_wrote_and_nobody_changed(run_main, tmp_
         (out / name).write_text(text)
 
     status, _, err = run_main(
-        "extract", docs, out, "--val-ratio", "0", "--instruction-format", "--no-progress"
-    )
+        "extract", docs, out, "--val-ratio", "0", "--instruction-format", "--no-progress",
+        "--record-kinds", "section,topic,question",
+    )  # fmt: skip
     assert status == 0, err
     for name, text in mine.items():
         assert (out / name).read_text() == text, name  # the user's files, untouched

@@ -152,6 +152,7 @@ def test_chunks_are_numbered_again_after_duplicates_are_dropped(run_main, tmp_pa
     (docs / "b.txt").write_text(" ".join([own[0], shared[0], own[1], shared[1], own[2]]))
     out = tmp_path / "out"
     args = ["--chunk-size", "100", "--overlap", "0", "--instruction-format"]
+    args += ["--record-kinds", "section,continuation,topic,question"]  # every chunk gets records
     assert run_main("extract", docs, out, *args)[0] == 0
     assert _report(out)["totals"]["duplicates_dropped"] == 2
     chunks = _records(out / "train.jsonl")

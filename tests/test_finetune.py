@@ -32,6 +32,7 @@ def make_config(tmp_path: Path, model: Path, section: str = "lora", **overrides:
         f"{key}.val_size": 0.0,
         f"{key}.training.batch_size": 2,
         f"{key}.training.learning_rate": 5e-3,
+        f"{key}.training.loraplus_lr_ratio": 0.0,  # the rates here are sized for plain LoRA
         f"{key}.training.warmup_ratio": 0.0,
         f"{key}.training.lr_scheduler_type": "constant",
         f"{key}.training.logging_steps": 1,
@@ -80,6 +81,30 @@ def test_loss_halves_on_a_memorisation_set(tmp_path: Path, tiny_llama: Path) -> 
         "metrics.jsonl",
     ):
         assert (saved / name).is_file(), name
+
+
+def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    from transformers import TrainerCallback
+
+    rates: dict[str, float] = {}
+
+    class Rates(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):  # noqa: ANN001
+            names = {id(p): n for n, p in kwargs["model"].named_parameters()}
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    rates[names[id(param)]] = group["lr"]
+
+    config = make_config(
+        tmp_path, tiny_llama, **{"training.max_steps": 2, "training.loraplus_lr_ratio": 16.0}
+    )
+    tuner = lora_tuner(config)
+    tuner.train(tuner.prepare_dataset(MEMORISE), output_dir=tmp_path / "run", callbacks=[Rates()])
+    a_rates = {rate for name, rate in rates.items() if "lora_A" in name}
+    b_rates = {rate for name, rate in rates.items() if "lora_B" in name}
+    assert a_rates == {5e-3} and b_rates == {5e-3 * 16}
 
 
 def test_adapter_reloads_to_identical_logits_and_merge_matches(

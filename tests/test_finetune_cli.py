@@ -419,10 +419,17 @@ def test_eval_data_file_and_val_size_split(
         "--max-steps",
         "1",
     ]
-    status, _, err = run_main(*base, "--output-dir", tmp_path / "a")
+    # By default nothing is held out: every record of a document folder teaches a fact.
+    status, _, err = run_main(*base, "--output-dir", tmp_path / "all")
+    assert status == 0, err
+    summary = json.loads((tmp_path / "all" / "training_summary.json").read_text())
+    assert (summary["train_examples"], summary["eval_examples"]) == (train_records, 0)
+    config = tmp_path / "val.yaml"
+    config.write_text("transfer_learning: {lora: {val_size: 0.1}}\n", encoding="utf-8")
+    status, _, err = run_main(*base, "--config", config, "--output-dir", tmp_path / "a")
     assert status == 0, err
     summary = json.loads((tmp_path / "a" / "training_summary.json").read_text())
-    held_out = round(0.1 * train_records)  # transfer_learning.lora.val_size default
+    held_out = round(0.1 * train_records)
     assert (summary["train_examples"], summary["eval_examples"]) == (
         train_records - held_out,
         held_out,
@@ -502,7 +509,10 @@ def test_merge_finds_the_base_from_anywhere_and_takes_its_tokenizer(
         "--max-steps",
         "2",
         "--config",
-        write_config(tmp_path, "evaluation: {eval_frequency: 1}\n"),
+        write_config(
+            tmp_path,
+            "evaluation: {eval_frequency: 1}\ntransfer_learning: {lora: {val_size: 0.1}}\n",
+        ),
     )
     assert status == 0, err
     monkeypatch.chdir(tmp_path / "run")  # the base was given relative to tmp_path

@@ -164,6 +164,25 @@ def _trainer_class():
                 )
             return loss
 
+        def create_optimizer(self, model=None):  # noqa: ANN001
+            ratio = getattr(self, "loraplus_lr_ratio", 0.0)
+            if not ratio or self.optimizer is not None:
+                return super().create_optimizer(model)
+            from peft.optimizers import create_loraplus_optimizer
+
+            # LoRA+: the B matrices learn `ratio` times faster than the A matrices.
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            kwargs = {key: value for key, value in kwargs.items() if key != "lr"}
+            self.optimizer = create_loraplus_optimizer(
+                model=model or self.model,
+                optimizer_cls=optimizer_cls,
+                lr=self.args.learning_rate,
+                loraplus_lr_ratio=ratio,
+                weight_decay=self.args.weight_decay,
+                **kwargs,
+            )
+            return self.optimizer
+
     return GuardedTrainer
 
 
@@ -621,6 +640,7 @@ class LoRAFineTuner:
             data_collator=self.data.collator,
             callbacks=[metrics_callback, stopping, *callbacks],
         )
+        trainer.loraplus_lr_ratio = self.section_config.training.loraplus_lr_ratio
         started = time.monotonic()
         try:
             output = trainer.train(
