@@ -12,6 +12,11 @@ record):
   content words) answered by the document's sentences that mention it, in document order. Each
   term is asked in `phrasings` differently worded questions, so the model learns to reach the
   sentences from the term, not from one fixed wording.
+- question: the clause of a sentence that holds a name or number, with a question word in its
+  place ("Brannow Fell: a heather-covered hill of how many metres?"), answered by the fact alone
+  so that it cannot be copied from the question. The question names what the sentence is about
+  when the clause does not: the sentence's own first name, the subject of the sentence before
+  ("She crosses ..."), or the section's heading.
 - cloze: a sentence with one key term blanked out, answered by the term: retrieval of the fact
   itself from the rest of its sentence.
 
@@ -20,8 +25,8 @@ digit (and the word after it when that word is not a function word: "12 euros"),
 capitalised words, and runs of content words. Function words come from a short list per language
 (the language is the one whose list covers most of the document's words); for a language without
 a list, the words that occur in the largest share of the document's sentences stand in for them.
-The questions of `topic` and `cloze` records are worded in the document's language when it has a
-template below, else in English.
+The questions of `topic`, `question` and `cloze` records are worded in the document's language
+when it has a template below, else in English.
 """
 
 from __future__ import annotations
