@@ -440,15 +440,22 @@ def test_an_input_deleted_during_the_run_keeps_report_and_manifest(
     assert manifest["files"][victim.relative_to(docs).as_posix()]["sha256"] == digest
 
 
-def test_resume_falls_back_to_the_newest_complete_checkpoint(
-    run_main, tmp_path: Path, tiny_llama: Path, samples_dir: Path
-) -> None:
+def _train_with_checkpoints(run_main, tmp_path: Path, tiny_llama: Path, samples_dir: Path, steps):
+    """A finished train-lora run of `steps` steps, a checkpoint every 2: (run folder, the argv
+    to run it again, its config file)."""
     out = tmp_path / "run"
     argv = ["train-lora", "--model-name", tiny_llama, "--output-dir", out,
             "--train-data", samples_dir / "datasets" / "chat.jsonl"]  # fmt: skip
     config = write_config(tmp_path, "checkpoint: {save_steps: 2}\ncommon: {device: cpu}\n")
-    status, _, err = run_main("--config", config, *argv, "--max-steps", "4")
+    status, _, err = run_main("--config", config, *argv, "--max-steps", str(steps))
     assert status == 0, err
+    return out, argv, config
+
+
+def test_resume_falls_back_to_the_newest_complete_checkpoint(
+    run_main, tmp_path: Path, tiny_llama: Path, samples_dir: Path
+) -> None:
+    out, argv, config = _train_with_checkpoints(run_main, tmp_path, tiny_llama, samples_dir, 4)
     # Killed while checkpoint-4 was saved: the weights half written, no trainer state yet.
     partial = out / "checkpoint-4"
     (partial / "trainer_state.json").unlink()
@@ -673,12 +680,7 @@ def test_a_refused_pickle_in_a_checkpoint_is_one_line_on_resume(
 ) -> None:
     import pickle
 
-    out = tmp_path / "run"
-    argv = ["train-lora", "--model-name", tiny_llama, "--output-dir", out,
-            "--train-data", samples_dir / "datasets" / "chat.jsonl"]  # fmt: skip
-    config = write_config(tmp_path, "checkpoint: {save_steps: 2}\ncommon: {device: cpu}\n")
-    status, _, err = run_main("--config", config, *argv, "--max-steps", "2")
-    assert status == 0, err
+    out, argv, config = _train_with_checkpoints(run_main, tmp_path, tiny_llama, samples_dir, 2)
     marker = tmp_path / "ran"
     (out / "checkpoint-2" / "optimizer.pt").write_bytes(pickle.dumps(_RunsCode(marker)))
     status, _, err = run_main("--config", config, *argv, "--max-steps", "4", "--resume")
