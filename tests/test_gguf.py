@@ -26,10 +26,10 @@ CHATS = [
 @dataclass(frozen=True)
 class FineTuned:
     adapter: Path  # a train-lora output folder
-    merged: Path  # the adapter merged into tiny_llama
+    merged: Path  # the adapter merged into its base
 
 
-_FINETUNED: dict[Path, FineTuned] = {}
+_FINETUNED: dict[tuple[Path, Path], FineTuned] = {}
 
 
 def chat_records() -> list[dict[str, Any]]:
@@ -39,10 +39,13 @@ def chat_records() -> list[dict[str, Any]]:
     ]
 
 
-def finetune_tiny_llama(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> FineTuned:
-    """tiny_llama with a LoRA adapter that memorised CHATS (30 steps), and its merge; made once per
-    session. test_export and test_chat define their `finetuned` fixture with this function."""
-    key = tmp_path_factory.getbasetemp()
+def finetune_on_chats(
+    tmp_path_factory: pytest.TempPathFactory, base: Path, steps: int = 30, **overrides: Any
+) -> FineTuned:
+    """`base` with a LoRA adapter that memorised CHATS (`steps` steps), and its merge; made once
+    per session and base. Tests of every architecture the export supports start from this.
+    `overrides`: more lora config keys (`max_length=128` for a template with a system turn)."""
+    key = (tmp_path_factory.getbasetemp(), base)
     if key not in _FINETUNED:
         import torch
 
@@ -50,11 +53,16 @@ def finetune_tiny_llama(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Pa
         from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
         from training_methods.transfer_learning.merge import merge_adapter
 
-        root = tmp_path_factory.mktemp("finetuned")
+        root = tmp_path_factory.mktemp(f"finetuned-{base.name}")
         config = make_config(
             root,
-            tiny_llama,
-            **{"training.max_steps": 30, "training.batch_size": 3, "training.learning_rate": 1e-2},
+            base,
+            **{
+                "training.max_steps": steps,
+                "training.batch_size": 3,
+                "training.learning_rate": 1e-2,
+                **overrides,
+            },
         )
         tuner = LoRAFineTuner.from_config(config)
         previous = torch.get_num_threads()
@@ -67,6 +75,12 @@ def finetune_tiny_llama(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Pa
         merged = merge_adapter(root / "adapter", root / "merged")
         _FINETUNED[key] = FineTuned(adapter=root / "adapter", merged=merged)
     return _FINETUNED[key]
+
+
+def finetune_tiny_llama(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> FineTuned:
+    """tiny_llama fine-tuned on CHATS (30 steps); test_export, test_chat, test_evaluate and
+    test_model_loading define their `finetuned` fixture with this function."""
+    return finetune_on_chats(tmp_path_factory, tiny_llama)
 
 
 @pytest.fixture(scope="session")
@@ -396,22 +410,24 @@ def transformers_greedy(model: Any, ids: list[int], steps: int) -> tuple[list[in
     return out, first
 
 
-_REFERENCE: dict[Path, list[tuple[list[int], list[int], Any]]] = {}
-
-
-@pytest.fixture(scope="module")
-def reference(finetuned: FineTuned) -> list[tuple[list[int], list[int], Any]]:
-    """(prompt ids, greedy tokens, first-step logits) of transformers on the merged model."""
+def transformers_reference(merged: Path) -> list[tuple[list[int], list[int], Any]]:
+    """(prompt ids, greedy tokens, first-step logits) of transformers on a merged fine-tune, for
+    the first PROMPT_COUNT questions of CHATS."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(finetuned.merged)
-    model = AutoModelForCausalLM.from_pretrained(finetuned.merged).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    model = AutoModelForCausalLM.from_pretrained(merged).eval()
     rows = []
     for question, _ in CHATS[:PROMPT_COUNT]:
         ids = _prompt_ids(tokenizer, question)
         tokens, logits = transformers_greedy(model, ids, GREEDY_TOKENS)
         rows.append((ids, tokens, logits))
     return rows
+
+
+@pytest.fixture(scope="module")
+def reference(finetuned: FineTuned) -> list[tuple[list[int], list[int], Any]]:
+    return transformers_reference(finetuned.merged)
 
 
 @pytest.mark.parametrize("kind", ["f32", "f16"])

@@ -1,18 +1,21 @@
 """The `export` command: an adapter (or a merged model) → a merged folder and/or one GGUF file.
 
-    export_model("outputs/demo-export", adapter="outputs/demo-lora", fmt="both", gguf_type="q8_0")
+    export_model("outputs/demo-export", adapter="outputs/demo-lora", fmt="both",
+                 gguf_type="f16,q4_k_m")
 
 writes, under the output folder:
 
 - `merged/` (`--format merged|both`): the adapter merged into its base reloaded in 32 bits
   (`merge.merge_adapter`), loadable by plain `from_pretrained`.
-- `NAME-TYPE.gguf` (`--format gguf|both`): one file llama.cpp, LM Studio and Ollama run
-  (`gguf_writer`), and `Modelfile`, an Ollama recipe that points at it.
+- `NAME-TYPE.gguf` (`--format gguf|both`): one file per type llama.cpp, LM Studio and Ollama
+  run (`gguf_writer`; several types, comma-separated, come from one merge), and `Modelfile`, an
+  Ollama recipe that points at the last type listed.
 
 Every check that can fail runs before anything large is written: the adapter folder, the base
-model, whether the GGUF writer supports the architecture and tokenizer, and whether an output
-already exists (replaced only with `force`). Without `--format merged` the merge goes to a
-temporary folder inside the output folder, removed afterwards.
+model, whether the GGUF writer supports the architecture, tokenizer and types (a k-quant needs
+llama-cpp-python), and whether an output already exists (replaced only with `force`). Without
+`--format merged` the merge goes to a temporary folder inside the output folder, removed
+afterwards.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -45,7 +49,7 @@ class ExportResult:
 
     output_dir: Path
     merged_dir: Path | None = None
-    gguf: GGUFSummary | None = None
+    ggufs: list[GGUFSummary] = field(default_factory=list)  # in the order the types were given
     modelfile: Path | None = None
 
 
@@ -93,21 +97,33 @@ def gguf_file_name(name: str, gguf_type: GGUFType) -> str:
     return f"{name}-{gguf_type}.gguf"
 
 
+def parse_gguf_types(gguf_type: str | Sequence[str]) -> list[GGUFType]:
+    """ "f16,q4_k_m" (or a list) → the types in order, once each; ConfigurationError for an
+    unknown one."""
+    parts = gguf_type.split(",") if isinstance(gguf_type, str) else list(gguf_type)
+    types = list(dict.fromkeys(part.strip().lower() for part in parts if part.strip()))
+    if not types:
+        raise ConfigurationError(f"--gguf-type: name a type, one of {', '.join(GGUF_TYPES)}")
+    for kind in types:
+        if kind not in GGUF_TYPES:
+            raise ConfigurationError(f"--gguf-type {kind}: use one of {', '.join(GGUF_TYPES)}")
+    return types  # type: ignore[return-value]
+
+
 def export_model(
     output_dir: str | Path,
     *,
     adapter: str | Path | None = None,
     model: str | None = None,
     fmt: ExportFormat = "gguf",
-    gguf_type: GGUFType = "f16",
+    gguf_type: str | Sequence[str] = "f16",
     force: bool = False,
     progress: bool = True,
 ) -> ExportResult:
     """Merge and/or convert (see the module docstring); returns what was written where."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigurationError(f"--format {fmt}: use one of {', '.join(EXPORT_FORMATS)}")
-    if gguf_type not in GGUF_TYPES:
-        raise ConfigurationError(f"--gguf-type {gguf_type}: use one of {', '.join(GGUF_TYPES)}")
+    gguf_types = parse_gguf_types(gguf_type)
     output_dir = Path(output_dir)
     source = resolve_source(model, adapter)
     want_merged = fmt in ("merged", "both")
@@ -118,14 +134,17 @@ def export_model(
             "(use --format gguf)"
         )
     if want_gguf:
+        from training_methods.transfer_learning.gguf_writer import check_gguf_types
+
+        check_gguf_types(gguf_types)  # a k-quant without llama-cpp-python stops here
         check_gguf_source(source)
     merged_dir = output_dir / MERGED_DIR
-    gguf_path = output_dir / gguf_file_name(source.name, gguf_type)
+    gguf_paths = {kind: output_dir / gguf_file_name(source.name, kind) for kind in gguf_types}
     refuse_existing(
         [
             *([merged_dir] if want_merged else []),
             # The Modelfile is a small pointer to the newest GGUF, rewritten by every export.
-            *([gguf_path] if want_gguf else []),
+            *(gguf_paths.values() if want_gguf else []),
         ],
         force,
     )
@@ -147,12 +166,10 @@ def export_model(
         else:
             model_dir = local_model_dir(source.model)
         if want_gguf:
-            from training_methods.transfer_learning.gguf_writer import write_gguf
+            from training_methods.transfer_learning.gguf_writer import write_ggufs
 
-            result.gguf = write_gguf(
-                model_dir, gguf_path, gguf_type, name=source.name, progress=progress
-            )
-            result.modelfile = write_modelfile(model_dir, gguf_path)
+            result.ggufs = write_ggufs(model_dir, gguf_paths, name=source.name, progress=progress)
+            result.modelfile = write_modelfile(model_dir, result.ggufs[-1].path)
     except BaseException:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

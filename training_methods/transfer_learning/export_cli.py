@@ -15,8 +15,11 @@ from shared_utils.errors import EXIT_OK
 
 logger = logging.getLogger(__name__)
 
-# The same as gguf_writer.GGUF_TYPES and export.EXPORT_FORMATS (training_methods.transfer_learning).
-GGUF_TYPE_CHOICES = ("f32", "f16", "q8_0")
+# The same as gguf_writer.GGUF_TYPES and export.EXPORT_FORMATS (training_methods.transfer_learning),
+# repeated so that `--help` imports neither.
+GGUF_TYPE_CHOICES = (
+    "f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k",
+)  # fmt: skip
 FORMAT_CHOICES = ("merged", "gguf", "both")
 
 
@@ -35,6 +38,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _gguf_types(text: str) -> str:
+    """A comma-separated list of GGUF types, each one of GGUF_TYPE_CHOICES."""
+    kinds = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [kind for kind in kinds if kind not in GGUF_TYPE_CHOICES]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or repr(text)}: use one or more of "
+            f"{', '.join(GGUF_TYPE_CHOICES)}, comma-separated"
+        )
+    return ",".join(dict.fromkeys(kinds))
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -49,9 +64,10 @@ def add_export_command(
         "export",
         parents=[parent],
         help="export an adapter as a merged model and/or one GGUF file for LM Studio/llama.cpp",
-        description="Merge an adapter into its base (16/32 bits, never 4) and/or write one GGUF "
-        "file (f32, f16 or q8_0) with the tokenizer and chat template, which llama.cpp, LM Studio "
-        "and Ollama run; an Ollama Modelfile is written next to it.",
+        description="Merge an adapter into its base (16/32 bits, never 4) and/or write GGUF files "
+        "(f32, f16, q8_0, q4_0/q4_1/q5_0/q5_1, or the k-quants q4_k_m/q5_k_m/q6_k through "
+        "llama-cpp-python) with the tokenizer and chat template, which llama.cpp, LM Studio and "
+        "Ollama run; an Ollama Modelfile is written next to them.",
     )
     parser.add_argument(
         "--adapter", metavar="DIR", help="adapter folder (the output of train-lora/train-qlora)"
@@ -76,10 +92,12 @@ def add_export_command(
     )
     parser.add_argument(
         "--gguf-type",
-        choices=GGUF_TYPE_CHOICES,
+        type=_gguf_types,
         default="f16",
-        help="weight type of the GGUF file: f32 exact, f16 half the size, q8_0 a quarter "
-        "(default: f16)",
+        metavar="TYPE[,TYPE...]",
+        help="weight types of the GGUF files, one file each from one merge: f32 exact, f16 half "
+        "the size, q8_0 a quarter, q4_0 q4_1 q5_0 q5_1, and llama.cpp's k-quants q4_k_m (what LM "
+        "Studio downloads by default) q5_k_m q6_k, which need llama-cpp-python (default: f16)",
     )
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -105,14 +123,15 @@ def run_export(args: argparse.Namespace, config: ToolkitConfig) -> int:
         )
     if result.merged_dir is not None:
         print(f"export: merged model in {result.merged_dir}")
-    if result.gguf is not None:
-        summary = result.gguf
+    for summary in result.ggufs:
         types = ", ".join(f"{count} {name}" for name, count in sorted(summary.tensor_types.items()))
         print(
             f"export: wrote {summary.path} ({summary.architecture}, {summary.gguf_type}, "
             f"{summary.size_bytes / 1e6:.1f} MB, {summary.tensor_count} tensors: {types}, "
-            f"{summary.seconds:.1f} s) and {result.modelfile}"
+            f"{summary.seconds:.1f} s)"
         )
+    if result.modelfile is not None:
+        print(f"export: Ollama Modelfile {result.modelfile} (FROM {result.ggufs[-1].path.name})")
     return EXIT_OK
 
 

@@ -7,6 +7,9 @@ Written with `gguf`, the llama.cpp project's own GGUF writer, doing what llama.c
   `gguf`'s own name map) and the rows of q_proj/k_proj are permuted from Hugging Face's rotary
   layout (rotate the two halves of a head) into llama.cpp's (rotate adjacent pairs). Without the
   permutation llama.cpp loads the file and silently generates other tokens.
+- Qwen2/Qwen2.5 (`Qwen2ForCausalLM`, with q/k/v biases) and Qwen3 (`Qwen3ForCausalLM`, with
+  per-head RMS norms of q and k, `attn_q_norm`/`attn_k_norm`): the same names, but no permutation:
+  llama.cpp runs these with the rotate-halves (NeoX) rotary Hugging Face uses.
 - GPT-2 (`GPT2LMHeadModel`): Conv1D weights, stored (in, out), are transposed to (out, in).
 - The tokenizer, byte-level BPE only (`tokenizer.ggml.model = gpt2`): every token with its type,
   the merges, BOS/EOS/pad ids, whether BOS/EOS are added when encoding, and the name of the
@@ -16,9 +19,19 @@ Written with `gguf`, the llama.cpp project's own GGUF writer, doing what llama.c
 - The chat template (`tokenizer.chat_template`), so LM Studio shows the prompt format the model
   was trained with, and the EOS id, so generation stops where the model learned to stop.
 
-Types: `f32` (exact), `f16` (2-D weights halved) and `q8_0` (2-D weights in blocks of 32 int8
-values sharing one f16 scale). As in llama.cpp's converter, 1-D tensors (norms, biases) and GPT-2's
-position embeddings stay f32, and a q8_0 row whose length is not a multiple of 32 falls back to f16.
+Types written here, tensor by tensor with `gguf`'s numpy quantisers: `f32` (exact), `f16` (2-D
+weights halved), `q8_0` (blocks of 32 int8 values sharing one f16 scale) and the 4/5-bit block
+types `q4_0`, `q4_1`, `q5_0`, `q5_1` (32 values per block; `_1` adds a per-block minimum). As in
+llama.cpp's converter, 1-D tensors (norms, biases) and GPT-2's position embeddings stay f32, and a
+row whose length is not a multiple of 32 falls back to f16. For the 4/5-bit types the output head
+(the embedding when it is tied) is q8_0: llama.cpp's quantiser keeps it at 6 bits or more too,
+because every next-token choice goes through it.
+
+The k-quants `q4_k_m`, `q5_k_m` and `q6_k` (256-value super-blocks with quantised per-block
+scales; `_m` mixes in 6-bit tensors where they matter most) are made by llama.cpp's own quantiser
+(`llama_model_quantize`, through llama-cpp-python) from an f16 file: the requested f16 when there
+is one, else a temporary one removed afterwards. `write_ggufs` writes several types from one model
+folder, so an export merges once.
 
 The file is streamed: the header and tensor index are written from the shapes alone, then one
 tensor at a time is read, converted and appended, so memory holds one tensor, not the model. It is
@@ -52,16 +65,44 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-GGUFType = Literal["f32", "f16", "q8_0"]
-GGUF_TYPES: tuple[GGUFType, ...] = ("f32", "f16", "q8_0")
+GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k"]
+# Written tensor by tensor here (gguf's numpy quantisers) → the ggml type of their 2-D weights.
+NUMPY_TYPES: dict[str, str] = {
+    "f32": "F32",
+    "f16": "F16",
+    "q8_0": "Q8_0",
+    "q4_0": "Q4_0",
+    "q4_1": "Q4_1",
+    "q5_0": "Q5_0",
+    "q5_1": "Q5_1",
+}
+# Made by llama.cpp's quantiser from an f16 file → its `llama_ftype` constant in llama_cpp.
+LLAMA_CPP_TYPES: dict[str, str] = {
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+}
+GGUF_TYPES: tuple[GGUFType, ...] = (*NUMPY_TYPES, *LLAMA_CPP_TYPES)  # type: ignore[assignment]
+# Roughly bits per weight of the 2-D weights relative to f16's 16: sizes the free-space check.
+LLAMA_CPP_SIZE_RATIO = {"q4_k_m": 0.32, "q5_k_m": 0.37, "q6_k": 0.43}
+LLAMA_CPP_INSTALL = "pip install llama-cpp-python"
 
 # Hugging Face class → llama.cpp architecture name (`general.architecture`).
 SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
     "GPT2LMHeadModel": "gpt2",
 }
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
-Q8_0_BLOCK = 32  # values per q8_0 block: a row must be a multiple of it
+# Decoders configured like Llama (hidden_size, num_attention_heads, rms_norm_eps, rope_theta).
+LLAMA_LIKE = ("llama", "qwen2", "qwen3")
+# Llama 3.1's per-frequency scaling is written as a `rope_freqs` tensor only llama's graph reads.
+SUPPORTED_ROPE_TYPES: dict[str, tuple[str, ...]] = {
+    "llama": ("default", "linear", "llama3"),
+    "qwen2": ("default", "linear"),
+    "qwen3": ("default", "linear"),
+}
+QUANT_BLOCK = 32  # values per q8_0/q4_0/q4_1/q5_0/q5_1 block: a row must be a multiple of it
 
 # Pre-tokenizer regexes of tokenizer.json `Split` steps → llama.cpp's `tokenizer.ggml.pre` name.
 # The GPT-2 regex is built into the `ByteLevel` step (use_regex=true) and has no pattern here.
@@ -133,18 +174,29 @@ def check_model_config(config: PretrainedConfig, where: str) -> str:
             f"{supported_list()}) — export with --format merged and convert that folder with "
             "llama.cpp's convert_hf_to_gguf.py"
         )
-    if arch == "llama":
+    if arch in LLAMA_LIKE:
         act = getattr(config, "hidden_act", "silu")
         if act != "silu":
             raise ConfigurationError(
-                f"{where}: Llama with hidden_act {act!r}; llama.cpp's llama runs silu only"
+                f"{where}: {hf_class} with hidden_act {act!r}; llama.cpp's {arch} runs silu only"
             )
         rope_type = rope_parameters(config)["rope_type"]
-        if rope_type not in SUPPORTED_ROPE_TYPES:
+        if rope_type not in SUPPORTED_ROPE_TYPES[arch]:
             raise ConfigurationError(
-                f"{where}: rope type {rope_type!r} is not supported by the GGUF export (supported: "
-                f"{', '.join(SUPPORTED_ROPE_TYPES)}) — convert the merged folder with llama.cpp's "
-                "convert_hf_to_gguf.py"
+                f"{where}: rope type {rope_type!r} is not supported by the GGUF export of "
+                f"{hf_class} (supported: {', '.join(SUPPORTED_ROPE_TYPES[arch])}) — convert the "
+                "merged folder with llama.cpp's convert_hf_to_gguf.py"
+            )
+        if getattr(config, "use_sliding_window", False):
+            raise ConfigurationError(
+                f"{where}: {hf_class} with use_sliding_window=true; llama.cpp's {arch} attends to "
+                "the whole context, so its answers would differ — export a model trained without "
+                "the sliding window"
+            )
+        if arch == "qwen3" and getattr(config, "attention_bias", False):
+            raise ConfigurationError(
+                f"{where}: Qwen3ForCausalLM with attention_bias=true; llama.cpp's qwen3 has no "
+                "attention biases"
             )
     else:
         act = getattr(config, "activation_function", "gelu_new")
@@ -157,7 +209,7 @@ def check_model_config(config: PretrainedConfig, where: str) -> str:
 
 
 def rope_parameters(config: PretrainedConfig) -> dict[str, Any]:
-    """Rotary settings of a Llama config: transformers 5 `rope_parameters`, or the older
+    """Rotary settings of a Llama/Qwen config: transformers 5 `rope_parameters`, or the older
     `rope_theta` + `rope_scaling` attributes."""
     params = dict(getattr(config, "rope_parameters", None) or {})
     scaling = getattr(config, "rope_scaling", None) or {}
@@ -404,19 +456,26 @@ class CheckpointTensors:
         self._stack.close()
 
 
-def choose_qtype(name: str, shape: Sequence[int], gguf_type: GGUFType) -> GGMLQuantizationType:
-    """The ggml type of one tensor, by llama.cpp's converter rules (module docstring)."""
+def choose_qtype(
+    name: str, shape: Sequence[int], gguf_type: GGUFType, *, output_head: bool = False
+) -> GGMLQuantizationType:
+    """The ggml type of one tensor, by llama.cpp's converter rules (module docstring).
+    `output_head`: the tensor computes the logits (output.weight, or token_embd when tied).
+    A k-quant type is planned as f16: llama.cpp's quantiser makes it from that file."""
     from gguf import GGMLQuantizationType as Q
 
     if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
         return Q.F32
     if name.startswith("position_embd."):
         return Q.F32
-    if gguf_type == "f32":
-        return Q.F32
-    if gguf_type == "q8_0" and shape[-1] % Q8_0_BLOCK == 0:
+    target = Q[NUMPY_TYPES.get(gguf_type, "F16")]
+    if target in (Q.F32, Q.F16):
+        return target
+    if shape[-1] % QUANT_BLOCK != 0:
+        return Q.F16
+    if output_head and target != Q.Q8_0:
         return Q.Q8_0
-    return Q.F16
+    return target
 
 
 def plan_tensors(
@@ -429,14 +488,22 @@ def plan_tensors(
     """Every tensor of the GGUF file, in write order, without reading any weight."""
     import gguf
 
-    model_arch = gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.GPT2
-    n_layers = config.num_hidden_layers if arch == "llama" else config.n_layer
+    model_arch = gguf.MODEL_ARCH[arch.upper()]
+    n_layers = config.n_layer if arch == "gpt2" else config.num_hidden_layers
     name_map = gguf.get_tensor_name_map(model_arch, n_layers)
+    output_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight"
+    embedding_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight"
+    names = {
+        source: name_map.get_name(source, try_suffixes=(".weight", ".bias"))
+        for source in checkpoint.names()
+    }
+    # Tied embeddings: no output.weight, and llama.cpp computes the logits with token_embd.
+    output_head = output_name if output_name in names.values() else embedding_name
     plans: list[TensorPlan] = []
     for source in checkpoint.names():
         if source.endswith((".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")):
             continue  # buffers computed at load time, not weights
-        name = name_map.get_name(source, try_suffixes=(".weight", ".bias"))
+        name = names[source]
         if name is None:
             raise ConfigurationError(
                 f"{where}: tensor {source} has no llama.cpp {arch} counterpart — a variant of "
@@ -452,9 +519,8 @@ def plan_tensors(
         elif arch == "gpt2" and len(shape) == 2 and source.endswith(".weight") and ".h." in source:
             transform = "transpose"  # Conv1D stores (in, out)
             shape = (shape[1], shape[0])
-        plans.append(
-            TensorPlan(source, name, shape, choose_qtype(name, shape, gguf_type), transform)
-        )
+        qtype = choose_qtype(name, shape, gguf_type, output_head=name == output_head)
+        plans.append(TensorPlan(source, name, shape, qtype, transform))
     if arch == "llama":
         params = rope_parameters(config)
         if params["rope_type"] == "llama3":
@@ -498,7 +564,7 @@ def convert_tensor(
         elif plan.transform == "transpose":
             tensor = tensor.T
         data = tensor.contiguous().numpy()
-    return quantize(data, plan.qtype)  # f32 and f16 are casts; q8_0 packs blocks of 32 as uint8
+    return quantize(data, plan.qtype)  # f32 and f16 are casts; the q types pack blocks as uint8
 
 
 # --------------------------------------------------------------------------------------------------
@@ -507,13 +573,17 @@ def convert_tensor(
 
 
 def _file_type(gguf_type: GGUFType) -> LlamaFileType:
+    """`general.file_type` of a file written here (a k-quant's f16 source says f16)."""
     from gguf import LlamaFileType
 
     return {
         "f32": LlamaFileType.ALL_F32,
-        "f16": LlamaFileType.MOSTLY_F16,
         "q8_0": LlamaFileType.MOSTLY_Q8_0,
-    }[gguf_type]
+        "q4_0": LlamaFileType.MOSTLY_Q4_0,
+        "q4_1": LlamaFileType.MOSTLY_Q4_1,
+        "q5_0": LlamaFileType.MOSTLY_Q5_0,
+        "q5_1": LlamaFileType.MOSTLY_Q5_1,
+    }.get(gguf_type, LlamaFileType.MOSTLY_F16)
 
 
 def add_hyperparameters(
@@ -522,7 +592,7 @@ def add_hyperparameters(
     writer.add_type("model")
     writer.add_file_type(_file_type(gguf_type))
     writer.add_quantization_version(_quant_version())
-    if arch == "llama":
+    if arch in LLAMA_LIKE:
         params = rope_parameters(config)
         head_dim = _head_dim(config)
         writer.add_vocab_size(config.vocab_size)
@@ -587,6 +657,56 @@ def add_tokenizer(
     writer.add_chat_template(chat_template_of(tokenizer))
 
 
+def check_gguf_types(gguf_types: Sequence[str]) -> None:
+    """ConfigurationError for an unknown type, or for a k-quant where llama-cpp-python (whose
+    quantiser makes them) cannot be imported. Cheap: runs before anything is written."""
+    for gguf_type in gguf_types:
+        if gguf_type not in GGUF_TYPES:
+            raise ConfigurationError(f"--gguf-type {gguf_type}: use one of {', '.join(GGUF_TYPES)}")
+    for gguf_type in gguf_types:
+        if gguf_type in LLAMA_CPP_TYPES:
+            _import_llama_cpp(gguf_type)
+            return
+
+
+def _import_llama_cpp(gguf_type: str) -> Any:
+    try:
+        import llama_cpp
+    except (ImportError, OSError, RuntimeError) as exc:  # not installed, or its library won't load
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigurationError(
+            f"--gguf-type {gguf_type}: the k-quants are made by llama.cpp's quantiser, which "
+            f"needs llama-cpp-python ({reason}) — {LLAMA_CPP_INSTALL}, or choose one of "
+            f"{', '.join(NUMPY_TYPES)}"
+        ) from None
+    return llama_cpp
+
+
+@dataclass(frozen=True)
+class ExportableModel:
+    """A model folder whose configs passed `check_exportable`."""
+
+    model_dir: Path
+    config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase
+    arch: str
+    pre: str
+
+    @classmethod
+    def read(cls, model_dir: Path) -> ExportableModel:
+        from transformers import AutoConfig, AutoTokenizer
+
+        try:
+            config = AutoConfig.from_pretrained(model_dir)
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        except (OSError, ValueError) as exc:
+            from training_methods.transfer_learning.model_loading import model_not_found
+
+            raise model_not_found(str(model_dir), exc) from None
+        arch, pre = check_exportable(config, tokenizer, str(model_dir))
+        return cls(model_dir, config, tokenizer, arch, pre)
+
+
 def write_gguf(
     model_dir: str | Path,
     output_path: str | Path,
@@ -598,26 +718,70 @@ def write_gguf(
     """Convert the model folder `model_dir` (config.json, *.safetensors, tokenizer.json) into the
     single file `output_path`, replacing it atomically. Raises ConfigurationError for a model the
     writer cannot convert, before anything is written."""
-    from transformers import AutoConfig, AutoTokenizer
+    return write_ggufs(model_dir, {gguf_type: Path(output_path)}, name=name, progress=progress)[0]
 
-    model_dir = Path(model_dir)
-    output_path = Path(output_path)
-    where = str(model_dir)
-    if gguf_type not in GGUF_TYPES:
-        raise ConfigurationError(f"--gguf-type {gguf_type}: use one of {', '.join(GGUF_TYPES)}")
-    try:
-        config = AutoConfig.from_pretrained(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError) as exc:
-        from training_methods.transfer_learning.model_loading import model_not_found
 
-        raise model_not_found(str(model_dir), exc) from None
-    arch, pre = check_exportable(config, tokenizer, where)
+def write_ggufs(
+    model_dir: str | Path,
+    outputs: Mapping[GGUFType, Path],
+    *,
+    name: str | None = None,
+    progress: bool = True,
+) -> list[GGUFSummary]:
+    """One GGUF file per type (`outputs`: type → path) from one model folder, in the order given.
+    The k-quants are quantised by llama.cpp from the f16 file when one is requested, else from a
+    temporary f16 file next to the first of them, removed afterwards."""
+    check_gguf_types(list(outputs))
+    model = ExportableModel.read(Path(model_dir))
+    written: dict[str, GGUFSummary] = {}
+    for gguf_type, path in outputs.items():
+        if gguf_type in NUMPY_TYPES:
+            written[gguf_type] = _write_numpy(model, Path(path), gguf_type, name, progress)
+    kquants = [gguf_type for gguf_type in outputs if gguf_type in LLAMA_CPP_TYPES]
+    if kquants:
+        source = written.get("f16")
+        temporary: Path | None = None
+        if source is None:
+            first = Path(outputs[kquants[0]])
+            first.parent.mkdir(parents=True, exist_ok=True)
+            fd, name_tmp = tempfile.mkstemp(
+                prefix=f".{first.name}.", suffix=".f16.tmp", dir=first.parent
+            )
+            os.close(fd)
+            temporary = Path(name_tmp)
+        try:
+            if temporary is not None:
+                source = _write_numpy(model, temporary, "f16", name, progress)
+            assert source is not None
+            for gguf_type in kquants:
+                summary = quantize_gguf(source.path, Path(outputs[gguf_type]), gguf_type)
+                if temporary is not None:  # the f16 made for it is part of its cost
+                    summary.seconds = round(summary.seconds + source.seconds, 3)
+                written[gguf_type] = summary
+        finally:
+            if temporary is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    temporary.unlink()
+    return [written[gguf_type] for gguf_type in outputs]
+
+
+def _write_numpy(
+    model: ExportableModel,
+    output_path: Path,
+    gguf_type: GGUFType,
+    name: str | None,
+    progress: bool,
+) -> GGUFSummary:
+    """Write one file of a NUMPY_TYPES type, streamed tensor by tensor."""
+    where = str(model.model_dir)
+    config = model.config
     started = time.monotonic()
-    checkpoint = CheckpointTensors(model_dir)
+    checkpoint = CheckpointTensors(model.model_dir)
     try:
-        plans = plan_tensors(arch, config, checkpoint, gguf_type, where)
-        writer = _prepared_writer(arch, config, tokenizer, pre, plans, gguf_type, name, where)
+        plans = plan_tensors(model.arch, config, checkpoint, gguf_type, where)
+        writer = _prepared_writer(
+            model.arch, config, model.tokenizer, model.pre, plans, gguf_type, name, where
+        )
         data_bytes = sum(plan.nbytes for plan in plans)
         _check_free_space(output_path, data_bytes)
         with _atomic_path(output_path) as staging:
@@ -637,12 +801,59 @@ def write_gguf(
     return GGUFSummary(
         path=output_path,
         gguf_type=gguf_type,
-        architecture=arch,
-        tokenizer_pre=pre,
+        architecture=model.arch,
+        tokenizer_pre=model.pre,
         tensor_count=len(plans),
         size_bytes=output_path.stat().st_size,
         seconds=round(time.monotonic() - started, 3),
         tensor_types=dict(Counter(plan.qtype.name for plan in plans)),
+    )
+
+
+def quantize_gguf(source: Path, output_path: Path, gguf_type: GGUFType) -> GGUFSummary:
+    """Quantise the f16 GGUF `source` into `output_path` with llama.cpp's own quantiser (the
+    `llama-quantize` tool's code, with its per-tensor choices), replacing it atomically."""
+    import ctypes
+
+    from gguf import GGUFReader
+
+    llama_cpp = _import_llama_cpp(gguf_type)
+    started = time.monotonic()
+    # The k-quants need less than half of f16's bits; the check wants an upper bound.
+    _check_free_space(output_path, source.stat().st_size // 2)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, LLAMA_CPP_TYPES[gguf_type])
+    with _atomic_path(output_path) as staging:
+        with _llama_cpp_log() as log:
+            status = llama_cpp.llama_model_quantize(
+                os.fsencode(source), os.fsencode(staging), ctypes.byref(params)
+            )
+        if status != 0:
+            failures = [line for line in log if "fail" in line] or log or [f"status {status}"]
+            reason = failures[-1]
+            raise LLMToolkitError(
+                f"{output_path}: llama.cpp could not quantise {source.name} to {gguf_type} "
+                f"({reason}); nothing was left under that name — if the disk is full, free about "
+                f"{source.stat().st_size / 2e6:.0f} MB in its folder, then export again"
+            )
+        with open(staging, "rb") as handle:
+            os.fsync(handle.fileno())
+    reader = GGUFReader(output_path)
+    types = Counter(tensor.tensor_type.name for tensor in reader.tensors)
+    arch = str(reader.fields["general.architecture"].contents())
+    pre = str(reader.fields["tokenizer.ggml.pre"].contents())
+    count = len(reader.tensors)
+    del reader  # its memory map
+    logger.info("wrote %s (%s, %d tensors)", output_path, gguf_type, count)
+    return GGUFSummary(
+        path=output_path,
+        gguf_type=gguf_type,
+        architecture=arch,
+        tokenizer_pre=pre,
+        tensor_count=count,
+        size_bytes=output_path.stat().st_size,
+        seconds=round(time.monotonic() - started, 3),
+        tensor_types=dict(types),
     )
 
 
@@ -666,7 +877,7 @@ def _prepared_writer(
     add_hyperparameters(writer, arch, config, gguf_type)
     add_tokenizer(writer, tokenizer, config, pre, where)
     for plan in plans:
-        if plan.qtype == Q.Q8_0:  # quantized tensors are declared by their byte shape
+        if plan.qtype not in (Q.F32, Q.F16):  # quantized tensors are declared by their byte shape
             byte_shape = (*plan.shape[:-1], plan.nbytes // math.prod(plan.shape[:-1]))
             writer.add_tensor_info(plan.name, byte_shape, np.uint8, plan.nbytes, plan.qtype)
         else:
@@ -705,6 +916,30 @@ def _stream(
     assert writer.fout is not None
     for handle in writer.fout:
         os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def _llama_cpp_log() -> Iterator[list[str]]:
+    """llama.cpp's log lines during the block, kept instead of printed (its quantiser logs every
+    tensor); llama-cpp-python's own log callback is put back afterwards."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import _logger  # the callback Llama(verbose=...) relies on
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def keep(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", "replace").strip()
+        if line:
+            lines.append(line)
+
+    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def _check_free_space(output_path: Path, data_bytes: int) -> None:
