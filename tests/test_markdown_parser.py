@@ -139,30 +139,51 @@ def test_heading_lines_are_not_part_of_the_section_text(tmp_path: Path) -> None:
 # code blocks and tables
 # --------------------------------------------------------------------------------------------------
 
-FENCED = "```python title=x\n# not a heading\nx  =  1\t# tab kept\n\n\nprint(x)\n```"
+FENCED_CODE = "# not a heading\nx  =  1\t# tab kept\n\n\nprint(x)\n"
 
 
-def test_fenced_code_is_kept_verbatim_and_protected(tmp_path: Path) -> None:
-    path = _write(tmp_path, f"# Code\n\nBefore *it*.\n\n{FENCED}\n\nAfter.\n")
-    (section,) = _parse(path).sections
+def test_fenced_code_is_kept_verbatim_and_protected_its_info_string_is_metadata(
+    tmp_path: Path,
+) -> None:
+    fenced = f'```python title=x hl_lines="1 3"\n{FENCED_CODE}```'
+    path = _write(tmp_path, f"# Code\n\nBefore *it*.\n\n{fenced}\n\nAfter.\n")
+    document = _parse(path)
+    (section,) = document.sections
     assert section.heading_path == ["Code"]
-    assert section.text == f"Before it.\n\n{FENCED}\n\nAfter."
+    code = f"```\n{FENCED_CODE}```"
+    assert section.text == f"Before it.\n\n{code}\n\nAfter."
     assert len(section.protected) == 1
     start, end = section.protected[0]
-    assert section.text[start:end] == FENCED
+    assert section.text[start:end] == code
+    assert "title=x" not in section.text and "hl_lines" not in section.text
+    assert document.metadata.extra == {"code_languages": "python"}
 
 
 def test_tilde_fence_with_html_inside_is_not_stripped(tmp_path: Path) -> None:
-    code = "~~~html\n<script>keep()</script>\n## still code\n~~~"
-    (section,) = _parse(_write(tmp_path, f"{code}\n")).sections
+    document = _parse(_write(tmp_path, "~~~html\n<script>keep()</script>\n## still code\n~~~\n"))
+    (section,) = document.sections
+    code = "```\n<script>keep()</script>\n## still code\n```"
     assert section.text == code and section.protected == [(0, len(code))]
+    assert document.metadata.extra == {"code_languages": "html"}
+
+
+def test_code_with_fences_inside_gets_a_longer_fence(tmp_path: Path) -> None:
+    (section,) = _parse(_write(tmp_path, "~~~~md\n```py\nx = 1\n```\n~~~~\n")).sections
+    assert section.text == "````\n```py\nx = 1\n```\n````"
 
 
 def test_unclosed_fence_runs_to_the_end_with_a_warning(tmp_path: Path) -> None:
     document = _parse(_write(tmp_path, "Text.\n\n```\ncode\n# not heading\n"))
-    assert document.sections[0].text == "Text.\n\n```\ncode\n# not heading\n"
+    assert document.sections[0].text == "Text.\n\n```\ncode\n# not heading\n```"
     assert document.warnings == [
         "code fence opened on line 3 is never closed; kept as code to the end of the file"
+    ]
+
+
+def test_unclosed_fence_line_counts_the_frontmatter(tmp_path: Path) -> None:
+    document = _parse(_write(tmp_path, "---\ntitle: t\n---\nText.\n\n```\ncode\n"))
+    assert document.warnings == [
+        "code fence opened on line 6 is never closed; kept as code to the end of the file"
     ]
 
 
