@@ -1,4 +1,4 @@
-"""Parsers registered by file suffix: PDF, Markdown, plain text."""
+"""Parsers registered by file suffix: PDF, Markdown, plain text, Word, HTML, EPUB."""
 
 from __future__ import annotations
 
@@ -6,22 +6,29 @@ from pathlib import Path
 
 from document_processing.parsers.base import DocumentParser
 
-SUPPORTED_SUFFIXES = (".pdf", ".md", ".markdown", ".txt")
+# suffix -> (module, class); modules are imported lazily: pdfplumber, trafilatura and python-docx
+# are slow to import, and a run needs only the parsers of the files it meets.
+_PARSERS = {
+    ".pdf": ("pdf_parser", "PDFParser"),
+    ".md": ("markdown_parser", "MarkdownParser"),
+    ".markdown": ("markdown_parser", "MarkdownParser"),
+    ".txt": ("text_parser", "TextParser"),
+    ".docx": ("docx_parser", "DocxParser"),
+    ".html": ("html_parser", "HTMLParser"),
+    ".htm": ("html_parser", "HTMLParser"),
+    ".xhtml": ("html_parser", "HTMLParser"),
+    ".epub": ("epub_parser", "EpubParser"),
+}
+SUPPORTED_SUFFIXES = tuple(_PARSERS)
 
 
 def parser_for(path: Path) -> DocumentParser:
-    """The parser for `path`'s suffix (imported lazily: pdfplumber is slow to import)."""
-    suffix = path.suffix.lower()
-    if suffix == ".pdf":
-        from document_processing.parsers.pdf_parser import PDFParser
+    """The parser for `path`'s suffix."""
+    from importlib import import_module
 
-        return PDFParser()
-    if suffix in (".md", ".markdown"):
-        from document_processing.parsers.markdown_parser import MarkdownParser
-
-        return MarkdownParser()
-    if suffix == ".txt":
-        from document_processing.parsers.text_parser import TextParser
-
-        return TextParser()
-    raise ValueError(f"no parser for '{path.suffix}' files; supported: {SUPPORTED_SUFFIXES}")
+    entry = _PARSERS.get(path.suffix.lower())
+    if entry is None:
+        raise ValueError(f"no parser for '{path.suffix}' files; supported: {SUPPORTED_SUFFIXES}")
+    module, name = entry
+    parser: DocumentParser = getattr(import_module(f"document_processing.parsers.{module}"), name)()
+    return parser

@@ -6,9 +6,10 @@ extraction benchmarks) picks the article and the page's metadata (title, author,
 `favor_recall` keeps short documentation pages whole. Its output, simplified HTML, is read here
 into the same sections as every other format: headings start sections with their heading path,
 tables become "a | b" rows, lists keep their "- " and "1. " markers, `<pre>` is code; scripts,
-styles and navigation never reach the text. When trafilatura finds no article (a page that is all
-list or table, or very short), the whole body is read without its `nav`, `header`, `footer`,
-`aside` and form elements instead, with a warning.
+styles and navigation never reach the text. When trafilatura finds no article, or a very short
+one (then it returns all the text of the page, flattened), the whole body is read without its
+`nav`, `header`, `footer`, `aside` and form elements instead (with a warning when trafilatura
+found nothing).
 
 `html_items` (the element walker) is shared with the EPUB parser, whose chapters are XHTML without
 boilerplate, and with the Markdown parser, for raw HTML blocks.
@@ -49,6 +50,7 @@ _LAYOUT_MARKERS = ("table", "h1", "h2", "h3", "h4", "h5", "h6")
 # Boilerplate the fallback drops when trafilatura finds no article.
 _BOILERPLATE_TAGS = ("nav", "header", "footer", "aside", "form", "menu")
 _BOILERPLATE_ROLES = ("navigation", "banner", "contentinfo", "complementary", "search", "menu")
+_MIN_ARTICLE_CHARS = 250  # trafilatura's own MIN_EXTRACTED_SIZE
 _MAX_DEPTH = 200  # deeper elements are read as plain text: no recursion limit on hostile nesting
 _BREAK = "\x00"  # a <br> while whitespace is collapsed; control characters never reach here
 _WHITESPACE = re.compile(r"[ \t\n\r\f\v]+")
@@ -341,13 +343,17 @@ class HTMLParser(DocumentParser):
             raise DocumentProcessingError(
                 f"{path}: not readable as HTML ({type(exc).__name__}: {exc})"
             ) from None
-        items = html_items(article) if article is not None else []
-        if not any(isinstance(item, Block) for item in items):
+        if article is not None and len(article.text_content()) >= _MIN_ARTICLE_CHARS:
+            items = html_items(article)
+        else:
+            # Below this size trafilatura falls back to all the text of the page, flattened;
+            # the page's own structure, without its semantic boilerplate, is better.
             items = html_items(_without_boilerplate(tree))
-            warnings.append(
-                "no article found by trafilatura; read the whole page without its navigation, "
-                "header, footer and sidebars"
-            )
+            if article is None:
+                warnings.append(
+                    "no article found by trafilatura; read the whole page without its "
+                    "navigation, header, footer and sidebars"
+                )
         sections, first_title = build_sections(items)
         if not sections:
             raise DocumentProcessingError(
