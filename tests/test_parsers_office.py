@@ -367,3 +367,9 @@ def test_extract_reads_the_new_formats_and_reports_bad_ones(run_main, tmp_path: 
 
 def test_the_new_suffixes_are_registered() -> None:
     assert {".docx", ".html", ".htm", ".epub"} <= set(SUPPORTED_SUFFIXES)
+
+
+def test_utf8_page_without_a_charset_is_read_as_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "plain.html"  # short: read by the fallback, from our own tree
+    path.write_bytes("<html><body><p>Naïve señor, déjà vu.</p></body></html>".encode())
+    assert _parse(path).text == "Naïve señor, déjà vu."

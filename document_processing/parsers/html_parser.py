@@ -53,6 +53,7 @@ _BOILERPLATE_ROLES = ("navigation", "banner", "contentinfo", "complementary", "s
 _MIN_ARTICLE_CHARS = 250  # trafilatura's own MIN_EXTRACTED_SIZE
 _MAX_DEPTH = 200  # deeper elements are read as plain text: no recursion limit on hostile nesting
 _BREAK = "\x00"  # a <br> while whitespace is collapsed; control characters never reach here
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 _WHITESPACE = re.compile(r"[ \t\n\r\f\v]+")
 _EPUB_TYPE = "{http://www.idpf.org/2007/ops}type"
 
@@ -245,12 +246,19 @@ def html_items(root: Any) -> list[Heading | Block]:
 
 
 def parse_html_bytes(data: bytes | str) -> Any:
-    """An lxml tree of an HTML page (the encoding from its BOM, meta charset or UTF-8)."""
+    """An lxml tree of an HTML page: UTF-8 when the bytes are UTF-8 (libxml2 would take a page
+    without a charset for Latin-1), else the encoding its meta charset names."""
     import lxml.html
 
-    if isinstance(data, bytes) and not data.strip():
-        raise ValueError("empty document")
-    return lxml.html.document_fromstring(data)
+    if isinstance(data, bytes):
+        if not data.strip():
+            raise ValueError("empty document")
+        try:
+            data = data.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError:
+            return lxml.html.document_fromstring(data)
+    # lxml refuses text that still declares an encoding.
+    return lxml.html.document_fromstring(_XML_DECLARATION.sub("", data, count=1))
 
 
 # --------------------------------------------------------------------------------------------------
