@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from main import main
-from tests.test_gguf import (  # noqa: F401  (one_torch_thread: an autouse fixture)
+from tests.test_gguf import (  # noqa: F401  (autouse fixtures imported)
     CHATS,
     GREEDY_TOKENS,
     LOGIT_ATOL,
@@ -24,6 +24,7 @@ from tests.test_gguf import (  # noqa: F401  (one_torch_thread: an autouse fixtu
     _prompt_ids,
     finetune_on_chats,
     llama_cpp_greedy,
+    llama_cpp_without_amx_repacking,
     one_torch_thread,
     transformers_greedy,
 )

@@ -751,7 +751,7 @@ def write_ggufs(
             temporary = Path(name_tmp)
         try:
             if temporary is not None:
-                source = _write_numpy(model, temporary, "f16", name, progress)
+                source = _write_numpy(model, temporary, "f16", name, progress, announce=False)
             assert source is not None
             for gguf_type in kquants:
                 summary = quantize_gguf(source.path, Path(outputs[gguf_type]), gguf_type)
@@ -771,8 +771,11 @@ def _write_numpy(
     gguf_type: GGUFType,
     name: str | None,
     progress: bool,
+    *,
+    announce: bool = True,
 ) -> GGUFSummary:
-    """Write one file of a NUMPY_TYPES type, streamed tensor by tensor."""
+    """Write one file of a NUMPY_TYPES type, streamed tensor by tensor; `announce`: log it (not
+    the temporary f16 a k-quant is made from)."""
     where = str(model.model_dir)
     config = model.config
     started = time.monotonic()
@@ -797,7 +800,8 @@ def _write_numpy(
                 writer.close()
     finally:
         checkpoint.close()
-    logger.info("wrote %s (%s, %d tensors)", output_path, gguf_type, len(plans))
+    if announce:
+        logger.info("wrote %s (%s, %d tensors)", output_path, gguf_type, len(plans))
     return GGUFSummary(
         path=output_path,
         gguf_type=gguf_type,
@@ -916,6 +920,32 @@ def _stream(
     assert writer.fout is not None
     for handle in writer.fout:
         os.fsync(handle.fileno())
+
+
+def avoid_llama_cpp_amx_crash() -> bool:
+    """On CPUs with AMX (Sapphire Rapids and later), llama.cpp's AMX kernels crash on the first
+    batch through quantised weights (a segfault in ggml_backend_amx_mul_mat, ggml-org/llama.cpp
+    issue 20824; llama-cpp-python 0.3.36 here). There, make llama-cpp-python load models without
+    the extra, repacking buffer types, as llama-cli's --no-repack does, and return True; elsewhere
+    change nothing and return False. Process-wide and idempotent: for whoever runs GGUF files in
+    this process (tests, benchmarks)."""
+    import llama_cpp
+    from llama_cpp import llama_cpp as bindings  # the module Llama() reads its defaults from
+
+    if b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info():
+        return False
+    default = bindings.llama_model_default_params
+    if getattr(default, "without_repacking", False):
+        return True
+
+    def without_repacking() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    without_repacking.without_repacking = True  # type: ignore[attr-defined]
+    bindings.llama_model_default_params = without_repacking
+    return True
 
 
 @contextlib.contextmanager
