@@ -8,8 +8,10 @@ through llama.cpp against transformers on CPU, for the same model and prompt, in
 The model is `--model` (a merged model folder), `--adapter` (merged first, in a temporary
 folder), or a random Llama built here with `build_tiny_model` (`--hidden-size`, `--layers`; the
 default is 512 and 8, 24M parameters: large enough that the matrix products, not the per-token
-overhead, set the speed). Each GGUF type is written with the toolkit's writer, then loaded by
-llama-cpp-python; transformers runs the merged folder in float32.
+overhead, set the speed). Every GGUF type (`--types`, default all ten) is written with the
+toolkit's writer in one call, the k-quants quantised by llama.cpp from the f16 file, then loaded by
+llama-cpp-python; transformers runs the merged folder in float32. `export s` of a k-quant is its
+quantisation from f16 (the f16 row says what writing that took).
 
 tokens/s is end to end: the chat-template prompt, then `--new-tokens` greedy tokens (EOS
 ignored, so every engine generates exactly as many), over wall time, best of `--repeats` runs.
@@ -19,7 +21,11 @@ difference (after one flipped near-tie the continuations differ for good); `next
 agreement` feeds transformers' sequence to llama.cpp and counts the positions where both pick
 the same next token, so a flip counts once. llama.cpp runs with an f32 KV cache here, so both
 measure the file, not llama.cpp's default f16 cache. On random weights the logits are nearly
-tied and q8_0 flips some; on the fine-tuned model of tests/test_gguf.py it agrees on every token.
+tied and the quantised types flip some; on a fine-tuned model (tests/test_gguf_quant.py) q8_0
+agrees on every token.
+
+On CPUs with AMX the files run without llama.cpp's weight repacking: its AMX kernels segfault on
+quantised weights (`gguf_writer.avoid_llama_cpp_amx_crash`); the header line says so.
 
 Both engines use `--threads` threads (default 1: on a shared 2-core machine a second OpenMP
 thread in either engine waits on the other processes and makes tokens/s erratic). Timings on a
@@ -54,7 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per engine; best is kept")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of both engines")
-    parser.add_argument("--types", default="f32,f16,q8_0", help="GGUF types, comma-separated")
+    parser.add_argument(
+        "--types",
+        default="f32,f16,q8_0,q4_0,q4_1,q5_0,q5_1,q4_k_m,q5_k_m,q6_k",
+        help="GGUF types, comma-separated",
+    )
     parser.add_argument("--work-dir", metavar="DIR", help="keep the files here (default: temp)")
     return parser.parse_args(argv)
 
@@ -178,10 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from training_methods.transfer_learning.gguf_writer import write_gguf
+    from training_methods.transfer_learning.export import parse_gguf_types
+    from training_methods.transfer_learning.gguf_writer import (
+        avoid_llama_cpp_amx_crash,
+        write_ggufs,
+    )
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
+    kinds = parse_gguf_types(args.types)
+    no_repacking = avoid_llama_cpp_amx_crash()
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="benchmark-export-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -202,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                 "(reference)",
             )
         ]
-        for kind in args.types.split(","):
-            summary = write_gguf(model_dir, work / f"model-{kind}.gguf", kind, progress=False)
+        summaries = write_ggufs(
+            model_dir, {kind: work / f"model-{kind}.gguf" for kind in kinds}, progress=False
+        )
+        for kind, summary in zip(kinds, summaries, strict=True):
             speed, tokens = llama_cpp_run(
                 summary.path, ids, args.new_tokens, args.repeats, args.threads
             )
@@ -227,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nmodel: {args.model or args.adapter or 'random Llama'} ({parameters / 1e6:.1f}M "
         f"parameters), prompt {len(ids)} tokens + {args.new_tokens} new, {args.threads} threads, "
-        f"{os.cpu_count()} CPUs\n"
+        f"{os.cpu_count()} CPUs"
+        f"{', llama.cpp without weight repacking (AMX CPU)' if no_repacking else ''}\n"
     )
     header = (
         "engine / file",
