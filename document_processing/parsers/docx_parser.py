@@ -27,6 +27,7 @@ from document_processing.parsers.sections import (
     Heading,
     build_sections,
     cut_sections,
+    one_line,
     table_rows,
 )
 from document_processing.parsers.text_parser import cut_warning
@@ -85,7 +86,7 @@ def _check_package(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise DocumentProcessingError(f"{path}: corrupt zip archive ({exc})") from None
+        raise DocumentProcessingError(f"{path}: corrupt zip archive ({one_line(exc)})") from None
     if "word/document.xml" not in names:
         kind = (
             "an Excel workbook"
@@ -413,7 +414,7 @@ class DocxParser(DocumentParser):
             raise
         except Exception as exc:  # python-docx and lxml raise many kinds on damaged packages
             raise DocumentProcessingError(
-                f"{path}: corrupt Word document ({type(exc).__name__}: {exc})"
+                f"{path}: corrupt Word document ({one_line(exc)})"
             ) from None
         sections, first_title = build_sections(reader.items)
         if not sections:

@@ -19,7 +19,13 @@ from typing import Any
 
 from document_processing.parsers.base import DocumentParser
 from document_processing.parsers.html_parser import html_items, parse_html_bytes
-from document_processing.parsers.sections import Block, Heading, build_sections, cut_sections
+from document_processing.parsers.sections import (
+    Block,
+    Heading,
+    build_sections,
+    cut_sections,
+    one_line,
+)
 from document_processing.parsers.text_parser import cut_warning
 from document_processing.records import DocumentMetadata, ParsedDocument
 from shared_utils.config import DocumentProcessingConfig
@@ -41,7 +47,7 @@ def _check_archive(path: Path) -> None:
             names = set(archive.namelist())
             encryption = archive.read(_ENCRYPTION) if _ENCRYPTION in names else b""
     except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        raise DocumentProcessingError(f"{path}: corrupt zip archive ({exc})") from None
+        raise DocumentProcessingError(f"{path}: corrupt zip archive ({one_line(exc)})") from None
     if "META-INF/container.xml" not in names:
         raise DocumentProcessingError(
             f"{path}: a zip archive with an .epub name but no EPUB package "
@@ -138,8 +144,7 @@ class EpubParser(DocumentParser):
         except DocumentProcessingError:
             raise
         except Exception as exc:  # ebooklib raises many kinds on damaged books
-            reason = exc.args[-1] if exc.args else type(exc).__name__
-            raise DocumentProcessingError(f"{path}: corrupt EPUB book ({reason})") from None
+            raise DocumentProcessingError(f"{path}: corrupt EPUB book ({one_line(exc)})") from None
         sections, first_title = build_sections(items)
         if not sections:
             raise DocumentProcessingError(
@@ -165,7 +170,7 @@ class EpubParser(DocumentParser):
         except ValueError:  # an empty chapter
             return []
         except Exception as exc:
-            warnings.append(f"chapter {name} is not readable XHTML ({exc}); left out")
+            warnings.append(f"chapter {name} is not readable XHTML ({one_line(exc)}); left out")
             return []
         body = root.find("body")
         chapter = html_items(body if body is not None else root)

@@ -28,6 +28,7 @@ from document_processing.parsers.sections import (
     build_sections,
     cut_sections,
     fenced,
+    one_line,
     table_rows,
 )
 from document_processing.parsers.text_parser import cut_warning, read_document_bytes
@@ -349,7 +350,7 @@ class HTMLParser(DocumentParser):
             article, document = _article(data)
         except Exception as exc:  # lxml and trafilatura raise many kinds on broken markup
             raise DocumentProcessingError(
-                f"{path}: not readable as HTML ({type(exc).__name__}: {exc})"
+                f"{path}: not readable as HTML ({one_line(exc)})"
             ) from None
         if article is not None and len(article.text_content()) >= _MIN_ARTICLE_CHARS:
             items = html_items(article)

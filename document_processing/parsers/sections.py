@@ -49,6 +49,14 @@ def fenced(code: str) -> str:
     return f"{fence}\n{body}{fence}"
 
 
+def one_line(exc: BaseException) -> str:
+    """A library's exception as one short line for the report ("KeyError: 'x'")."""
+    text = " ".join(str(exc).split())
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def table_rows(rows: list[list[str]]) -> str:
     """Rows of cell texts as "a | b" lines; cells cleaned to one line, empty rows left out."""
     lines = []
