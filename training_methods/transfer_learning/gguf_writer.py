@@ -83,8 +83,6 @@ LLAMA_CPP_TYPES: dict[str, str] = {
     "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
 }
 GGUF_TYPES: tuple[GGUFType, ...] = (*NUMPY_TYPES, *LLAMA_CPP_TYPES)  # type: ignore[assignment]
-# Roughly bits per weight of the 2-D weights relative to f16's 16: sizes the free-space check.
-LLAMA_CPP_SIZE_RATIO = {"q4_k_m": 0.32, "q5_k_m": 0.37, "q6_k": 0.43}
 LLAMA_CPP_INSTALL = "pip install llama-cpp-python"
 
 # Hugging Face class → llama.cpp architecture name (`general.architecture`).
