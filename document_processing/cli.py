@@ -68,8 +68,10 @@ def add_extract_command(
     parser = subparsers.add_parser(
         "extract",
         parents=[parent],
-        help="turn a folder of PDF, Markdown and text files into chunked JSONL training data",
-        description="Extract, clean and chunk every PDF, Markdown and text file under INPUT_DIR "
+        help="turn a folder of documents (PDF, Markdown, text, Word, HTML, EPUB) into JSONL "
+        "training data",
+        description="Extract, clean and chunk every PDF, Markdown, text, Word, HTML and EPUB file "
+        "under INPUT_DIR "
         "into OUTPUT_DIR (train.jsonl, valid.jsonl, extract_report.json). Flags override the "
         "document_processing section of the config.",
         epilog="Exit statuses: 0 every file succeeded; 3 some files failed and the rest was "

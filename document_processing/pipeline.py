@@ -60,7 +60,7 @@ _SPLIT_FILES = [
 REPORT = "extract_report.json"
 RESOLVED_CONFIG = "resolved_config.yaml"
 # Bump when the cached record format or the processing changes, so old caches are not reused.
-PIPELINE_VERSION = 3
+PIPELINE_VERSION = 4
 FIRST_RANGE_PAGES = 8
 
 
@@ -340,7 +340,7 @@ class ExtractRun:
         if not self.input_dir.is_dir():
             raise ConfigurationError(
                 f"input folder '{self.input_dir}' does not exist or is not a folder; "
-                "pass the folder that holds your PDF, Markdown and text files."
+                "pass the folder that holds your documents (PDF, Markdown, text, Word, HTML, EPUB)."
             )
         if self.input_dir.resolve() == self.output_dir.resolve():
             raise ConfigurationError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-DocType = Literal["pdf", "markdown", "text"]
+DocType = Literal["pdf", "markdown", "text", "docx", "html", "epub"]
 
 
 @dataclass

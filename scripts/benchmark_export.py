@@ -25,7 +25,7 @@ tied and the quantised types flip some; on a fine-tuned model (tests/test_gguf_q
 agrees on every token.
 
 On CPUs with AMX the files run without llama.cpp's weight repacking: its AMX kernels segfault on
-quantised weights (`gguf_writer.avoid_llama_cpp_amx_crash`); the header line says so.
+quantised weights (`llama_cpp_runtime.avoid_llama_cpp_amx_crash`); the header line says so.
 
 Both engines use `--threads` threads (default 1: on a shared 2-core machine a second OpenMP
 thread in either engine waits on the other processes and makes tokens/s erratic). Timings on a
@@ -189,10 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from training_methods.transfer_learning.export import parse_gguf_types
-    from training_methods.transfer_learning.gguf_writer import (
-        avoid_llama_cpp_amx_crash,
-        write_ggufs,
-    )
+    from training_methods.transfer_learning.gguf_writer import write_ggufs
+    from training_methods.transfer_learning.llama_cpp_runtime import avoid_llama_cpp_amx_crash
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)

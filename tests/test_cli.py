@@ -69,7 +69,7 @@ def test_missing_input_folder_is_a_clear_error(run_main, tmp_path: Path) -> None
     assert status == 2
     assert err.strip() == (
         f"error: input folder '{tmp_path / 'absent'}' does not exist or is not a folder; "
-        "pass the folder that holds your PDF, Markdown and text files."
+        "pass the folder that holds your documents (PDF, Markdown, text, Word, HTML, EPUB)."
     )
 
 

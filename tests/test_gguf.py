@@ -103,10 +103,10 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session", autouse=True)
 def llama_cpp_without_amx_repacking() -> None:
     """llama.cpp's AMX kernels segfault on quantised weights (see
-    gguf_writer.avoid_llama_cpp_amx_crash): on such CPUs the files are run without weight
+    llama_cpp_runtime.avoid_llama_cpp_amx_crash): on such CPUs the files are run without weight
     repacking. test_gguf_quant and test_gguf_qwen import this fixture too."""
     try:
-        from training_methods.transfer_learning.gguf_writer import avoid_llama_cpp_amx_crash
+        from training_methods.transfer_learning.llama_cpp_runtime import avoid_llama_cpp_amx_crash
 
         avoid_llama_cpp_amx_crash()
     except ImportError:  # the tests that need llama-cpp-python fail on their own import

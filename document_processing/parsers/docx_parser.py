@@ -429,7 +429,7 @@ class DocxParser(DocumentParser):
             warnings.append(cut_warning(limit + dropped, limit))
         return ParsedDocument(
             source=source,
-            doc_type="docx",  # type: ignore[arg-type]  # DocType lists the formats of records
+            doc_type="docx",
             metadata=_metadata(document, first_title or path.stem),
             sections=sections,
             warnings=warnings,

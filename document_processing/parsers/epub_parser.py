@@ -156,7 +156,7 @@ class EpubParser(DocumentParser):
             warnings.append(cut_warning(limit + dropped, limit))
         return ParsedDocument(
             source=source,
-            doc_type="epub",  # type: ignore[arg-type]  # DocType lists the formats of records
+            doc_type="epub",
             metadata=_metadata(book, first_title or path.stem, chapters),
             sections=sections,
             warnings=warnings,

@@ -377,7 +377,7 @@ class HTMLParser(DocumentParser):
         metadata.title = metadata.title or first_title or path.stem
         return ParsedDocument(
             source=source,
-            doc_type="html",  # type: ignore[arg-type]  # DocType lists the formats of records
+            doc_type="html",
             metadata=metadata,
             sections=sections,
             warnings=warnings,

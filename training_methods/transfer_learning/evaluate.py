@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shared_utils.errors import ConfigurationError, DataValidationError
+from training_methods.transfer_learning.llama_cpp_runtime import import_llama_cpp
 
 if TYPE_CHECKING:
     import torch
@@ -364,23 +365,11 @@ def greedy_answers(
     return answers
 
 
-def import_llama_cpp() -> Any:
-    """llama-cpp-python, or a one-line ConfigurationError saying how to install it."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise ConfigurationError(
-            "--gguf needs llama.cpp's Python binding, which is not installed — pip install "
-            "llama-cpp-python"
-        ) from None
-    return llama_cpp
-
-
 def load_gguf(
     gguf: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, gpu: bool = False
 ) -> Any:
     """A `llama_cpp.Llama` for the file; one-line ConfigurationError when llama.cpp refuses it."""
-    llama_cpp = import_llama_cpp()
+    llama_cpp = import_llama_cpp("--gguf runs the file in llama.cpp")
     try:
         return llama_cpp.Llama(
             model_path=str(gguf),
@@ -612,7 +601,7 @@ def evaluate_questions(
             raise ConfigurationError(
                 f"--gguf {gguf}: no such file — give a .gguf file written by `export`"
             )
-        import_llama_cpp()
+        import_llama_cpp("--gguf runs the file in llama.cpp")
     torch_device = resolve_device(device) if isinstance(device, str) else device
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(adapter)
     created = not output_dir.exists()

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared_utils.errors import ConfigurationError, LLMToolkitError
+from training_methods.transfer_learning.llama_cpp_runtime import import_llama_cpp, llama_cpp_log
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,7 +84,6 @@ LLAMA_CPP_TYPES: dict[str, str] = {
     "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
 }
 GGUF_TYPES: tuple[GGUFType, ...] = (*NUMPY_TYPES, *LLAMA_CPP_TYPES)  # type: ignore[assignment]
-LLAMA_CPP_INSTALL = "pip install llama-cpp-python"
 
 # Hugging Face class → llama.cpp architecture name (`general.architecture`).
 SUPPORTED_ARCHITECTURES: dict[str, str] = {
@@ -668,16 +668,10 @@ def check_gguf_types(gguf_types: Sequence[str]) -> None:
 
 
 def _import_llama_cpp(gguf_type: str) -> Any:
-    try:
-        import llama_cpp
-    except (ImportError, OSError, RuntimeError) as exc:  # not installed, or its library won't load
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigurationError(
-            f"--gguf-type {gguf_type}: the k-quants are made by llama.cpp's quantiser, which "
-            f"needs llama-cpp-python ({reason}) — {LLAMA_CPP_INSTALL}, or choose one of "
-            f"{', '.join(NUMPY_TYPES)}"
-        ) from None
-    return llama_cpp
+    return import_llama_cpp(
+        f"--gguf-type {gguf_type}: the k-quants are made by llama.cpp's quantiser",
+        f"or choose one of {', '.join(NUMPY_TYPES)}",
+    )
 
 
 @dataclass(frozen=True)
@@ -826,7 +820,7 @@ def quantize_gguf(source: Path, output_path: Path, gguf_type: GGUFType) -> GGUFS
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMA_CPP_TYPES[gguf_type])
     with _atomic_path(output_path) as staging:
-        with _llama_cpp_log() as log:
+        with llama_cpp_log() as log:
             status = llama_cpp.llama_model_quantize(
                 os.fsencode(source), os.fsencode(staging), ctypes.byref(params)
             )
@@ -918,56 +912,6 @@ def _stream(
     assert writer.fout is not None
     for handle in writer.fout:
         os.fsync(handle.fileno())
-
-
-def avoid_llama_cpp_amx_crash() -> bool:
-    """On CPUs with AMX (Sapphire Rapids and later), llama.cpp's AMX kernels crash on the first
-    batch through quantised weights (a segfault in ggml_backend_amx_mul_mat, ggml-org/llama.cpp
-    issue 20824; llama-cpp-python 0.3.36 here). There, make llama-cpp-python load models without
-    the extra, repacking buffer types, as llama-cli's --no-repack does, and return True; elsewhere
-    change nothing and return False. Process-wide and idempotent: for whoever runs GGUF files in
-    this process (tests, benchmarks)."""
-    import llama_cpp
-    from llama_cpp import llama_cpp as bindings  # the module Llama() reads its defaults from
-
-    if b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info():
-        return False
-    default = bindings.llama_model_default_params
-    if getattr(default, "without_repacking", False):
-        return True
-
-    def without_repacking() -> Any:
-        params = default()
-        params.use_extra_bufts = False
-        return params
-
-    without_repacking.without_repacking = True  # type: ignore[attr-defined]
-    bindings.llama_model_default_params = without_repacking
-    return True
-
-
-@contextlib.contextmanager
-def _llama_cpp_log() -> Iterator[list[str]]:
-    """llama.cpp's log lines during the block, kept instead of printed (its quantiser logs every
-    tensor); llama-cpp-python's own log callback is put back afterwards."""
-    import ctypes
-
-    import llama_cpp
-    from llama_cpp import _logger  # the callback Llama(verbose=...) relies on
-
-    lines: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def keep(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        line = text.decode("utf-8", "replace").strip()
-        if line:
-            lines.append(line)
-
-    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
-    try:
-        yield lines
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def _check_free_space(output_path: Path, data_bytes: int) -> None:
