@@ -161,6 +161,12 @@ class DocumentProcessingConfig:
         "Drop running headers, footers and page numbers that repeat across pages.", True
     )
     deduplicate: bool = _help("Drop exact duplicate chunks (counted in the report).", True)
+    ocr: Literal["auto", "off", "force"] = _help(
+        "OCR (RapidOCR, offline) for image files and PDF pages: auto reads pages without a text "
+        "layer and .png/.jpg/.tiff files; off never runs it (such pages are reported as needing "
+        "OCR); force reads every PDF page from its image, text layer or not.",
+        "auto",
+    )
     pdf: PdfConfig = field(default_factory=PdfConfig)
 
     def check(self) -> None:
@@ -187,6 +193,7 @@ class DocumentProcessingConfig:
                 f"must list one or more of {', '.join(RECORD_KIND_NAMES)}",
             ),
             ("question_phrasings", self.question_phrasings >= 1, "must be at least 1"),
+            ("ocr", self.ocr in ("auto", "off", "force"), "must be auto, off or force"),
         ]
         for key, ok, rule in limits:
             if not ok:
