@@ -162,7 +162,7 @@ class DocumentProcessingConfig:
     )
     deduplicate: bool = _help("Drop exact duplicate chunks (counted in the report).", True)
     ocr: Literal["auto", "off", "force"] = _help(
-        "OCR (RapidOCR, offline) for image files and PDF pages: auto reads pages without a text "
+        "OCR (Tesseract, offline) for image files and PDF pages: auto reads pages without a text "
         "layer and .png/.jpg/.tiff files; off never runs it (such pages are reported as needing "
         "OCR); force reads every PDF page from its image, text layer or not.",
         "auto",
