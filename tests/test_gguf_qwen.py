@@ -11,22 +11,16 @@ from typing import Any
 
 import pytest
 
-from main import main
+from tests.gguf_roundtrip import check_chat_answers, check_greedy_tokens_and_logits, export_adapter
 from tests.test_gguf import (  # noqa: F401  (autouse fixtures imported)
     CHATS,
-    GREEDY_TOKENS,
-    LOGIT_ATOL,
-    PROMPT_COUNT,
     TOKENIZER_SAMPLES,
     FineTuned,
     _fields,
     _llama,
-    _prompt_ids,
     finetune_on_chats,
-    llama_cpp_greedy,
     llama_cpp_without_amx_repacking,
     one_torch_thread,
-    transformers_greedy,
 )
 
 QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -158,15 +152,7 @@ def exported(
         base = build_tiny_qwen(tmp_path_factory.mktemp(f"tiny-{arch}"), arch)
         # Qwen2.5's template adds a default system turn: longer prompts than max_length 64.
         finetuned = finetune_on_chats(tmp_path_factory, base, max_length=128)
-        out = tmp_path_factory.mktemp(f"export-{arch}")
-        status = main(
-            [
-                "export", "--adapter", str(finetuned.adapter), "--output", str(out),
-                "--gguf-type", "f32,f16", "--no-progress",
-            ]
-        )  # fmt: skip
-        assert status == 0
-        _EXPORTS[key] = (finetuned, {kind: out / f"adapter-{kind}.gguf" for kind in ("f32", "f16")})
+        _EXPORTS[key] = (finetuned, export_adapter(tmp_path_factory, finetuned, arch))
     finetuned, files = _EXPORTS[key]
     return arch, finetuned, files
 
@@ -218,23 +204,8 @@ def test_llama_cpp_tokenizes_like_transformers(exported: tuple[str, FineTuned, d
 def test_llama_cpp_greedy_tokens_and_logits_match_transformers(
     kind: str, exported: tuple[str, FineTuned, dict], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import numpy as np
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     arch, finetuned, files = exported
-    tokenizer = AutoTokenizer.from_pretrained(finetuned.adapter)
-    model = AutoModelForCausalLM.from_pretrained(finetuned.merged).eval()
-    llm = _llama(files[kind])
-    for question, _ in CHATS[:PROMPT_COUNT]:
-        ids = _prompt_ids(tokenizer, question)
-        expected, expected_logits = transformers_greedy(model, ids, GREEDY_TOKENS)
-        assert len(set(expected)) > 3, expected  # a meaningful reference
-        tokens, logits = llama_cpp_greedy(llm, ids, GREEDY_TOKENS)
-        assert tokens == expected
-        difference = float(np.abs(logits - expected_logits).max())
-        with capsys.disabled():
-            print(f"\n{arch} {kind}: max |logit difference| {difference:.2e}", end="")
-        assert difference < LOGIT_ATOL[kind]
+    check_greedy_tokens_and_logits(arch, kind, finetuned, files[kind], capsys)
 
 
 def test_llama_cpp_chat_uses_the_stored_template_and_stops_at_eos(
@@ -242,16 +213,7 @@ def test_llama_cpp_chat_uses_the_stored_template_and_stops_at_eos(
 ) -> None:
     """LM Studio's path: the template stored in the file, generation stopped at the stored EOS
     (<|im_end|>); the fine-tuned answers come back word for word."""
-    import llama_cpp
-
-    _, _, files = exported
-    llm = llama_cpp.Llama(model_path=str(files["f16"]), n_ctx=256, n_threads=1, verbose=False)
-    for question, answer in CHATS:
-        reply = llm.create_chat_completion(
-            messages=[{"role": "user", "content": question}], temperature=0.0, max_tokens=48
-        )["choices"][0]
-        assert reply["message"]["content"] == answer
-        assert reply["finish_reason"] == "stop"  # EOS, not the 48-token limit
+    check_chat_answers(exported[2]["f16"])
 
 
 @pytest.mark.parametrize(

@@ -168,7 +168,13 @@ def export_model(
         if want_gguf:
             from training_methods.transfer_learning.gguf_writer import write_ggufs
 
-            result.ggufs = write_ggufs(model_dir, gguf_paths, name=source.name, progress=progress)
+            result.ggufs = write_ggufs(
+                model_dir,
+                gguf_paths,
+                name=source.name,
+                progress=progress,
+                tokenizer_dirs=tokenizer_dirs(source),
+            )
             result.modelfile = write_modelfile(model_dir, result.ggufs[-1].path)
     except BaseException:
         if scratch is not None:
@@ -213,7 +219,19 @@ def check_gguf_source(source: ExportSource) -> None:
     config = load_model_config(source.model)
     check_model_config(config, source.model)  # the architecture first: it needs no tokenizer
     tokenizer = load_tokenizer(tokenizer_source(source))
-    check_exportable(config, tokenizer, source.model)
+    check_exportable(config, tokenizer, source.model, tokenizer_dirs(source))
+
+
+def tokenizer_dirs(source: ExportSource) -> list[Path]:
+    """Where a SentencePiece tokenizer.model may be, in order: the adapter folder, the model (the
+    base) folder. transformers 5 does not copy it when it saves a tokenizer, so a fine-tune's own
+    folders usually lack it and the base model's is the one."""
+    folders = [source.adapter] if source.adapter is not None else []
+    try:
+        folders.append(local_model_dir(source.model))
+    except ConfigurationError:
+        pass  # a hub id that is not cached: the check names the folders it searched
+    return folders
 
 
 def tokenizer_source(source: ExportSource) -> str:
@@ -238,12 +256,25 @@ def refuse_existing(paths: list[Path], force: bool) -> None:
 # Ollama Modelfile
 # --------------------------------------------------------------------------------------------------
 
-# Ollama renders prompts with Go templates, not Jinja; these are the two formats the toolkit's
-# models are trained with: ChatML (the tiny model, Qwen) and the toolkit's default for tokenizers
-# without a template (shared_utils.data_loader.DEFAULT_CHAT_TEMPLATE).
+# Ollama renders prompts with Go templates, not Jinja; these are the formats of the families the
+# GGUF export writes: ChatML (the tiny model, SmolLM2, Qwen), Llama 2's and Mistral's [INST],
+# Phi-3's <|user|>/<|assistant|>/<|end|>, and the toolkit's default for tokenizers without a
+# template (shared_utils.data_loader.DEFAULT_CHAT_TEMPLATE). Ollama writes the first BOS itself.
 CHATML_GO_TEMPLATE = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
     "<|im_start|>assistant\n"
+)
+LLAMA2_GO_TEMPLATE = (  # a BOS before every [INST] but the first, a space before each answer
+    '{{- range $i, $_ := .Messages }}{{ if eq .Role "user" }}{{ if $i }}<s>{{ end }}'
+    '[INST] {{ .Content }} [/INST]{{ else if eq .Role "assistant" }} {{ .Content }} </s>'
+    "{{ end }}{{ end }}"
+)
+MISTRAL_GO_TEMPLATE = (
+    '{{- range .Messages }}{{ if eq .Role "user" }}[INST] {{ .Content }} [/INST]'
+    '{{ else if eq .Role "assistant" }}{{ .Content }}</s>{{ end }}{{ end }}'
+)
+PHI3_GO_TEMPLATE = (
+    "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n"
 )
 DEFAULT_GO_TEMPLATE = (
     '{{- range .Messages }}{{ if eq .Role "system" }}{{ .Content }}\n\n'
@@ -269,6 +300,13 @@ def modelfile_text(gguf_name: str, tokenizer: PreTrainedTokenizerBase) -> str:
     if "<|im_start|>" in template_text and "<|im_end|>" in template_text:
         lines.append(f'TEMPLATE """{CHATML_GO_TEMPLATE}"""')
         stops = ["<|im_end|>", eos]
+    elif "<|assistant|>" in template_text and "<|end|>" in template_text:
+        lines.append(f'TEMPLATE """{PHI3_GO_TEMPLATE}"""')
+        stops = ["<|end|>", eos]
+    elif "[INST]" in template_text and "[/INST]" in template_text:
+        llama2 = "bos_token + '[INST]" in template_text.replace('"', "'")
+        lines.append(f'TEMPLATE """{LLAMA2_GO_TEMPLATE if llama2 else MISTRAL_GO_TEMPLATE}"""')
+        stops = [eos, "[INST]"]
     elif template_text == DEFAULT_CHAT_TEMPLATE:
         lines.append(f'TEMPLATE """{DEFAULT_GO_TEMPLATE.replace("{EOS}", eos or "")}"""')
         stops = [eos, "### Instruction:"]

@@ -88,17 +88,20 @@ GGUF_TYPES: tuple[GGUFType, ...] = (*NUMPY_TYPES, *LLAMA_CPP_TYPES)  # type: ign
 # Hugging Face class → llama.cpp architecture name (`general.architecture`).
 SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",  # llama.cpp runs Mistral 7B as llama
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Phi3ForCausalLM": "phi3",
     "GPT2LMHeadModel": "gpt2",
 }
 # Decoders configured like Llama (hidden_size, num_attention_heads, rms_norm_eps, rope_theta).
-LLAMA_LIKE = ("llama", "qwen2", "qwen3")
+LLAMA_LIKE = ("llama", "qwen2", "qwen3", "phi3")
 # Llama 3.1's per-frequency scaling is written as a `rope_freqs` tensor only llama's graph reads.
 SUPPORTED_ROPE_TYPES: dict[str, tuple[str, ...]] = {
     "llama": ("default", "linear", "llama3"),
     "qwen2": ("default", "linear"),
     "qwen3": ("default", "linear"),
+    "phi3": ("default",),  # Phi-3's longrope (128k variants) needs factor tensors not written here
 }
 QUANT_BLOCK = 32  # values per q8_0/q4_0/q4_1/q5_0/q5_1 block: a row must be a multiple of it
 
@@ -237,7 +240,8 @@ def tokenizer_pre_name(spec: Mapping[str, Any], where: str) -> str:
         kind = "SentencePiece-style BPE" if model.get("byte_fallback") else model.get("type")
         raise ConfigurationError(
             f"{where}: a {kind} tokenizer; the GGUF export writes byte-level BPE tokenizers "
-            "(GPT-2, Llama 3, Qwen2 style) only — convert the merged folder with llama.cpp's "
+            "(GPT-2, Llama 3, Qwen2 style) and SentencePiece BPE ones read from tokenizer.model "
+            "(Llama 2, Mistral) only — convert the merged folder with llama.cpp's "
             "convert_hf_to_gguf.py"
         )
     normalizer = spec.get("normalizer")
@@ -277,19 +281,221 @@ def tokenizer_pre_name(spec: Mapping[str, Any], where: str) -> str:
     return name
 
 
+def is_sentencepiece_bpe(spec: Mapping[str, Any]) -> bool:
+    """A tokenizer.json converted from a SentencePiece BPE model (Llama 2, Mistral, Gemma):
+    BPE over "▁"-joined text with byte fallback, rather than byte-level BPE."""
+    model = spec.get("model") or {}
+    return model.get("type") == "BPE" and bool(model.get("byte_fallback"))
+
+
 def check_exportable(
-    config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase, where: str
-) -> tuple[str, str]:
-    """(llama.cpp architecture, pre-tokenizer name) when the GGUF writer can convert this model;
-    a ConfigurationError otherwise. Cheap: reads configs only, so it runs before any large write."""
+    config: PretrainedConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    where: str,
+    tokenizer_dirs: Sequence[Path] = (),
+) -> tuple[str, str, SentencePieceVocab | None]:
+    """(llama.cpp architecture, pre-tokenizer name, the SentencePiece vocabulary or None for
+    byte-level BPE) when the GGUF writer can convert this model; a ConfigurationError otherwise.
+    Cheap: reads configs and the tokenizer only, so it runs before any large write.
+    `tokenizer_dirs`: folders searched, in order, for the tokenizer.model of a SentencePiece
+    tokenizer (save_pretrained of transformers 5 does not copy it into a fine-tune's folder)."""
     arch = check_model_config(config, where)
-    pre = tokenizer_pre_name(tokenizer_spec(tokenizer, where), where)
+    spec = tokenizer_spec(tokenizer, where)
+    sentencepiece: SentencePieceVocab | None = None
+    if is_sentencepiece_bpe(spec):
+        sentencepiece = read_sentencepiece(tokenizer, config.vocab_size, tokenizer_dirs, where)
+        pre = "default"  # llama.cpp's SentencePiece tokenizer has no pre-tokenizer
+    else:
+        pre = tokenizer_pre_name(spec, where)
     if tokenizer.eos_token_id is None:
         raise ConfigurationError(
             f"{where}: the tokenizer has no EOS token; llama.cpp would never stop generating — "
             "set eos_token in tokenizer_config.json"
         )
-    return arch, pre
+    return arch, pre, sentencepiece
+
+
+# --------------------------------------------------------------------------------------------------
+# SentencePiece vocabularies (tokenizer.model)
+# --------------------------------------------------------------------------------------------------
+
+SENTENCEPIECE_MODEL = "tokenizer.model"
+# Texts both tokenizers must split alike before a file is written: llama.cpp's SentencePiece
+# tokenizer reproduces the sentencepiece library, so these compare transformers with that.
+SENTENCEPIECE_PROBES = (
+    "Hello world, this is 12345 and 3.14.",
+    "Crème brûlée, naïve — 日本語 🌱",
+    "def f(x):\n\treturn x  # done",
+)
+LEADING_SPACE_PROBE = "  two leading spaces"
+SCORE_ADDED = -1000.0  # tokens added by transformers: never merged into, as in llama.cpp
+SCORE_UNUSED = -10000.0  # embedding rows without a token
+
+
+@dataclass(frozen=True)
+class SentencePieceVocab:
+    """What llama.cpp's `llama` tokenizer needs from tokenizer.model: every token id below the
+    model's vocab_size with its piece, score (the merge priority of BPE) and gguf.TokenType
+    (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, or BYTE for the <0xXX> fallback pieces)."""
+
+    path: Path
+    tokens: list[str]
+    scores: list[float]
+    types: list[int]
+    add_space_prefix: bool  # sentencepiece's add_dummy_prefix: "▁" before the text
+    # Where transformers' Metaspace pre-tokenizer leaves that "▁" out and llama.cpp (like
+    # sentencepiece) does not: text that opens with a space; text after a special token when
+    # the tokenizer is not `legacy`. Reported, not refused: these are the families' own tokenizers.
+    prefix_differences: tuple[str, ...] = ()
+
+
+def find_sentencepiece_model(folders: Sequence[Path]) -> Path | None:
+    for folder in folders:
+        candidate = Path(folder) / SENTENCEPIECE_MODEL
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _sentencepiece_proto(path: Path, where: str) -> Any:
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as exc:  # protobuf's DecodeError; anything else is the same damage
+        raise ConfigurationError(
+            f"{where}: {path} is not a SentencePiece model ({type(exc).__name__}) — copy the "
+            "base model's tokenizer.model again"
+        ) from None
+    return proto
+
+
+def check_sentencepiece_model(proto: Any, path: Path, where: str) -> None:
+    """ConfigurationError for a SentencePiece model that llama.cpp's `llama` tokenizer splits
+    differently: it runs BPE merges by score on the raw text with spaces as "▁" and nothing else."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
+    kind = sentencepiece_model_pb2.TrainerSpec.ModelType.Name(trainer.model_type)
+    problem = None
+    if kind != "BPE":
+        problem = f"a {kind} model; llama.cpp's SentencePiece tokenizer merges like BPE only"
+    elif normalizer.name not in ("identity", "") or normalizer.precompiled_charsmap:
+        problem = f"normalization {normalizer.name!r}, which llama.cpp does not apply"
+    elif normalizer.remove_extra_whitespaces:
+        problem = "remove_extra_whitespaces=true, which llama.cpp does not do"
+    elif not normalizer.escape_whitespaces or trainer.treat_whitespace_as_suffix:
+        problem = "a whitespace treatment other than '▁' before words"
+    if problem:
+        raise ConfigurationError(
+            f"{where}: {path} is {problem} — convert the merged folder with llama.cpp's "
+            "convert_hf_to_gguf.py"
+        )
+
+
+def read_sentencepiece(
+    tokenizer: PreTrainedTokenizerBase, vocab_size: int, folders: Sequence[Path], where: str
+) -> SentencePieceVocab:
+    """The SentencePiece vocabulary of `tokenizer`, from the first tokenizer.model in `folders`,
+    checked against transformers: the same pieces at the same ids, and the same token ids for
+    SENTENCEPIECE_PROBES. Tokens transformers added after the model's pieces (chat markers, a
+    padding token) follow as CONTROL (special) or USER_DEFINED, then UNUSED `[PADn]` rows."""
+    from gguf import TokenType
+    from sentencepiece import SentencePieceProcessor
+
+    path = find_sentencepiece_model(folders)
+    if path is None:
+        searched = ", ".join(str(folder) for folder in folders) or where
+        raise ConfigurationError(
+            f"{where}: a SentencePiece tokenizer without its {SENTENCEPIECE_MODEL} (searched "
+            f"{searched}); the GGUF export reads the scores and token types from it — copy the "
+            "base model's tokenizer.model into the model folder"
+        )
+    proto = _sentencepiece_proto(path, where)
+    check_sentencepiece_model(proto, path, where)
+    processor = SentencePieceProcessor(model_file=str(path))
+    pieces = processor.get_piece_size()
+    if pieces > vocab_size:
+        raise ConfigurationError(
+            f"{where}: {path} has {pieces} pieces but the model only {vocab_size} embedding rows "
+            "— export the model and tokenizer that were trained together"
+        )
+    vocab = tokenizer.get_vocab()
+    by_id = {index: token for token, index in vocab.items()}
+    if max(vocab.values(), default=0) >= vocab_size:
+        raise ConfigurationError(
+            f"the tokenizer has token id {max(vocab.values())} but the model only {vocab_size} "
+            "embedding rows — export the model and tokenizer that were trained together"
+        )
+    tokens: list[str] = []
+    scores: list[float] = []
+    types: list[int] = []
+    for index in range(pieces):
+        piece = processor.id_to_piece(index)
+        if by_id.get(index) != piece:
+            raise ConfigurationError(
+                f"{where}: {path} has {piece!r} at id {index}, the tokenizer "
+                f"{by_id.get(index)!r} — tokenizer.model is not the one tokenizer.json was made "
+                "from; copy the matching one"
+            )
+        if processor.is_unknown(index):
+            kind = TokenType.UNKNOWN
+        elif processor.is_control(index):
+            kind = TokenType.CONTROL
+        elif processor.is_unused(index):
+            kind = TokenType.UNUSED
+        elif processor.is_byte(index):
+            kind = TokenType.BYTE
+        elif proto.pieces[index].type == proto.pieces[index].USER_DEFINED:
+            kind = TokenType.USER_DEFINED
+        else:
+            kind = TokenType.NORMAL
+        tokens.append(piece)
+        scores.append(processor.get_score(index))
+        types.append(kind)
+    added = tokenizer.added_tokens_decoder
+    for index in range(pieces, vocab_size):
+        token = by_id.get(index)
+        entry = added.get(index)
+        if token is None:
+            tokens.append(f"[PAD{index}]")
+            scores.append(SCORE_UNUSED)
+            types.append(TokenType.UNUSED)
+            continue
+        if (entry is not None and entry.special) or looks_special(token):
+            types.append(TokenType.CONTROL)
+        else:
+            types.append(TokenType.USER_DEFINED)
+            token = token.replace("\u2581", " ")  # llama.cpp matches user tokens in raw text
+        tokens.append(token)
+        scores.append(SCORE_ADDED)
+    for text in SENTENCEPIECE_PROBES:
+        expected = processor.encode(text)
+        got = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if got != expected:
+            raise ConfigurationError(
+                f"{where}: transformers splits {text!r} into other tokens than {path.name} "
+                "(which llama.cpp follows) — the tokenizer's pre-tokenizer or normalizer differs "
+                "from the SentencePiece model; convert with llama.cpp's convert_hf_to_gguf.py"
+            )
+    differences = []
+    leading = tokenizer(LEADING_SPACE_PROBE, add_special_tokens=False)["input_ids"]
+    if leading != processor.encode(LEADING_SPACE_PROBE):
+        differences.append("text that starts with a space")
+    eos = tokenizer.eos_token
+    if eos is not None and tokenizer.eos_token_id is not None:
+        after = tokenizer(f"{eos}x", add_special_tokens=False)["input_ids"]
+        if after != [tokenizer.eos_token_id, *processor.encode("x")]:
+            differences.append("text after a special token such as a chat template's")
+    return SentencePieceVocab(
+        path=path,
+        tokens=tokens,
+        scores=scores,
+        types=[int(kind) for kind in types],
+        add_space_prefix=bool(proto.normalizer_spec.add_dummy_prefix),
+        prefix_differences=tuple(differences),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -594,7 +800,7 @@ def add_hyperparameters(
         params = rope_parameters(config)
         head_dim = _head_dim(config)
         writer.add_vocab_size(config.vocab_size)
-        writer.add_context_length(config.max_position_embeddings)
+        writer.add_context_length(context_length(config))
         writer.add_embedding_length(config.hidden_size)
         writer.add_feed_forward_length(config.intermediate_size)
         writer.add_block_count(config.num_hidden_layers)
@@ -602,7 +808,14 @@ def add_hyperparameters(
         writer.add_head_count_kv(config.num_key_value_heads or config.num_attention_heads)
         writer.add_rope_freq_base(float(params["rope_theta"]))
         writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-        writer.add_rope_dimension_count(head_dim)
+        writer.add_rope_dimension_count(int(head_dim * _partial_rotary_factor(config)))
+        if arch == "phi3":
+            # Phi-3 mini's window (2047); 0 tells llama.cpp there is none (Phi-4-mini).
+            writer.add_sliding_window(getattr(config, "sliding_window", None) or 0)
+            writer.add_rope_scaling_orig_ctx_len(
+                getattr(config, "original_max_position_embeddings", None)
+                or config.max_position_embeddings
+            )
         if getattr(config, "head_dim", None):
             writer.add_key_length(head_dim)
             writer.add_value_length(head_dim)
@@ -621,6 +834,28 @@ def add_hyperparameters(
         writer.add_layer_norm_eps(float(config.layer_norm_epsilon))
 
 
+def _partial_rotary_factor(config: PretrainedConfig) -> float:
+    """The share of each head the rotary embedding turns (Phi-4-mini: 0.75; most models: all)."""
+    factor = rope_parameters(config).get("partial_rotary_factor")
+    if factor is None:
+        factor = getattr(config, "partial_rotary_factor", None)
+    return float(factor) if factor is not None else 1.0
+
+
+def context_length(config: PretrainedConfig) -> int:
+    """The context llama.cpp is told the model has. Mistral 7B v0.1 attends to the last
+    `sliding_window` (4096) positions only; llama.cpp's llama attends to all of them, which is the
+    same computation up to the window, so the file claims that much context and no more."""
+    window = getattr(config, "sliding_window", None)
+    if (
+        isinstance(window, int)
+        and config.model_type == "mistral"
+        and window < config.max_position_embeddings
+    ):
+        return window
+    return config.max_position_embeddings
+
+
 def _quant_version() -> int:
     from gguf import GGML_QUANT_VERSION
 
@@ -633,14 +868,23 @@ def add_tokenizer(
     config: PretrainedConfig,
     pre: str,
     where: str,
+    sentencepiece: SentencePieceVocab | None = None,
 ) -> None:
     vocab_size = config.vocab_size
-    tokens, types = vocabulary(tokenizer, vocab_size)
-    writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(bpe_merges(tokenizer_spec(tokenizer, where)))
+    if sentencepiece is not None:
+        writer.add_tokenizer_model("llama")  # llama.cpp's name for SentencePiece BPE
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(sentencepiece.tokens)
+        writer.add_token_scores(sentencepiece.scores)
+        writer.add_token_types(sentencepiece.types)
+        writer.add_add_space_prefix(sentencepiece.add_space_prefix)
+    else:
+        tokens, types = vocabulary(tokenizer, vocab_size)
+        writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        writer.add_token_merges(bpe_merges(tokenizer_spec(tokenizer, where)))
     for kind in ("bos", "eos", "unk", "pad"):
         # The tokenizer's ids, else the model config's (GPT-2 names BOS only there), as
         # llama.cpp's converter reads them.
@@ -683,9 +927,10 @@ class ExportableModel:
     tokenizer: PreTrainedTokenizerBase
     arch: str
     pre: str
+    sentencepiece: SentencePieceVocab | None = None
 
     @classmethod
-    def read(cls, model_dir: Path) -> ExportableModel:
+    def read(cls, model_dir: Path, tokenizer_dirs: Sequence[Path] = ()) -> ExportableModel:
         from transformers import AutoConfig, AutoTokenizer
 
         try:
@@ -695,8 +940,27 @@ class ExportableModel:
             from training_methods.transfer_learning.model_loading import model_not_found
 
             raise model_not_found(str(model_dir), exc) from None
-        arch, pre = check_exportable(config, tokenizer, str(model_dir))
-        return cls(model_dir, config, tokenizer, arch, pre)
+        folders = [model_dir, *tokenizer_dirs, *_merge_base_dir(model_dir)]
+        arch, pre, sentencepiece = check_exportable(config, tokenizer, str(model_dir), folders)
+        if sentencepiece is not None and sentencepiece.prefix_differences:
+            logger.warning(
+                "%s: llama.cpp, like sentencepiece, puts a '▁' before %s, where this "
+                "transformers tokenizer does not: there llama.cpp's prompts have one token more",
+                model_dir,
+                " and before ".join(sentencepiece.prefix_differences),
+            )
+        return cls(model_dir, config, tokenizer, arch, pre, sentencepiece)
+
+
+def _merge_base_dir(model_dir: Path) -> list[Path]:
+    """The base model folder a merge output records in merge_info.json (where the tokenizer.model
+    that save_pretrained does not copy still is), when it is a local folder."""
+    info = model_dir / "merge_info.json"
+    try:
+        base = json.loads(info.read_text(encoding="utf-8")).get("base_model")
+    except (OSError, ValueError):
+        return []
+    return [Path(base)] if isinstance(base, str) and Path(base).is_dir() else []
 
 
 def write_gguf(
@@ -706,11 +970,19 @@ def write_gguf(
     *,
     name: str | None = None,
     progress: bool = True,
+    tokenizer_dirs: Sequence[Path] = (),
 ) -> GGUFSummary:
     """Convert the model folder `model_dir` (config.json, *.safetensors, tokenizer.json) into the
     single file `output_path`, replacing it atomically. Raises ConfigurationError for a model the
-    writer cannot convert, before anything is written."""
-    return write_ggufs(model_dir, {gguf_type: Path(output_path)}, name=name, progress=progress)[0]
+    writer cannot convert, before anything is written. `tokenizer_dirs`: more folders to find a
+    SentencePiece tokenizer.model in (the adapter's, the base model's)."""
+    return write_ggufs(
+        model_dir,
+        {gguf_type: Path(output_path)},
+        name=name,
+        progress=progress,
+        tokenizer_dirs=tokenizer_dirs,
+    )[0]
 
 
 def write_ggufs(
@@ -719,12 +991,13 @@ def write_ggufs(
     *,
     name: str | None = None,
     progress: bool = True,
+    tokenizer_dirs: Sequence[Path] = (),
 ) -> list[GGUFSummary]:
     """One GGUF file per type (`outputs`: type → path) from one model folder, in the order given.
     The k-quants are quantised by llama.cpp from the f16 file when one is requested, else from a
     temporary f16 file next to the first of them, removed afterwards."""
     check_gguf_types(list(outputs))
-    model = ExportableModel.read(Path(model_dir))
+    model = ExportableModel.read(Path(model_dir), tokenizer_dirs)
     written: dict[str, GGUFSummary] = {}
     for gguf_type, path in outputs.items():
         if gguf_type in NUMPY_TYPES:
@@ -774,9 +1047,7 @@ def _write_numpy(
     checkpoint = CheckpointTensors(model.model_dir)
     try:
         plans = plan_tensors(model.arch, config, checkpoint, gguf_type, where)
-        writer = _prepared_writer(
-            model.arch, config, model.tokenizer, model.pre, plans, gguf_type, name, where
-        )
+        writer = _prepared_writer(model, plans, gguf_type, name)
         data_bytes = sum(plan.nbytes for plan in plans)
         _check_free_space(output_path, data_bytes)
         with _atomic_path(output_path) as staging:
@@ -854,24 +1125,21 @@ def quantize_gguf(source: Path, output_path: Path, gguf_type: GGUFType) -> GGUFS
 
 
 def _prepared_writer(
-    arch: str,
-    config: PretrainedConfig,
-    tokenizer: PreTrainedTokenizerBase,
-    pre: str,
+    model: ExportableModel,
     plans: Sequence[TensorPlan],
     gguf_type: GGUFType,
     name: str | None,
-    where: str,
 ) -> GGUFWriter:
     """A GGUFWriter holding every key and the index of every tensor, nothing written yet."""
     import numpy as np
     from gguf import GGMLQuantizationType as Q
     from gguf import GGUFWriter
 
-    writer = GGUFWriter(path=None, arch=arch)
-    writer.add_name(name or Path(where).name)
-    add_hyperparameters(writer, arch, config, gguf_type)
-    add_tokenizer(writer, tokenizer, config, pre, where)
+    where = str(model.model_dir)
+    writer = GGUFWriter(path=None, arch=model.arch)
+    writer.add_name(name or model.model_dir.name)
+    add_hyperparameters(writer, model.arch, model.config, gguf_type)
+    add_tokenizer(writer, model.tokenizer, model.config, model.pre, where, model.sentencepiece)
     for plan in plans:
         if plan.qtype not in (Q.F32, Q.F16):  # quantized tensors are declared by their byte shape
             byte_shape = (*plan.shape[:-1], plan.nbytes // math.prod(plan.shape[:-1]))
