@@ -68,10 +68,10 @@ def add_extract_command(
     parser = subparsers.add_parser(
         "extract",
         parents=[parent],
-        help="turn a folder of documents (PDF, Markdown, text, Word, HTML, EPUB) into JSONL "
-        "training data",
-        description="Extract, clean and chunk every PDF, Markdown, text, Word, HTML and EPUB file "
-        "under INPUT_DIR "
+        help="turn a folder of documents (PDF, Markdown, text, Word, HTML, EPUB, images) into "
+        "JSONL training data",
+        description="Extract, clean and chunk every PDF, Markdown, text, Word, HTML, EPUB and "
+        "image (.png, .jpg, .tiff: OCR) file under INPUT_DIR "
         "into OUTPUT_DIR (train.jsonl, valid.jsonl, extract_report.json). Flags override the "
         "document_processing section of the config.",
         epilog="Exit statuses: 0 every file succeeded; 3 some files failed and the rest was "
@@ -123,6 +123,12 @@ def add_extract_command(
         help="primary PDF engine (pypdfium2 is the fastest; pdfplumber keeps layout best)",
     )
     parser.add_argument(
+        "--ocr",
+        choices=["auto", "off", "force"],
+        help="OCR (offline, Tesseract): auto reads PDF pages without a text layer and .png/.jpg/"
+        ".tiff files; off never; force reads every PDF page from its image",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         help="seconds one file (or PDF page range) may take before it is killed",
@@ -156,6 +162,7 @@ def run_extract(args: argparse.Namespace, config: ToolkitConfig) -> int:
             "document_processing.workers": args.workers,
             "document_processing.val_ratio": args.val_ratio,
             "document_processing.pdf.engine": args.pdf_engine,
+            "document_processing.ocr": args.ocr,
             "document_processing.file_timeout": args.timeout,
             "document_processing.max_file_size_mb": args.max_file_size_mb,
         },

@@ -78,6 +78,8 @@ class FileReport:
     pages: int = 0
     pages_needing_ocr: list[int] = field(default_factory=list)
     engines: dict[str, str] = field(default_factory=dict)  # page number -> engine
+    # page number -> {"engine": ..., "confidence": ..., "dpi": ...} for the pages OCR read
+    ocr: dict[str, dict[str, Any]] = field(default_factory=dict)
     chunks: int = 0
     characters: int = 0
     seconds: float = 0.0
@@ -514,6 +516,7 @@ class ExtractRun:
         report.warnings = list(doc.warnings)
         report.pages_needing_ocr = list(doc.pages_needing_ocr)
         report.engines = {str(page): engine for page, engine in sorted(doc.page_engines.items())}
+        report.ocr = {str(page): entry for page, entry in sorted(doc.page_ocr.items())}
         report.pages = doc.metadata.page_count or 0
         try:
             chunks = self._converter.chunk_document(doc)
@@ -565,6 +568,7 @@ class ExtractRun:
             "reused_from_cache": sum(r.cached for r in ok),
             "pages": sum(r.pages for r in ok),
             "pages_needing_ocr": sum(len(r.pages_needing_ocr) for r in ok),
+            "pages_read_by_ocr": sum(len(r.ocr) for r in ok),
             "chunks": sum(r.chunks for r in ok),
             "duplicates_dropped": duplicates,
             "characters": sum(r.characters for r in ok),

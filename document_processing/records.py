@@ -11,9 +11,9 @@ These objects cross process boundaries (workers pickle them back), so they hold 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-DocType = Literal["pdf", "markdown", "text", "docx", "html", "epub"]
+DocType = Literal["pdf", "markdown", "text", "docx", "html", "epub", "image"]
 
 
 @dataclass
@@ -22,9 +22,10 @@ class PageText:
 
     number: int  # 1-based page number
     text: str
-    engine: str  # "pdfplumber", "pypdf", "pypdfium2", or "none" when no engine produced text
-    needs_ocr: bool = False  # no text layer: the page is an image
+    engine: str  # "pdfplumber", "pypdf", "pypdfium2", "rapidocr", or "none" when nothing read it
+    needs_ocr: bool = False  # no text layer and no OCR: the page is an image
     warnings: list[str] = field(default_factory=list)
+    ocr: dict[str, Any] | None = None  # the OCR engine, its confidence and dpi, when OCR read it
 
 
 @dataclass
@@ -55,6 +56,7 @@ class ParsedDocument:
     sections: list[Section]
     pages_needing_ocr: list[int] = field(default_factory=list)
     page_engines: dict[int, str] = field(default_factory=dict)
+    page_ocr: dict[int, dict[str, Any]] = field(default_factory=dict)  # pages OCR read
     warnings: list[str] = field(default_factory=list)
 
     @property

@@ -321,13 +321,26 @@ def test_pdfplumber_gets_the_configured_tolerances(
 
 def test_blank_and_image_pages_need_ocr(tmp_path: Path) -> None:
     path = write_pdf(tmp_path / "scan.pdf", ["Real words on page one.", BLANK, IMAGE])
-    pages = extract_pages(path, 1, 3, settings())
+    ocr_off = settings()
+    ocr_off.ocr = "off"
+    pages = extract_pages(path, 1, 3, ocr_off)
     assert [page.needs_ocr for page in pages] == [False, True, True]
     assert [page.engine for page in pages] == ["pdfplumber", "none", "none"]
     assert pages[1].text == pages[2].text == ""
-    document = PDFParser().parse(path, "scan.pdf", settings())
+    document = PDFParser().parse(path, "scan.pdf", ocr_off)
     assert document.pages_needing_ocr == [2, 3]
     assert document.page_engines == {1: "pdfplumber", 2: "none", 3: "none"}
+
+
+def test_ocr_reads_the_pages_without_text_and_leaves_the_others(tmp_path: Path) -> None:
+    """A picture without words and a blank page: OCR ran and found nothing, so neither is
+    reported as needing OCR; the page with a text layer is not OCR'd."""
+    path = write_pdf(tmp_path / "scan.pdf", ["Real words on page one.", BLANK, IMAGE])
+    document = PDFParser().parse(path, "scan.pdf", settings())
+    assert document.pages_needing_ocr == []
+    assert document.page_engines == {1: "pdfplumber", 2: "tesseract", 3: "tesseract"}
+    assert sorted(document.page_ocr) == [2, 3]
+    assert "Real words on page one." in document.text
 
 
 def test_invalid_range_is_a_programming_error(three_pages: Path) -> None:

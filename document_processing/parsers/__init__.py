@@ -1,4 +1,4 @@
-"""Parsers registered by file suffix: PDF, Markdown, plain text, Word, HTML, EPUB."""
+"""Parsers registered by file suffix: PDF, Markdown, plain text, Word, HTML, EPUB, images."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ _PARSERS = {
     ".htm": ("html_parser", "HTMLParser"),
     ".xhtml": ("html_parser", "HTMLParser"),
     ".epub": ("epub_parser", "EpubParser"),
+    ".png": ("image_parser", "ImageParser"),
+    ".jpg": ("image_parser", "ImageParser"),
+    ".jpeg": ("image_parser", "ImageParser"),
+    ".tif": ("image_parser", "ImageParser"),
+    ".tiff": ("image_parser", "ImageParser"),
 }
 SUPPORTED_SUFFIXES = tuple(_PARSERS)
 

@@ -13,6 +13,15 @@ pypdf maps them (a 117-page LaTeX book: word-F1 0.76 -> 0.96). pdfplumber's layo
 such a page would be thrown away, so `UnmappedGlyphScan` predicts those pages from the fonts and
 the codes the content stream shows (well under a millisecond a page) and sends them to pypdf
 first; pdfplumber still runs on one when pypdf's text fails the check too.
+
+Glyph names. Where pdfminer reads a font's codes through its base encoding, pypdf writes the
+glyph names of fonts without a Unicode map ("/s72/s101/s108": dvips bitmap fonts in arXiv
+papers); such a page fails the quality check, so pypdf's text of it no longer beats pdfplumber's,
+and names left in text that is kept anyway are removed (they would be learned as words).
+
+OCR. Pages left without text (no text layer: a scan), or every page with `ocr: force`, are
+rendered with pypdfium2 and read by the OCR engine of `ocr.py` when `document_processing.ocr` is
+not off and an engine is installed; otherwise they are reported as needing OCR.
 """
 
 from __future__ import annotations
@@ -37,6 +46,15 @@ NO_ENGINE = "none"
 _HEADER_WINDOW = 1024
 
 _CID_TOKEN = re.compile(r"\(cid:\d+\)")
+# pypdf writes the glyph name itself ("/s72/s101/s108") for a code whose font has no Unicode map
+# and whose name is not in the Adobe glyph list: the bitmap (Type 3) fonts of dvips-made arXiv
+# papers name their glyphs "s" + code. Such names are a letter prefix and a number, in runs; one
+# after a letter or digit ("and/or", "api/v1") is a path, not a glyph.
+_GLYPH_NAMES = re.compile(r"(?<![\w/])(?:/[A-Za-z]{1,8}\d{1,5})+(?![\w/])")
+_GLYPH_NAME = re.compile(r"/[A-Za-z]{1,8}\d{1,5}")
+# Fewer names than this on a page may be paths in the text ("see /s3"); more are a font.
+_MIN_GLYPH_NAMES = 3
+_GLYPH_PROBLEM = "glyph names where a font has no Unicode map"
 _LIGATURE = re.compile("[\ufb00-\ufb06]")
 _LIGATURE_PROBLEM = "ligature code points"
 # pdfium joins a word hyphenated at a line end and marks the break with U+0002 (bounded text) or
@@ -246,14 +264,17 @@ def page_quality_problem(text: str, max_mean_word_length: float) -> str | None:
     """A short reason why this page text looks broken, or None when it looks like real text.
 
     Broken means: no text; "(cid:NN)" tokens (glyphs the engine could not map to characters);
-    U+FFFD replacement characters; ligature code points U+FB00-FB06 left in; or a mean word
-    length above `max_mean_word_length`, which means the spaces between words were lost.
+    glyph names in their place ("/s72/s101", pypdf's way of saying the same); U+FFFD replacement
+    characters; ligature code points U+FB00-FB06 left in; or a mean word length above
+    `max_mean_word_length`, which means the spaces between words were lost.
     """
     words = text.split()
     if not words:
         return "no text"
     if "(cid:" in text and _CID_TOKEN.search(text):
         return "cid tokens"
+    if glyph_name_count(text) >= _MIN_GLYPH_NAMES:
+        return _GLYPH_PROBLEM
     if "\ufffd" in text:
         return "U+FFFD replacement characters"
     if _LIGATURE.search(text):
@@ -264,13 +285,32 @@ def page_quality_problem(text: str, max_mean_word_length: float) -> str | None:
     return None
 
 
+def glyph_name_count(text: str) -> int:
+    """How many glyph names ("/s72") stand in the text where characters should be."""
+    if "/" not in text:
+        return 0
+    return sum(len(_GLYPH_NAME.findall(run)) for run in _GLYPH_NAMES.findall(text))
+
+
+def remove_glyph_names(text: str) -> tuple[str, int]:
+    """The text without its runs of glyph names, and how many names went."""
+    removed = 0
+
+    def drop(match: re.Match[str]) -> str:
+        nonlocal removed
+        removed += len(_GLYPH_NAME.findall(match.group()))
+        return ""
+
+    return _GLYPH_NAMES.sub(drop, text), removed
+
+
 def damaged_word_share(text: str, max_mean_word_length: float) -> float:
     """Share of the words that are damaged (lower is better; 1.0 when there is no text).
 
-    Picks between two texts that both fail the quality check. Damaged means a cid token, U+FFFD or
-    a run-together word longer than the limit; ligature code points do not count, since cleaning's
-    NFKC expands them and nothing is lost. A share, not a count: an engine that splits math into
-    one-letter words must not win by having more words.
+    Picks between two texts that both fail the quality check. Damaged means a cid token, a glyph
+    name, U+FFFD or a run-together word longer than the limit; ligature code points do not count,
+    since cleaning's NFKC expands them and nothing is lost. A share, not a count: an engine that
+    splits math into one-letter words must not win by having more words.
     """
     words = text.split()
     if not words:
@@ -278,7 +318,10 @@ def damaged_word_share(text: str, max_mean_word_length: float) -> float:
     damaged = sum(
         1
         for word in words
-        if len(word) > max_mean_word_length or "(cid:" in word or "\ufffd" in word
+        if len(word) > max_mean_word_length
+        or "(cid:" in word
+        or "\ufffd" in word
+        or ("/" in word and _GLYPH_NAMES.search(word) is not None)
     )
     return damaged / len(words)
 
@@ -864,7 +907,62 @@ def extract_pages(
         if fallback is not None:
             fallback.close()
     pages[0].warnings[:0] = range_warnings
+    if settings.ocr != "off":
+        read_pages_by_ocr(path, pages, pdf, force=settings.ocr == "force")
     return pages
+
+
+def read_pages_by_ocr(path: Path, pages: list[PageText], pdf: PdfConfig, force: bool) -> None:
+    """OCR the pages without text (every page with `force`), in place, from pypdfium2 renderings.
+
+    Without an OCR engine the pages stay as they are: needing OCR, reported as such. A page that
+    OCR finds blank is blank (no longer "needs OCR"); one OCR fails on keeps its text and says why.
+    """
+    wanted = [page for page in pages if force or page.needs_ocr]
+    if not wanted:
+        return
+    from document_processing.parsers.ocr import RENDER_DPI, ocr_engine
+
+    engine = ocr_engine()
+    if engine is None:
+        return
+    import pypdfium2 as pdfium
+
+    try:
+        document = _open_with_passwords(
+            lambda password: pdfium.PdfDocument(path, password=password or None),
+            pdf,
+            _is_pdfium_password_error,
+        )
+    except Exception as exc:
+        wanted[0].warnings.append(
+            f"pages {wanted[0].number}-{wanted[-1].number}: cannot be rendered for OCR "
+            f"({_reason(exc)})"
+        )
+        return
+    try:
+        for page in wanted:
+            try:
+                result = engine.read(_render_page(document, page.number, RENDER_DPI))
+            except Exception as exc:
+                if _caused_by(exc, MemoryError):
+                    raise MemoryError(f"page {page.number}: OCR: {_reason(exc)}") from exc
+                page.warnings.append(f"page {page.number}: OCR failed ({_reason(exc)})")
+                continue
+            if page.needs_ocr or result.text.strip():
+                page.text, page.engine, page.needs_ocr = result.text, engine.name, False
+                page.ocr = result.metadata(RENDER_DPI)
+    finally:
+        document.close()
+
+
+def _render_page(document: Any, number: int, dpi: int) -> Any:
+    """Page `number` (1-based) as a greyscale PIL image at `dpi`."""
+    page = document[number - 1]
+    try:
+        return page.render(scale=dpi / 72, grayscale=True).to_pil()
+    finally:
+        page.close()
 
 
 class _LazyEngine:
@@ -973,6 +1071,11 @@ def _open_fallback_or_fail(
 
 def _keep(number: int, text: str, engine: str, problem: str | None, note: str = "") -> PageText:
     """The page with the text we keep; a page without any text needs OCR."""
+    if problem == _GLYPH_PROBLEM:
+        # Names like "s101" would be learned as words: the characters they stand for are lost
+        # either way, so the names go (and a page of nothing else is left for OCR).
+        text, removed = remove_glyph_names(text)
+        note = f"{removed} removed" + (f"; {note}" if note else "")
     if not text.strip():
         # "no text" is what a scanned page looks like: pages_needing_ocr reports it, no warning.
         warnings = [] if problem in (None, "no text") else [f"page {number}: {problem}"]
@@ -1031,6 +1134,7 @@ def assemble_pdf_document(
         sections=sections,
         pages_needing_ocr=[page.number for page in pages if page.needs_ocr],
         page_engines={page.number: page.engine for page in pages},
+        page_ocr={page.number: page.ocr for page in pages if page.ocr is not None},
         warnings=warnings,
     )
 
