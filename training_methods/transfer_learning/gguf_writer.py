@@ -10,8 +10,18 @@ Written with `gguf`, the llama.cpp project's own GGUF writer, doing what llama.c
 - Qwen2/Qwen2.5 (`Qwen2ForCausalLM`, with q/k/v biases) and Qwen3 (`Qwen3ForCausalLM`, with
   per-head RMS norms of q and k, `attn_q_norm`/`attn_k_norm`): the same names, but no permutation:
   llama.cpp runs these with the rotate-halves (NeoX) rotary Hugging Face uses.
+- Mistral (`MistralForCausalLM`) is llama to llama.cpp; its sliding window (Mistral 7B v0.1's
+  4096) becomes the file's context length, within which full attention computes the same.
+- Phi-3 (`Phi3ForCausalLM`, Phi-4-mini): the fused `qkv_proj` and `gate_up_proj` are written as
+  they are (`attn_qkv`, `ffn_up`; llama.cpp splits them), NeoX rotary on the first
+  `partial_rotary_factor` of each head, the sliding window as `phi3.attention.sliding_window`.
 - GPT-2 (`GPT2LMHeadModel`): Conv1D weights, stored (in, out), are transposed to (out, in).
-- The tokenizer, byte-level BPE only (`tokenizer.ggml.model = gpt2`): every token with its type,
+- A SentencePiece BPE tokenizer (Llama 2, Mistral, Phi-3: `tokenizer.ggml.model = llama`) is read
+  from its `tokenizer.model`, as llama.cpp's converter does: each piece with its score (the merge
+  priority) and type (the `<0xXX>` byte-fallback pieces as BYTE), `add_space_prefix` from the
+  model's dummy prefix, then the tokens transformers added. transformers 5 does not copy
+  tokenizer.model into a fine-tune's folders, so it is also looked for in the base model's.
+- A byte-level BPE tokenizer (`tokenizer.ggml.model = gpt2`): every token with its type,
   the merges, BOS/EOS/pad ids, whether BOS/EOS are added when encoding, and the name of the
   pre-tokenizer llama.cpp must use to split text before BPE, read from tokenizer.json (the GPT-2
   regex → `gpt-2`, Llama 3's → `llama-bpe`, Qwen2's → `qwen2`). A wrong name still loads but
