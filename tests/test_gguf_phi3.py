@@ -78,9 +78,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[FineTuned, dict[
     key = tmp_path_factory.getbasetemp()
     if key not in _EXPORTS:
         base = build_tiny_phi3(tmp_path_factory.mktemp("tiny-phi3"))
-        # float32 training: with a bf16 base and bf16 autocast (the default on CPUs with AMX),
-        # Phi-3's LoRA-wrapped qkv_proj gets float32 LoRA weights on bf16 input and fails.
-        finetuned = finetune_on_chats(tmp_path_factory, base, **{"training.mixed_precision": "no"})
+        finetuned = finetune_on_chats(tmp_path_factory, base)
         _EXPORTS[key] = (finetuned, export_adapter(tmp_path_factory, finetuned, "phi3"))
     return _EXPORTS[key]
 
