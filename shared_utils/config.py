@@ -648,6 +648,116 @@ class EarlyStoppingConfig:
     restore_best_weights: bool = _help("Load the best checkpoint at the end.", True)
 
 
+# --------------------------------------------------------------------------------------------------
+# qa_generation (generate-qa)
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class QaGenerationConfig:
+    teacher: str | None = _help(
+        "The model that writes the pairs: the URL of an OpenAI-compatible chat-completions server "
+        "(LM Studio http://localhost:1234/v1, Ollama http://localhost:11434/v1, vLLM "
+        "http://localhost:8000/v1, llama.cpp's server http://localhost:8080/v1) or a .gguf file "
+        "run in-process by llama.cpp. --teacher overrides it.",
+        None,
+    )
+    teacher_model: str | None = _help(
+        "Model name sent to a server; null takes the one model the server lists (an error names "
+        "them when it lists several).",
+        None,
+    )
+    api_key_env: str = _help(
+        "Environment variable holding the server's API key, sent as a bearer token when set.",
+        "OPENAI_API_KEY",
+    )
+    pairs_per_chunk: int = _help(
+        "Question/answer pairs asked per chunk, each about another window of sentences of it.", 3
+    )
+    sentences_per_pair: int = _help(
+        "Sentences a pair is asked about: small teachers write grounded pairs about one or two "
+        "sentences, and invent when given a whole chunk.",
+        2,
+    )
+    concurrency: int = _help(
+        "Requests in flight at once to an HTTP teacher (a .gguf teacher runs one at a time).", 1
+    )
+    structured_output: Literal["auto", "json_schema", "json_object", "ollama", "prompt"] = _help(
+        "How the reply is held to the pair's JSON schema: auto probes once per run, in this order, "
+        "json_schema (OpenAI response_format; LM Studio, vLLM), json_object (response_format "
+        "json_object with a schema; llama-cpp-python's server), ollama (Ollama's format), prompt "
+        "(JSON asked for in the prompt only). A .gguf teacher always uses a grammar.",
+        "auto",
+    )
+    temperature: float = _help("Sampling temperature of the teacher (0: greedy).", 0.0)
+    max_tokens: int = _help("Longest reply, in tokens.", 256)
+    request_timeout: float = _help("Seconds one request may take before it is retried.", 120.0)
+    max_retries: int = _help(
+        "Retries of a request that failed with a connection error, timeout, HTTP 429 or 5xx "
+        "(exponential backoff with jitter), or whose reply did not parse.",
+        2,
+    )
+    max_consecutive_failures: int = _help(
+        "Stop the run after this many requests in a row failed (errors or empty replies); what "
+        "was finished stays cached.",
+        8,
+    )
+    min_grounding: float = _help(
+        "Grounding check: share of the answer's content words that must occur in its chunk.", 0.75
+    )
+    near_duplicate_threshold: float = _help(
+        "Questions of one document whose word sets overlap this much (Jaccard) are duplicates; "
+        "the first is kept.",
+        0.8,
+    )
+    judge: bool = _help(
+        "Also ask the teacher to rate every pair that passed the filters (--judge).", False
+    )
+    judge_min_rating: int = _help("With judge: pairs rated below this (1 to 5) are dropped.", 4)
+    valid_ratio: float = _help(
+        "Share of documents whose pairs go to valid.jsonl (whole documents, by hash of the path).",
+        0.0,
+    )
+    test_ratio: float = _help(
+        "Share of documents whose pairs go to test.jsonl (whole documents, by hash of the path). "
+        "0 by default, like the other splits: a document held out teaches nothing.",
+        0.0,
+    )
+    context_size: int = _help("Context window (tokens) of a .gguf teacher.", 2048)
+
+    def check(self) -> None:
+        """Range checks the types alone cannot express; raises ConfigurationError naming the key."""
+        rules = [
+            ("pairs_per_chunk", 1 <= self.pairs_per_chunk <= 100, "must be in [1, 100]"),
+            ("sentences_per_pair", 1 <= self.sentences_per_pair <= 20, "must be in [1, 20]"),
+            ("concurrency", 1 <= self.concurrency <= 256, "must be in [1, 256]"),
+            ("temperature", 0.0 <= self.temperature <= 2.0, "must be in [0, 2]"),
+            ("max_tokens", 16 <= self.max_tokens <= 32768, "must be in [16, 32768]"),
+            ("request_timeout", self.request_timeout > 0, "must be more than 0 seconds"),
+            ("max_retries", 0 <= self.max_retries <= 20, "must be in [0, 20]"),
+            ("max_consecutive_failures", self.max_consecutive_failures >= 1, "must be at least 1"),
+            ("min_grounding", 0.0 <= self.min_grounding <= 1.0, "must be in [0, 1]"),
+            (
+                "near_duplicate_threshold",
+                0.0 < self.near_duplicate_threshold <= 1.0,
+                "must be in (0, 1]",
+            ),
+            ("judge_min_rating", 1 <= self.judge_min_rating <= 5, "must be in [1, 5]"),
+            ("valid_ratio", 0.0 <= self.valid_ratio < 1.0, "must be in [0, 1)"),
+            ("test_ratio", 0.0 <= self.test_ratio < 1.0, "must be in [0, 1)"),
+            (
+                "test_ratio",
+                self.valid_ratio + self.test_ratio < 1.0,
+                "must leave documents for training: valid_ratio + test_ratio must be below 1",
+            ),
+            ("context_size", 256 <= self.context_size <= 1_048_576, "must be in [256, 1048576]"),
+        ]
+        for key, ok, rule in rules:
+            if not ok:
+                raise ConfigurationError(
+                    f"config key 'qa_generation.{key}' is {getattr(self, key)!r}; it {rule}."
+                )
+
+
 @dataclass
 class ToolkitConfig:
     common: CommonConfig = field(default_factory=CommonConfig)
@@ -660,6 +770,7 @@ class ToolkitConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    qa_generation: QaGenerationConfig = field(default_factory=QaGenerationConfig)
 
 
 # --------------------------------------------------------------------------------------------------
