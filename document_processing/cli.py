@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from document_processing.qa_generation.cli import add_generate_qa_command
 from shared_utils.config import ToolkitConfig, apply_overrides
 from shared_utils.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL
 
@@ -22,6 +23,7 @@ def register_commands(
 ) -> None:
     add_extract_command(subparsers, parent)
     add_create_samples_command(subparsers, parent)
+    add_generate_qa_command(subparsers, parent)
 
 
 def _record_kinds(text: str) -> list[str]:
