@@ -9,14 +9,15 @@ language without a list every word counts.
   passage or is about nothing in the chunk, or whose answer is given away by the question, is
   rejected with the reason.
 - `grounding`: the share of the answer's content words found in the chunk (a word also counts
-  when a chunk word shares most of it, "hive"/"hives"); below `min_grounding` the answer is not
-  supported by its chunk.
+  when a chunk word shares most of it, "hive"/"hives"; a number glued to its unit, "61cm", counts
+  as the number); below `min_grounding` the answer is not supported by its chunk.
 - `question_key` and `near_duplicate`: exact duplicates (the same words) and near duplicates (word
   sets whose Jaccard overlap reaches the threshold) of a question already kept.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 MAX_QUESTION_CHARS = 400
@@ -37,9 +38,25 @@ def function_words(language: str | None) -> frozenset[str]:
     return FUNCTION_WORDS.get(language or "", frozenset())
 
 
+_DIGITS_AND_LETTERS = re.compile(r"\d+|\D+")
+
+
 def content_words(text: str, language: str | None) -> list[str]:
+    """The words that carry meaning: not function words, a number glued to its unit split from
+    it ("61cm": "61", "cm"), and short Latin-letter words (units, "cm", "kg") left out."""
     skip = function_words(language)
-    return [word for word in words(text) if word not in skip]
+    found = []
+    for word in words(text):
+        if word in skip:
+            continue
+        for piece in _DIGITS_AND_LETTERS.findall(word) if _has_digit(word) else [word]:
+            if not (len(piece) <= 2 and piece.isascii() and piece.isalpha()):
+                found.append(piece)
+    return found
+
+
+def _has_digit(word: str) -> bool:
+    return any(ch.isdigit() for ch in word)
 
 
 def _shares_most(word: str, vocabulary: set[str]) -> bool:
@@ -61,12 +78,21 @@ def _shares_most(word: str, vocabulary: set[str]) -> bool:
     return False
 
 
+def _vocabulary(chunk: str) -> set[str]:
+    """The chunk's words, and the pieces of those that glue a number to letters."""
+    found = set(words(chunk))
+    for word in list(found):
+        if _has_digit(word):
+            found.update(_DIGITS_AND_LETTERS.findall(word))
+    return found
+
+
 def grounding(answer: str, chunk: str, language: str | None) -> float:
     """Share of the answer's content words that occur in the chunk (0 for an answer without any)."""
     answer_words = content_words(answer, language)
     if not answer_words:
         return 0.0
-    vocabulary = set(words(chunk))
+    vocabulary = _vocabulary(chunk)
     return sum(_shares_most(word, vocabulary) for word in answer_words) / len(answer_words)
 
 
@@ -91,7 +117,7 @@ def check_pair(
     passage_words = words(passage)
     if jaccard(words(question), passage_words) >= COPY_OVERLAP:
         return "question_copies_passage"
-    chunk_vocabulary = set(words(chunk))
+    chunk_vocabulary = _vocabulary(chunk)
     if not any(_shares_most(word, chunk_vocabulary) for word in question_words):
         return "question_about_nothing"
     answer_words = content_words(answer, language)

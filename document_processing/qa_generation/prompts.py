@@ -21,11 +21,13 @@ from typing import Any
 PROMPT_VERSION = 1
 JUDGE_PROMPT_VERSION = 1
 
+# The lengths bound what a grammar lets a rambling small model write, so that a reply closes its
+# JSON within max_tokens (about 150 tokens) instead of being cut off unparseable.
 PAIR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "question": {"type": "string"},
-        "answer": {"type": "string"},
+        "question": {"type": "string", "minLength": 8, "maxLength": 200},
+        "answer": {"type": "string", "minLength": 1, "maxLength": 300},
     },
     "required": ["question", "answer"],
 }
@@ -86,7 +88,8 @@ def chunk_windows(text: str, sentences_per_window: int) -> list[Window]:
         for i in range(0, len(sentences), sentences_per_window)
     ]
     if len(groups) > 1 and 2 * len(groups[-1]) < sentences_per_window:
-        groups[-2] = groups[-2] + groups.pop()
+        last = groups.pop()
+        groups[-1] = groups[-1] + last
     return [Window(index, " ".join(group)) for index, group in enumerate(groups)]
 
 

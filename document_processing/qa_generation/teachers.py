@@ -147,6 +147,8 @@ class HttpTeacher:
         self.probe: dict[str, str] = {}  # form -> what the server did with it
         self.is_ollama = False
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # httpx logs every request at INFO: it would bury the progress bar and one-line errors.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self._client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
@@ -219,7 +221,9 @@ class HttpTeacher:
                 f"the teacher at {self.base_url} serves several models ({names}) — pick one with "
                 "--teacher-model"
             )
-        if self.model not in served and f"{self.model}:latest" not in served:
+        if self.model not in served and f"{self.model}:latest" in served:
+            self.model = f"{self.model}:latest"  # Ollama's default tag, as `ollama run` implies
+        if self.model not in served:
             raise TeacherError(
                 f"model '{self.model}' is unknown to the teacher at {self.base_url}; it serves: "
                 f"{names} — pass one of them with --teacher-model"
