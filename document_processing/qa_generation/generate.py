@@ -60,7 +60,6 @@ class Chunk:
     text: str
     source: str
     chunk_id: str
-    title: str
     section: str
     page: int | None
 
@@ -110,7 +109,6 @@ def _chunk(raw: bytes, where: str) -> Chunk:
         text=record["text"],
         source=source,
         chunk_id=str(record.get("chunk_id") or where),
-        title=str(record.get("title") or ""),
         section=" > ".join(str(part) for part in section_path),
         page=page if isinstance(page, int) and page > 0 else None,
     )
@@ -172,9 +170,7 @@ def pair_requests(
         language = languages.get(chunk.source)
         windows = prompts.chunk_windows(chunk.text, settings.sentences_per_pair)
         for window in prompts.pick_windows(windows, settings.pairs_per_chunk):
-            messages = prompts.pair_messages(
-                window.text, language=language, title=chunk.title, section=chunk.section
-            )
+            messages = prompts.pair_messages(window.text, language=language)
             key = cache_key(
                 "pair",
                 prompts.PROMPT_VERSION,

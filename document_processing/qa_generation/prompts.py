@@ -2,10 +2,9 @@
 
 A small teacher writes a grounded pair about one or two sentences and invents when given a whole
 chunk (SmolLM2-135M repeats one question or makes up facts), so each request is about a window of
-`sentences_per_pair` sentences of a chunk, with the chunk's title and section as context, in the
-document's language. Replies are JSON objects `{"question": ..., "answer": ...}`; `parse_pair`
-also reads one wrapped in a code fence or in prose, which is what a model that ignores the schema
-writes.
+`sentences_per_pair` sentences of a chunk, in the document's language. Replies are JSON objects
+`{"question": ..., "answer": ...}`; `parse_pair` also reads one wrapped in a code fence or in prose,
+which is what a model that ignores the schema writes.
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ from typing import Any
 
 # Bump when a prompt, the schema or the window rule changes: cached replies of another version are
 # not reused.
-PROMPT_VERSION = 1
-JUDGE_PROMPT_VERSION = 1
+PROMPT_VERSION = 2
+JUDGE_PROMPT_VERSION = 2
 
 # The lengths bound what a grammar lets a rambling small model write, so that a reply closes its
 # JSON within max_tokens (about 150 tokens) instead of being cut off unparseable.
@@ -54,7 +53,7 @@ PAIR_SYSTEM = (
     "Write both in {language}. Reply with JSON only: "
     '{{"question": "...", "answer": "..."}}'
 )
-PAIR_USER = "{context}Passage: {passage}"
+PAIR_USER = "Passage: {passage}"
 JUDGE_SYSTEM = (
     "You check reading-test questions. Rate from 1 to 5 how well the answer answers the question "
     "using only the passage: 5 correct and supported by the passage, 1 wrong or not in the "
@@ -105,16 +104,12 @@ def language_name(code: str | None) -> str:
     return LANGUAGE_NAMES.get(code or "", "the language of the passage")
 
 
-def pair_messages(
-    passage: str, *, language: str | None, title: str = "", section: str = ""
-) -> Messages:
-    """The request for one pair about `passage`."""
-    context = f"Document: {title}\n" if title else ""
-    if section and section != title:
-        context += f"Section: {section}\n"
+def pair_messages(passage: str, *, language: str | None) -> Messages:
+    """The request for one pair about `passage`. The passage alone: given the document's title
+    and section as well, SmolLM2 asked about the title ("Who We Are") instead of the passage."""
     return [
         {"role": "system", "content": PAIR_SYSTEM.format(language=language_name(language))},
-        {"role": "user", "content": PAIR_USER.format(context=context, passage=passage)},
+        {"role": "user", "content": PAIR_USER.format(passage=passage)},
     ]
 
 
