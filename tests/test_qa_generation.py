@@ -611,7 +611,8 @@ def test_a_server_that_dies_mid_run_loses_nothing(tmp_path, run_main):
     assert len(read_jsonl(tmp_path / "out" / "qa" / "train.jsonl")) == SENTENCES
 
 
-def test_kill_9_of_the_run_loses_no_finished_reply(tmp_path, run_main):
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_a_killed_or_interrupted_run_loses_no_finished_reply(tmp_path, run_main, signal_number):
     data = write_chunks(tmp_path / "data")
     config = write_config(tmp_path / "qa.yaml", structured_output="json_schema")
     cache = tmp_path / "out" / ".qa_cache" / "replies.jsonl"
@@ -628,9 +629,10 @@ def test_kill_9_of_the_run_loses_no_finished_reply(tmp_path, run_main):
                 if cache.exists() and cache.read_bytes().count(b"\n") >= 3:
                     break
                 time.sleep(0.05)
-            os.kill(process.pid, signal.SIGKILL)
+            os.kill(process.pid, signal_number)
         finally:
-            process.wait(timeout=10)
+            returncode = process.wait(timeout=10)
+        assert returncode == (130 if signal_number == signal.SIGINT else -signal.SIGKILL)
         cached = cache.read_bytes().count(b"\n")
         assert 3 <= cached < SENTENCES
         asked_before = len(server.requests)

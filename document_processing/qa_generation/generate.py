@@ -325,23 +325,26 @@ class Asker:
         if self._stop is not None or len(todo) == 1:
             return
         rest: Iterator[Request] = iter(todo[1:])
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            pending: set[Future] = set()
-            try:
-                for request in rest:
-                    if len(pending) >= self.concurrency:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            future.result()
-                    if self._stop is not None:
-                        break
-                    pending.add(pool.submit(step, request))
-                for future in pending:
-                    future.result()
-            except BaseException:
-                # Ctrl-C: no new request starts; those in flight finish into the cache.
-                self._stop = self._stop or TeacherError("interrupted")
-                raise
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        pending: set[Future] = set()
+        try:
+            for request in rest:
+                if len(pending) >= self.concurrency:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+                if self._stop is not None:
+                    break
+                pending.add(pool.submit(step, request))
+            for future in pending:
+                future.result()
+        except BaseException:
+            # Ctrl-C: no new request starts, and the run does not wait for those in flight (the
+            # teacher's connections close on the way out); every finished reply is cached.
+            self._stop = self._stop or TeacherError("interrupted")
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
 
 
 # --------------------------------------------------------------------------------------------------
