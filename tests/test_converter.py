@@ -467,6 +467,13 @@ def test_the_question_is_the_clause_that_holds_the_fact() -> None:
     # Commas before a space end a clause; the one inside "1,140" and the colon of "7:30" do not.
     assert asked["Ostrelby: home to around how many people all year round?"] == "1,140 people"
     assert asked["The Wenna Lorne leaves at what time each day?"] == "7:30"
+    # Each fact is also asked in the words of its whole sentence: a second wording.
+    whole = (
+        "Its only town is Ostrelby, on the eastern shore, home to around how many people all "
+        "year round?"
+    )
+    assert asked[whole] == "1,140 people"
+    assert sum(answer == "7:30" for answer in asked.values()) == 1  # one clause: one question
 
 
 def test_dates_are_asked_as_dates() -> None:

@@ -13,8 +13,9 @@ record):
   term is asked in `phrasings` differently worded questions, so the model learns to reach the
   sentences from the term, not from one fixed wording.
 - question: the clause of a sentence that holds a name or number, with a question word in its
-  place ("Brannow Fell: a heather-covered hill of how many metres?"), answered by the fact alone
-  so that it cannot be copied from the question. The question names what the sentence is about
+  place ("Brannow Fell: a heather-covered hill of how many metres?"), and the whole sentence
+  asked the same way (a second wording), answered by the fact alone so that it cannot be copied
+  from the question. The question names what the sentence is about
   when the clause does not: the sentence's own first name, the subject of the sentence before
   ("She crosses ..."), or the section's heading.
 - cloze: a sentence with one key term blanked out, answered by the term: retrieval of the fact
@@ -524,8 +525,8 @@ class FactRecordBuilder:
                 subject = own[0].text
             for term in facts:
                 about = subject if subject and _fold(subject) != _fold(term.text) else context
-                question = self.fact_question(sentence.text, term, about)
-                pairs.append(record_pair(question, "", term.text, *where, "question"))
+                for question in self.fact_questions(sentence.text, term, about):
+                    pairs.append(record_pair(question, "", term.text, *where, "question"))
                 blanked = sentence.text[: term.start] + BLANK + sentence.text[term.end :]
                 instruction = templates.cloze.format(context=context, sentence=blanked)
                 pairs.append(record_pair(instruction, "", term.text, *where, "cloze"))
@@ -547,12 +548,19 @@ class FactRecordBuilder:
             return False
         return all(_is_capitalised(w) or _fold(w) in self.function_words for w in words)
 
-    def fact_question(self, sentence: str, term: Term, about: str) -> str:
-        """A short question whose answer is `term`: the clause of `sentence` that holds it, with
-        a question word in its place, after what the sentence is about when the clause does not
-        say it. "Brannow Fell: a heather-covered hill of how many metres?" for "The highest
-        ground is Brannow Fell, a heather-covered hill of 212 metres."."""
-        start, end = _clause(sentence, term)
+    def fact_questions(self, sentence: str, term: Term, about: str) -> list[str]:
+        """The questions whose answer is `term`, in two wordings: its clause of `sentence`
+        (`fact_question`) and the whole sentence, when they differ."""
+        short = self.fact_question(sentence, term, about, _clause(sentence, term))
+        whole = self.fact_question(sentence, term, about, (0, len(sentence)))
+        return [short] if whole == short else [short, whole]
+
+    def fact_question(self, sentence: str, term: Term, about: str, span: Span) -> str:
+        """A question whose answer is `term`: the `span` of `sentence` that holds it, with a
+        question word in its place, after what the sentence is about when the span does not say
+        it. "Brannow Fell: a heather-covered hill of how many metres?" for the clause of "The
+        highest ground is Brannow Fell, a heather-covered hill of 212 metres."."""
+        start, end = span
         text = sentence[start : term.start] + self.question_word(term) + sentence[term.end : end]
         text = text.strip(" .!;:,")
         if _fold(about) not in _fold(text):
