@@ -364,12 +364,14 @@ def test_check_pair_rejects_copies_empty_questions_and_giveaways():
     chunk = "Kestrel Field holds forty-two hives behind a hawthorn hedge."
     check = lambda q, a: filters.check_pair(q, a, passage=chunk, chunk=chunk, language="en")  # noqa: E731
     assert check("How many hives does Kestrel Field hold?", "Forty-two.") is None
-    assert check(chunk, "Forty-two.") == "question_copies_passage"
+    assert check(chunk.rstrip(".") + "?", "Forty-two.") == "question_copies_passage"
     assert check("What is the answer to this question?", "Forty-two.") == "question_about_nothing"
     assert check("Does Kestrel Field hold forty-two hives?", "Forty-two hives") == (
         "answer_in_question"
     )
     assert check("", "x") == "empty"
+    statement = "The course costs 40 pounds, and the price includes a veil."
+    assert check(statement, "A veil is not included in the course.") == "not_a_question"
 
 
 def test_duplicates_and_wrong_language():

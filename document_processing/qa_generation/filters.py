@@ -5,9 +5,9 @@ character is a word of its own), so the checks work in any language. Content wor
 that are not function words of the document's language (instruction_records' short lists); in a
 language without a list every word counts.
 
-- `check_pair`: a pair whose question or answer is empty or huge, whose question copies the
-  passage or is about nothing in the chunk, or whose answer is given away by the question, is
-  rejected with the reason.
+- `check_pair`: a pair whose question or answer is empty or huge, whose question is no question
+  (no question mark of any script), copies the passage or is about nothing in the chunk, or whose
+  answer is given away by the question, is rejected with the reason.
 - `grounding`: the share of the answer's content words found in the chunk (a word also counts
   when a chunk word shares most of it, "hive"/"hives"; a number glued to its unit, "61cm", counts
   as the number); below `min_grounding` the answer is not supported by its chunk.
@@ -24,6 +24,7 @@ MAX_QUESTION_CHARS = 400
 MAX_ANSWER_CHARS = 1500
 COPY_OVERLAP = 0.8  # a question sharing this much of its words with the passage copies it
 PREFIX_SHARE = 0.8  # of the shorter word, for "hive"/"hives" to match
+QUESTION_MARKS = ("?", "？", "؟", ";", "⸮", "՞", "፧")  # Latin, CJK, Arabic, Greek, ...
 
 
 def words(text: str) -> list[str]:
@@ -111,6 +112,8 @@ def check_pair(
         return "empty"
     if len(question) > MAX_QUESTION_CHARS or len(answer) > MAX_ANSWER_CHARS:
         return "too_long"
+    if not any(mark in question for mark in QUESTION_MARKS):
+        return "not_a_question"  # a statement: SmolLM2 restates the passage and "answers" it
     question_words = content_words(question, language)
     if not question_words:
         return "question_about_nothing"
