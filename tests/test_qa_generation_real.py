@@ -174,6 +174,7 @@ def test_llama_cpp_server_teacher_json_object_fallback_grounded_pairs_and_cache(
     assert status_again == status
     assert again["requests"]["asked"] == 0
     assert again["requests"]["from_cache"] == len(CHUNKS)
+    assert again["teacher"]["structured_output"] == "json_object (every reply from the cache)"
     assert again["filters"] == report["filters"]
 
 

@@ -569,7 +569,7 @@ def _generate(
     report = {
         "teacher": {
             "teacher": teacher.description,
-            "structured_output": teacher.form or "none asked (every reply was cached)",
+            "structured_output": teacher.form or _cached_form(filter_report),
             "probe": getattr(teacher, "probe", {}),
         },
         "documents": len(split_of),
@@ -595,6 +595,14 @@ def _generate(
     atomic_write_json(qa_dir / REPORT, report)
     atomic_write_text(qa_dir / RESOLVED_CONFIG, dump_config(config))
     return QaResult(pairs=by_split, report=report, qa_dir=qa_dir, outputs=outputs)
+
+
+def _cached_form(filter_report: dict[str, Any]) -> str:
+    """The form of the cached replies, for a run that asked nothing."""
+    forms = Counter(filter_report["forms_of_cached_replies"])
+    if not forms:
+        return "none (nothing asked)"
+    return f"{forms.most_common(1)[0][0]} (every reply from the cache)"
 
 
 def _write_splits(
