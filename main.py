@@ -18,7 +18,9 @@ Exit statuses:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 import traceback
 
@@ -175,5 +177,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
+def ignore_interrupts_while_exiting() -> None:
+    """Once the command has finished, a Ctrl-C while Python shuts down (libraries' finalizers
+    and atexit handlers, torch's among them) would print a traceback or kill the process before
+    its output is flushed. Everything the command wrote is on disk by then: flush the output and
+    let the shutdown finish, with the command's own exit status."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    ignore_interrupts_while_exiting()
+    sys.exit(status)
