@@ -186,6 +186,19 @@ def run_extract(args: argparse.Namespace, config: ToolkitConfig) -> int:
         f"({totals['duplicates_dropped']} duplicates dropped) written to {args.output_dir} "
         f"in {result.seconds:.1f} s; report: {args.output_dir / 'extract_report.json'}"
     )
+    settings = config.document_processing
+    if result.succeeded and settings.instruction_format and settings.output_format == "jsonl":
+        chat = sum(n for name, n in totals["records"].items() if name.startswith("chat/"))
+        if chat:
+            print(f"extract: {chat} instruction records in {args.output_dir / 'chat'} and alpaca/")
+        else:
+            print(
+                f"warning: no instruction records were written: the documents hold no name, "
+                f"number or repeated term for the record kinds {', '.join(settings.record_kinds)} "
+                "to ask about — add section and continuation to --record-kinds, or train on "
+                f"{args.output_dir / 'train.jsonl'}",
+                file=sys.stderr,
+            )
     if not result.succeeded:
         print(
             f"error: no file under '{args.input_dir}' could be processed; see "

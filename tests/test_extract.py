@@ -586,3 +586,25 @@ def test_pdf_split_into_page_ranges_gives_the_same_output(
     assert run_main("extract", samples_dir / "documents", whole)[0] == 0
     assert run_main("--config", config, "extract", samples_dir / "documents", split)[0] == 0
     assert _outputs(whole) == _outputs(split)
+
+
+def test_instruction_records_are_counted_and_their_absence_is_reported(
+    run_main, tmp_path: Path
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "note.txt").write_text("this is a plain note.\n\nthere are no names here at all.\n")
+    code, out, err = run_main("extract", docs, tmp_path / "out", "--instruction-format")
+    # The chunk is written; no question can be asked of it, and the user is told what to do.
+    assert code == 0 and (tmp_path / "out" / "train.jsonl").is_file()
+    assert not (tmp_path / "out" / "chat" / "train.jsonl").exists()
+    (warning,) = [line for line in err.splitlines() if line.startswith("warning: no instruction")]
+    assert "--record-kinds" in warning and str(tmp_path / "out" / "train.jsonl") in warning
+
+    (docs / "ferry.txt").write_text(
+        "The Wenna Lorne was built in 1978. The Wenna Lorne sails at 8:15 from Calder Quay.\n"
+    )
+    code, out, err = run_main("extract", docs, tmp_path / "out2", "--instruction-format")
+    written = sum(1 for _ in (tmp_path / "out2" / "chat" / "train.jsonl").open())
+    assert code == 0 and "warning: no instruction" not in err
+    assert f"extract: {written} instruction records in" in out
