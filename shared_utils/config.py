@@ -652,6 +652,7 @@ class EarlyStoppingConfig:
 # qa_generation (generate-qa)
 # --------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class QaGenerationConfig:
     teacher: str | None = _help(
