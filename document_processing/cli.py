@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from document_processing.qa_generation.cli import add_generate_qa_command
+from shared_utils.arg_types import fraction, non_negative_int, positive_float, positive_int
 from shared_utils.config import ToolkitConfig, apply_overrides
 from shared_utils.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL
 
@@ -36,27 +37,6 @@ def _record_kinds(text: str) -> list[str]:
             f"{', '.join(unknown) or 'nothing'}: use one or more of {', '.join(RECORD_KIND_NAMES)}"
         )
     return kinds
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,11 +68,11 @@ def add_extract_command(
         help="jsonl: chunk records; text: one cleaned .txt per document",
     )
     parser.add_argument(
-        "--chunk-size", type=_positive_int, help="largest chunk, in characters (or tokens)"
+        "--chunk-size", type=positive_int, help="largest chunk, in characters (or tokens)"
     )
     parser.add_argument(
         "--overlap",
-        type=_non_negative_int,
+        type=non_negative_int,
         help="overlap between chunks, in characters (or tokens)",
     )
     parser.add_argument(
@@ -114,10 +94,10 @@ def add_extract_command(
         "question, cloze (default: document_processing.record_kinds)",
     )
     parser.add_argument(
-        "--workers", type=_non_negative_int, help="worker processes (default: one per CPU core)"
+        "--workers", type=non_negative_int, help="worker processes (default: one per CPU core)"
     )
     parser.add_argument(
-        "--val-ratio", type=_ratio, help="share of documents written to valid.jsonl (by document)"
+        "--val-ratio", type=fraction, help="share of documents written to valid.jsonl (by document)"
     )
     parser.add_argument(
         "--pdf-engine",
@@ -132,11 +112,11 @@ def add_extract_command(
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_float,
         help="seconds one file (or PDF page range) may take before it is killed",
     )
     parser.add_argument(
-        "--max-file-size-mb", type=float, help="skip files larger than this (reported)"
+        "--max-file-size-mb", type=positive_float, help="skip files larger than this (reported)"
     )
     parser.add_argument(
         "--incremental",

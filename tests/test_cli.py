@@ -173,3 +173,74 @@ def test_scripts_are_thin_wrappers(
     else:
         assert (tmp_path / "o" / "train.jsonl").stat().st_size > 0
         assert (tmp_path / "o" / "resolved_config.yaml").exists()
+
+
+def _numeric_flags() -> list[tuple[str, str, bool]]:
+    """(command, flag, shared) for every option of every command whose argparse type yields a
+    number, found by asking each option's converter, so a flag added later is covered without
+    listing it. `shared` says whether the converter is one of shared_utils.arg_types."""
+    import argparse
+
+    from main import build_parser
+
+    subparsers = next(
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    flags = []
+    for command, parser in subparsers.choices.items():
+        for action in parser._actions:
+            if not action.option_strings or action.type is None:
+                continue
+            for probe in ("1", "0.5", "0"):
+                try:
+                    value = action.type(probe)
+                except (argparse.ArgumentTypeError, ValueError, TypeError):
+                    continue
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    shared = action.type.__module__ == "shared_utils.arg_types"
+                    flags.append((command, action.option_strings[-1], shared))
+                    break
+    return flags
+
+
+NUMERIC_FLAGS = _numeric_flags()
+
+
+def test_numeric_flags_are_found() -> None:
+    # The introspection must see flags of every command family, or the test below checks nothing.
+    for expected in [
+        ("extract", "--chunk-size"),
+        ("extract", "--val-ratio"),
+        ("extract", "--timeout"),
+        ("generate-qa", "--pairs-per-chunk"),
+        ("train-lora", "--learning-rate"),
+        ("train-qlora", "--batch-size"),
+        ("chat", "--max-new-tokens"),
+        ("evaluate", "--limit"),
+        ("train-rl", "--seed"),
+        ("evaluate-rl", "--episodes"),
+    ]:
+        assert expected in [(command, flag) for command, flag, _ in NUMERIC_FLAGS]
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "shared"),
+    [pytest.param(*case, id=f"{case[0]} {case[1]}") for case in NUMERIC_FLAGS],
+)
+@pytest.mark.parametrize("bad", ["abc", "1e999x", ""])
+def test_every_numeric_flag_refuses_a_non_number_in_one_line(
+    run_main, command: str, flag: str, shared: bool, bad: str
+) -> None:
+    status, out, err = run_main(command, flag, bad)
+    assert status == 2 and out == ""
+    assert "Traceback" not in err
+    # argparse prints the usage, then the one error line naming the command, the flag and the value
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert error_lines == [err.splitlines()[-1]]
+    assert error_lines[0].startswith(f"main.py {command}: error: argument {flag}: ")
+    assert repr(bad) in error_lines[0]
+    if shared:  # one wording: "must be <what>, got '<text>'"
+        assert f"argument {flag}: must be " in error_lines[0]
+        assert error_lines[0].endswith(f", got {bad!r}")

@@ -248,7 +248,7 @@ def test_checkpoint_from_another_observation_shape_is_refused(tmp_path: Path) ->
         (["--total-timesteps", "-5"], "must be a positive integer"),
         (["--episodes", "3", "--total-timesteps", "9"], "not allowed with argument"),
         (["--algorithm", "a2c"], "invalid choice"),
-        (["--seed", "-1"], "must be in [0, 2**32 - 1], got -1"),
+        (["--seed", "-1"], "must be an integer in [0, 2**32 - 1], got '-1'"),
     ],
 )
 def test_bad_input_is_a_usage_error(

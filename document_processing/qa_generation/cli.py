@@ -6,15 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from shared_utils.arg_types import positive_int
 from shared_utils.config import ToolkitConfig, apply_overrides
 from shared_utils.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def add_generate_qa_command(
@@ -47,10 +41,10 @@ def add_generate_qa_command(
         "--teacher-model", metavar="NAME", help="model name on the server (default: its only one)"
     )
     parser.add_argument(
-        "--pairs-per-chunk", type=_positive_int, metavar="N", help="pairs asked per chunk"
+        "--pairs-per-chunk", type=positive_int, metavar="N", help="pairs asked per chunk"
     )
     parser.add_argument(
-        "--concurrency", type=_positive_int, metavar="K", help="requests in flight (HTTP teachers)"
+        "--concurrency", type=positive_int, metavar="K", help="requests in flight (HTTP teachers)"
     )
     parser.add_argument(
         "--judge",

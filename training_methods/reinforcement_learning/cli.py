@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from shared_utils.arg_types import positive_int, seed
 from shared_utils.config import ToolkitConfig, apply_overrides, check_training_sections
 from shared_utils.errors import EXIT_OK
 
@@ -18,26 +19,6 @@ def register_commands(
 ) -> None:
     add_train_rl_command(subparsers, parent)
     add_evaluate_rl_command(subparsers, parent)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**32 - 1], got {text}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -70,15 +51,15 @@ def add_train_rl_command(
     budget.add_argument(
         "--total-timesteps",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         help="train for N environment steps",
     )
     budget.add_argument(
-        "--episodes", metavar="N", type=_positive_int, help="train for N episodes instead"
+        "--episodes", metavar="N", type=positive_int, help="train for N episodes instead"
     )
-    parser.add_argument("--seed", type=_seed, help="random seed (default: common.seed)")
+    parser.add_argument("--seed", type=seed, help="random seed (default: common.seed)")
     parser.add_argument(
-        "--num-envs", metavar="K", type=_positive_int, help="environments run in parallel"
+        "--num-envs", metavar="K", type=positive_int, help="environments run in parallel"
     )
     parser.add_argument(
         "--output-dir",
@@ -161,11 +142,11 @@ def add_evaluate_rl_command(
     )
     parser.add_argument(
         "--episodes",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="episodes to play (default: evaluation.eval_episodes)",
     )
-    parser.add_argument("--seed", type=_seed, help="seed of the episodes (default: common.seed)")
+    parser.add_argument("--seed", type=seed, help="seed of the episodes (default: common.seed)")
     parser.set_defaults(handler=run_evaluate_rl)
 
 

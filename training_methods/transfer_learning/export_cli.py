@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+from shared_utils.arg_types import positive_int
 from shared_utils.config import ToolkitConfig
 from shared_utils.errors import EXIT_OK
 
@@ -29,13 +30,6 @@ def register_commands(
     add_export_command(subparsers, parent)
     add_chat_command(subparsers, parent)
     add_evaluate_command(subparsers, parent)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _gguf_types(text: str) -> str:
@@ -158,7 +152,7 @@ def add_chat_command(
     parser.add_argument("--prompt", metavar="TEXT", help="answer this one message and exit")
     parser.add_argument(
         "--max-new-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=256,
         metavar="N",
         help="longest answer in tokens (default: 256)",
@@ -233,25 +227,25 @@ def add_evaluate_command(
     )
     parser.add_argument(
         "--max-new-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=96,
         metavar="N",
         help="longest answer in tokens (default: 96)",
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         metavar="N",
         help="questions answered at once by transformers (default: 8)",
     )
     parser.add_argument("--system", metavar="PROMPT", help="a system prompt for every question")
     parser.add_argument(
-        "--limit", type=_positive_int, metavar="N", help="only the first N questions"
+        "--limit", type=positive_int, metavar="N", help="only the first N questions"
     )
     parser.add_argument(
         "--show",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="also print the answers of every row to the first N questions, side by side",
     )

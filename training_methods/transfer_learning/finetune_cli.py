@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from shared_utils.arg_types import positive_float, positive_int
 from shared_utils.config import ToolkitConfig, apply_overrides
 from shared_utils.errors import EXIT_OK
 
@@ -26,20 +27,6 @@ def register_commands(
     ):
         add_train_command(subparsers, parent, section, name, summary)
     add_merge_command(subparsers, parent)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def add_train_command(
@@ -69,17 +56,17 @@ def add_train_command(
     )
     parser.add_argument("--output-dir", metavar="DIR", help=f"run folder ({key}.output_dir)")
     parser.add_argument(
-        "--epochs", type=_positive_float, metavar="N", help=f"{key}.training.num_epochs"
+        "--epochs", type=positive_float, metavar="N", help=f"{key}.training.num_epochs"
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, metavar="N", help=f"{key}.training.batch_size"
+        "--batch-size", type=positive_int, metavar="N", help=f"{key}.training.batch_size"
     )
     parser.add_argument(
-        "--learning-rate", type=_positive_float, metavar="X", help=f"{key}.training.learning_rate"
+        "--learning-rate", type=positive_float, metavar="X", help=f"{key}.training.learning_rate"
     )
     parser.add_argument(
         "--max-steps",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help=f"stop after N updates ({key}.training.max_steps)",
     )

@@ -1,0 +1,86 @@
+"""Argument types of the command line: one converter per kind of number, one error wording.
+
+Every numeric flag of every command uses one of these as its argparse `type`. A bad value raises
+`argparse.ArgumentTypeError("must be <what>, got '<text>'")`; argparse puts the flag in front and
+exits with status 2, so `extract --chunk-size abc` and `train-rl --num-envs abc` both print
+`error: argument <flag>: must be a positive integer, got 'abc'`. (A plain `ValueError` would make
+argparse print the converter's function name instead.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
+
+
+def _refuse(expected: str, text: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+
+
+def _integer(text: str, expected: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise _refuse(expected, text) from None
+
+
+def _finite(text: str, expected: str) -> float:
+    """Infinity and NaN are refused: no flag means "forever" by them (nor does the config)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise _refuse(expected, text) from None
+    if not math.isfinite(value):
+        raise _refuse(expected, text)
+    return value
+
+
+def positive_int(text: str) -> int:
+    expected = "a positive integer"
+    value = _integer(text, expected)
+    if value <= 0:
+        raise _refuse(expected, text)
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    expected = "an integer, 0 or more"
+    value = _integer(text, expected)
+    if value < 0:
+        raise _refuse(expected, text)
+    return value
+
+
+def seed(text: str) -> int:
+    expected = "an integer in [0, 2**32 - 1]"
+    value = _integer(text, expected)
+    if not 0 <= value < SEED_LIMIT:
+        raise _refuse(expected, text)
+    return value
+
+
+def positive_float(text: str) -> float:
+    expected = "a positive number"
+    value = _finite(text, expected)
+    if value <= 0:
+        raise _refuse(expected, text)
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    expected = "a number, 0 or more"
+    value = _finite(text, expected)
+    if value < 0:
+        raise _refuse(expected, text)
+    return value
+
+
+def fraction(text: str) -> float:
+    """A share in [0, 1): 0 is none, 1 would leave nothing for the rest."""
+    expected = "a number in [0, 1)"
+    value = _finite(text, expected)
+    if not 0.0 <= value < 1.0:
+        raise _refuse(expected, text)
+    return value
