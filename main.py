@@ -24,11 +24,15 @@ import signal
 import sys
 import traceback
 
-from document_processing.cli import register_commands as register_document_commands
+from document_processing.cli import add_extract_command
+from document_processing.qa_generation.cli import add_generate_qa_command
 from shared_utils.errors import EXIT_FAILURE, EXIT_INTERRUPTED, LLMToolkitError
 from training_methods.reinforcement_learning.cli import register_commands as register_rl_commands
 from training_methods.transfer_learning.export_cli import (
     register_commands as register_export_commands,
+)
+from training_methods.transfer_learning.finetune_cli import (
+    add_create_samples_command,
 )
 from training_methods.transfer_learning.finetune_cli import (
     register_commands as register_finetune_commands,
@@ -74,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     subparsers.required = True
     for register in (
-        register_document_commands,
+        add_extract_command,
+        add_create_samples_command,  # documents and the tiny model: wired on the training side
+        add_generate_qa_command,
         register_finetune_commands,
         register_export_commands,
         register_rl_commands,

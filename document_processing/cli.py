@@ -1,7 +1,7 @@
-"""Command-line commands of the document side: `extract` and `create-samples`.
+"""The `extract` command.
 
-Each command has an `add_*` function that declares its flags and a `run_*` handler. The handlers
-import their heavy libraries when called, so `python main.py --help` stays instant.
+`add_extract_command` declares its flags and `run_extract` is its handler, which imports the
+heavy libraries when called, so `python main.py --help` stays instant.
 """
 
 from __future__ import annotations
@@ -11,20 +11,11 @@ import logging
 import sys
 from pathlib import Path
 
-from document_processing.qa_generation.cli import add_generate_qa_command
 from shared_utils.arg_types import fraction, non_negative_int, positive_float, positive_int
 from shared_utils.config import ToolkitConfig, apply_overrides
 from shared_utils.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL
 
 logger = logging.getLogger(__name__)
-
-
-def register_commands(
-    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
-) -> None:
-    add_extract_command(subparsers, parent)
-    add_create_samples_command(subparsers, parent)
-    add_generate_qa_command(subparsers, parent)
 
 
 def _record_kinds(text: str) -> list[str]:
@@ -187,58 +178,3 @@ def run_extract(args: argparse.Namespace, config: ToolkitConfig) -> int:
         )
         return EXIT_FAILURE
     return EXIT_PARTIAL if result.failed else EXIT_OK
-
-
-# --------------------------------------------------------------------------------------------------
-# create-samples
-# --------------------------------------------------------------------------------------------------
-
-
-def add_create_samples_command(
-    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
-) -> None:
-    parser = subparsers.add_parser(
-        "create-samples",
-        parents=[parent],
-        help="write a small sample corpus and data set to try every command",
-        description="Write a deterministic sample corpus (PDF, Markdown, cp1252 text) and sample "
-        "instruction and chat JSONL to OUTPUT_DIR.",
-    )
-    parser.add_argument(
-        "output_dir",
-        metavar="OUTPUT_DIR",
-        type=Path,
-        nargs="?",
-        default=Path("data/samples"),
-        help="where to write (default: data/samples)",
-    )
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=Path("data/models/tiny-llama"),
-        metavar="DIR",
-        help="where to write the tiny Llama model the default config trains "
-        "(default: data/models/tiny-llama)",
-    )
-    parser.add_argument(
-        "--no-model", action="store_true", help="write only the documents and data sets"
-    )
-    parser.set_defaults(handler=run_create_samples)
-
-
-def run_create_samples(args: argparse.Namespace, config: ToolkitConfig) -> int:
-    from document_processing.samples import create_samples
-
-    written = create_samples(args.output_dir)
-    print(f"create-samples: wrote {len(written)} files to {args.output_dir}")
-    for path in written:
-        print(f"  {path}")
-    if not args.no_model:
-        from transformers.utils import logging as hf_logging
-
-        from training_methods.transfer_learning.tiny_model import build_tiny_model
-
-        hf_logging.disable_progress_bar()
-        model_dir = build_tiny_model(args.model_dir, seed=config.common.seed)
-        print(f"create-samples: tiny Llama model (random weights) in {model_dir}")
-    return EXIT_OK

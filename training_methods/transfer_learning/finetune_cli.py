@@ -1,4 +1,7 @@
-"""Command-line commands of fine-tuning: `train-lora`, `train-qlora` and `merge`.
+"""Command-line commands of fine-tuning: `train-lora`, `train-qlora` and `merge`, and
+`create-samples`, which writes the sample corpus (`document_processing.samples`) and the tiny
+model the default config fine-tunes (`tiny_model`); it is wired here because it needs both sides,
+and the training side may import the document side but not the other way round.
 
 Flags override `transfer_learning.<lora|qlora>` of the config (defaults < YAML < flags). Heavy
 libraries are imported inside the handlers, so `python main.py --help` stays instant.
@@ -206,4 +209,59 @@ def run_merge(args: argparse.Namespace, config: ToolkitConfig) -> int:
         args.adapter, args.output, base_model=args.base_model, dtype=args.dtype, force=args.force
     )
     print(f"merge: wrote {merged}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# create-samples
+# --------------------------------------------------------------------------------------------------
+
+
+def add_create_samples_command(
+    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
+) -> None:
+    parser = subparsers.add_parser(
+        "create-samples",
+        parents=[parent],
+        help="write a small sample corpus and data set to try every command",
+        description="Write a deterministic sample corpus (PDF, Markdown, cp1252 text) and sample "
+        "instruction and chat JSONL to OUTPUT_DIR.",
+    )
+    parser.add_argument(
+        "output_dir",
+        metavar="OUTPUT_DIR",
+        type=Path,
+        nargs="?",
+        default=Path("data/samples"),
+        help="where to write (default: data/samples)",
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path("data/models/tiny-llama"),
+        metavar="DIR",
+        help="where to write the tiny Llama model the default config trains "
+        "(default: data/models/tiny-llama)",
+    )
+    parser.add_argument(
+        "--no-model", action="store_true", help="write only the documents and data sets"
+    )
+    parser.set_defaults(handler=run_create_samples)
+
+
+def run_create_samples(args: argparse.Namespace, config: ToolkitConfig) -> int:
+    from document_processing.samples import create_samples
+
+    written = create_samples(args.output_dir)
+    print(f"create-samples: wrote {len(written)} files to {args.output_dir}")
+    for path in written:
+        print(f"  {path}")
+    if not args.no_model:
+        from transformers.utils import logging as hf_logging
+
+        from training_methods.transfer_learning.tiny_model import build_tiny_model
+
+        hf_logging.disable_progress_bar()
+        model_dir = build_tiny_model(args.model_dir, seed=config.common.seed)
+        print(f"create-samples: tiny Llama model (random weights) in {model_dir}")
     return EXIT_OK

@@ -1,11 +1,12 @@
 """A tiny Llama-architecture model for offline demos and tests.
 
 Randomly initialised (about 3.7 million parameters) with a byte-level BPE tokenizer trained on the
-sample corpus, saved with `save_pretrained` like a hub folder, so training and chat load it through
-the same `from_pretrained` call a hub id takes. The tokenizer follows the ChatML convention of
-Qwen-style models: `<|im_start|>role\\n...<|im_end|>`, EOS is `<|im_end|>` (generation stops at the
-end of an assistant turn) and padding has its own `<|endoftext|>` token. Its pre-tokenizer is the
-GPT-2 byte-level regex, which llama.cpp knows as `gpt-2`.
+sample corpus (`shared_utils.sample_corpus.sample_corpus_texts`), saved with `save_pretrained` like
+a hub folder, so training and chat load it through the same `from_pretrained` call a hub id takes.
+The tokenizer follows the ChatML convention of Qwen-style models:
+`<|im_start|>role\\n...<|im_end|>`, EOS is `<|im_end|>` (generation stops at the end of an
+assistant turn) and padding has its own `<|endoftext|>` token. Its pre-tokenizer is the GPT-2
+byte-level regex, which llama.cpp knows as `gpt-2`.
 
 The weights are initialised wider than Llama's 0.02: with a frozen random output head of width
 0.02, no adapter can make the logits confident, and LoRA alone could not fit even a handful of
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+
+from shared_utils.sample_corpus import sample_corpus_texts
 
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|im_end|>"
@@ -29,18 +32,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def sample_corpus_texts() -> list[str]:
-    """Every text of the sample corpus, to train the tiny tokenizer on."""
-    from document_processing import samples
-
-    texts = [paragraph for page in samples.PDF_PAGES for paragraph in page]
-    texts += [samples.MARKDOWN_GUIDE, samples.TEXT_NOTES]
-    for record in samples.INSTRUCTIONS:
-        texts += [record["instruction"], record["input"], record["output"]]
-    texts += [message["content"] for chat in samples.CHATS for message in chat]
-    return [text for text in texts if text]
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
