@@ -258,8 +258,9 @@ def refuse_existing(paths: list[Path], force: bool) -> None:
 
 # Ollama renders prompts with Go templates, not Jinja; these are the formats of the families the
 # GGUF export writes: ChatML (the tiny model, SmolLM2, Qwen), Llama 2's and Mistral's [INST],
-# Phi-3's <|user|>/<|assistant|>/<|end|>, and the toolkit's default for tokenizers without a
-# template (shared_utils.data_loader.DEFAULT_CHAT_TEMPLATE). Ollama writes the first BOS itself.
+# Phi-3's <|user|>/<|assistant|>/<|end|>, Gemma's <start_of_turn>/<end_of_turn>, and the
+# toolkit's default for tokenizers without a template (shared_utils.data_loader's
+# DEFAULT_CHAT_TEMPLATE). Ollama writes the first BOS itself.
 CHATML_GO_TEMPLATE = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
     "<|im_start|>assistant\n"
@@ -275,6 +276,11 @@ MISTRAL_GO_TEMPLATE = (
 )
 PHI3_GO_TEMPLATE = (
     "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n"
+)
+GEMMA_GO_TEMPLATE = (  # Gemma has no system turn: a system message is sent as a user turn
+    "{{- range .Messages }}<start_of_turn>"
+    '{{ if eq .Role "assistant" }}model{{ else }}user{{ end }}\n{{ .Content }}<end_of_turn>\n'
+    "{{ end }}<start_of_turn>model\n"
 )
 DEFAULT_GO_TEMPLATE = (
     '{{- range .Messages }}{{ if eq .Role "system" }}{{ .Content }}\n\n'
@@ -303,6 +309,9 @@ def modelfile_text(gguf_name: str, tokenizer: PreTrainedTokenizerBase) -> str:
     elif "<|assistant|>" in template_text and "<|end|>" in template_text:
         lines.append(f'TEMPLATE """{PHI3_GO_TEMPLATE}"""')
         stops = ["<|end|>", eos]
+    elif "<start_of_turn>" in template_text and "<end_of_turn>" in template_text:
+        lines.append(f'TEMPLATE """{GEMMA_GO_TEMPLATE}"""')
+        stops = ["<end_of_turn>", eos]
     elif "[INST]" in template_text and "[/INST]" in template_text:
         llama2 = "bos_token + '[INST]" in template_text.replace('"', "'")
         lines.append(f'TEMPLATE """{LLAMA2_GO_TEMPLATE if llama2 else MISTRAL_GO_TEMPLATE}"""')

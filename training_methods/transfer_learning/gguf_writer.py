@@ -15,12 +15,24 @@ Written with `gguf`, the llama.cpp project's own GGUF writer, doing what llama.c
 - Phi-3 (`Phi3ForCausalLM`, Phi-4-mini): the fused `qkv_proj` and `gate_up_proj` are written as
   they are (`attn_qkv`, `ffn_up`; llama.cpp splits them), NeoX rotary on the first
   `partial_rotary_factor` of each head, the sliding window as `phi3.attention.sliding_window`.
+- Gemma 2 (`Gemma2ForCausalLM`) and Gemma 3 text models (`Gemma3ForCausalLM`, with q/k norms):
+  NeoX rotary, no permutation. Their RMS norms multiply by (1 + weight), llama.cpp's by weight, so
+  every norm weight is written plus one. The embedding scale (sqrt(hidden_size)) and the
+  alternation of sliding-window and global layers are built into llama.cpp's graphs (every
+  second layer global for Gemma 2, every sixth for Gemma 3): the window, the soft-capping of
+  attention scores (Gemma 2) and of the logits, and Gemma 3's separate rotary bases are written as
+  metadata, and a layout llama.cpp would not reproduce is refused. llama.cpp scales queries by
+  1/sqrt(head_dim), or 1/sqrt(hidden_size / heads) for the layer counts of the 27B models, where
+  transformers uses 1/sqrt(query_pre_attn_scalar); a different scalar is folded into the query
+  weights (Gemma 2) or the query norm (Gemma 3), so any fine-tune computes the same attention.
 - GPT-2 (`GPT2LMHeadModel`): Conv1D weights, stored (in, out), are transposed to (out, in).
-- A SentencePiece BPE tokenizer (Llama 2, Mistral, Phi-3: `tokenizer.ggml.model = llama`) is read
-  from its `tokenizer.model`, as llama.cpp's converter does: each piece with its score (the merge
-  priority) and type (the `<0xXX>` byte-fallback pieces as BYTE), `add_space_prefix` from the
-  model's dummy prefix, then the tokens transformers added. transformers 5 does not copy
-  tokenizer.model into a fine-tune's folders, so it is also looked for in the base model's.
+- A SentencePiece BPE tokenizer (Llama 2, Mistral, Phi-3, Gemma: `tokenizer.ggml.model = llama`)
+  is read from its `tokenizer.model`, as llama.cpp's converter does: each piece with its score
+  (the merge priority) and type (the `<0xXX>` byte-fallback pieces as BYTE; user-defined pieces
+  transformers marks special, Gemma's turn markers, as CONTROL), `add_space_prefix` from the
+  model's dummy prefix (Gemma has none), then the tokens transformers added. transformers 5 does
+  not copy tokenizer.model into a fine-tune's folders, so it is also looked for in the base
+  model's.
 - A byte-level BPE tokenizer (`tokenizer.ggml.model = gpt2`): every token with its type,
   the merges, BOS/EOS/pad ids, whether BOS/EOS are added when encoding, and the name of the
   pre-tokenizer llama.cpp must use to split text before BPE, read from tokenizer.json (the GPT-2
@@ -102,6 +114,8 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "Phi3ForCausalLM": "phi3",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3",  # Gemma 3 1B, and the text part of the larger ones saved alone
     "GPT2LMHeadModel": "gpt2",
 }
 # Decoders configured like Llama (hidden_size, num_attention_heads, rms_norm_eps, rope_theta).
@@ -113,6 +127,15 @@ SUPPORTED_ROPE_TYPES: dict[str, tuple[str, ...]] = {
     "qwen3": ("default", "linear"),
     "phi3": ("default",),  # Phi-3's longrope (128k variants) needs factor tensors not written here
 }
+GEMMA = ("gemma2", "gemma3")
+# llama.cpp fixes which Gemma layers use the sliding window: layer i does unless (i + 1) is a
+# multiple of this, as in transformers' default `layer_types`.
+GEMMA_SLIDING_PATTERN = {"gemma2": 2, "gemma3": 6}
+# The layer count by which llama.cpp recognises the 27B models, whose queries it scales by
+# 1/sqrt(hidden_size / heads) instead of 1/sqrt(head_dim).
+GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+GEMMA3_LOCAL_ROPE_THETA = 10000.0  # older llama.cpp builds fix the sliding layers' rotary base
+GEMMA_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_new")  # llama.cpp's GELU is the tanh one
 QUANT_BLOCK = 32  # values per q8_0/q4_0/q4_1/q5_0/q5_1 block: a row must be a multiple of it
 
 # Pre-tokenizer regexes of tokenizer.json `Split` steps → llama.cpp's `tokenizer.ggml.pre` name.
@@ -129,7 +152,7 @@ SPLIT_PRE_TOKENIZERS: dict[str, str] = {LLAMA3_SPLIT_REGEX: "llama-bpe", QWEN2_S
 # llama.cpp matches whole vocabulary words before merging for these (HF: `ignore_merges: true`).
 PRE_TOKENIZERS_IGNORING_MERGES = {"llama-bpe"}
 
-Transform = Literal["none", "transpose", "permute_q", "permute_k"]
+Transform = Literal["none", "transpose", "permute_q", "permute_k", "add_one"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +165,7 @@ class TensorPlan:
     qtype: GGMLQuantizationType
     transform: Transform = "none"
     compute: Callable[[], np.ndarray] | None = None  # for tensors that are not in the checkpoint
+    scale: float = 1.0  # multiplies the tensor after `transform` (Gemma's query scalar)
 
     @property
     def nbytes(self) -> int:
@@ -185,7 +209,9 @@ def check_model_config(config: PretrainedConfig, where: str) -> str:
             f"{supported_list()}) — export with --format merged and convert that folder with "
             "llama.cpp's convert_hf_to_gguf.py"
         )
-    if arch in LLAMA_LIKE:
+    if arch in GEMMA:
+        check_gemma_config(config, arch, hf_class, where)
+    elif arch in LLAMA_LIKE:
         act = getattr(config, "hidden_act", "silu")
         if act != "silu":
             raise ConfigurationError(
@@ -217,6 +243,89 @@ def check_model_config(config: PretrainedConfig, where: str) -> str:
                 "GELU (gelu_new) only"
             )
     return arch
+
+
+def check_gemma_config(config: PretrainedConfig, arch: str, hf_class: str, where: str) -> None:
+    """ConfigurationError for a Gemma 2/3 variant llama.cpp's gemma2/gemma3 graph computes
+    differently (module docstring)."""
+    problem = None
+    pattern = GEMMA_SLIDING_PATTERN[arch]
+    expected_layers = [
+        "sliding_attention" if (i + 1) % pattern else "full_attention"
+        for i in range(config.num_hidden_layers)
+    ]
+    act = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None)
+    window = getattr(config, "sliding_window", None)
+    if act not in GEMMA_ACTIVATIONS:
+        problem = f"hidden_activation {act!r}; llama.cpp's {arch} runs the tanh GELU only"
+    elif getattr(config, "attention_bias", False):
+        problem = f"attention_bias=true; llama.cpp's {arch} has no attention biases"
+    elif not config.tie_word_embeddings and arch == "gemma2":
+        problem = "tie_word_embeddings=false; llama.cpp's gemma2 has no separate output head"
+    elif not isinstance(window, int) or window <= 0:
+        problem = f"sliding_window {window!r}; llama.cpp's {arch} needs a window size"
+    elif list(getattr(config, "layer_types", None) or expected_layers) != expected_layers:
+        problem = (
+            f"layer_types other than llama.cpp's fixed pattern (every {pattern}"
+            f"{'nd' if pattern == 2 else 'th'} layer global, the others sliding)"
+        )
+    elif getattr(config, "use_bidirectional_attention", False):
+        problem = "use_bidirectional_attention=true (an embedding model), not a causal LM"
+    elif arch == "gemma2" and (
+        config.attn_logit_softcapping is None or config.final_logit_softcapping is None
+    ):
+        problem = "soft-capping switched off; llama.cpp's gemma2 always soft-caps"
+    elif arch == "gemma3" and (
+        config.attn_logit_softcapping is not None or config.final_logit_softcapping is not None
+    ):
+        problem = "soft-capping switched on; llama.cpp's gemma3 does not soft-cap"
+    else:
+        for layer_type, allowed in gemma_rope_types(arch).items():
+            params = gemma_rope_parameters(config, layer_type)
+            if params["rope_type"] not in allowed:
+                problem = f"rope type {params['rope_type']!r} in {layer_type} layers"
+            elif (
+                arch == "gemma3"
+                and layer_type == "sliding_attention"
+                and float(params["rope_theta"]) != GEMMA3_LOCAL_ROPE_THETA
+            ):
+                problem = (
+                    f"a sliding-layer rope_theta of {params['rope_theta']}; llama.cpp fixes it "
+                    f"at {GEMMA3_LOCAL_ROPE_THETA:g}"
+                )
+    if problem:
+        raise ConfigurationError(
+            f"{where}: {hf_class} with {problem} — export with --format merged and convert that "
+            "folder with llama.cpp's convert_hf_to_gguf.py"
+        )
+
+
+def gemma_rope_types(arch: str) -> dict[str, tuple[str, ...]]:
+    """Rotary types llama.cpp reproduces, per Gemma layer type: Gemma 3's global layers may be
+    linearly scaled (4B and up: factor 8), its sliding layers never are."""
+    if arch == "gemma2":
+        return {"full_attention": ("default",)}
+    return {"full_attention": ("default", "linear"), "sliding_attention": ("default",)}
+
+
+def gemma_rope_parameters(config: PretrainedConfig, layer_type: str) -> dict[str, Any]:
+    """Rotary settings of one Gemma layer type: Gemma 3 keeps one dict per layer type."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if layer_type in params:
+        params = dict(params[layer_type])
+    params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
+    return params
+
+
+def gemma_query_scale(arch: str, config: PretrainedConfig) -> float:
+    """The factor folded into the queries so that llama.cpp's fixed query scale (module
+    docstring) equals transformers' 1/sqrt(query_pre_attn_scalar); 1.0 for the released models."""
+    if config.num_hidden_layers == GEMMA_27B_LAYERS[arch]:
+        llama_cpp_scalar = config.hidden_size // config.num_attention_heads
+    else:
+        llama_cpp_scalar = _head_dim(config)
+    return math.sqrt(llama_cpp_scalar / float(config.query_pre_attn_scalar))
 
 
 def rope_parameters(config: PretrainedConfig) -> dict[str, Any]:
@@ -458,7 +567,11 @@ def read_sentencepiece(
         elif processor.is_byte(index):
             kind = TokenType.BYTE
         elif proto.pieces[index].type == proto.pieces[index].USER_DEFINED:
-            kind = TokenType.USER_DEFINED
+            # Gemma's <start_of_turn>/<end_of_turn> are user-defined pieces that transformers
+            # marks special: llama.cpp's converter makes those control tokens.
+            entry = tokenizer.added_tokens_decoder.get(index)
+            special = entry is not None and entry.special
+            kind = TokenType.CONTROL if special else TokenType.USER_DEFINED
         else:
             kind = TokenType.NORMAL
         tokens.append(piece)
@@ -704,6 +817,7 @@ def plan_tensors(
 
     model_arch = gguf.MODEL_ARCH[arch.upper()]
     n_layers = config.n_layer if arch == "gpt2" else config.num_hidden_layers
+    query_scale = gemma_query_scale(arch, config) if arch in GEMMA else 1.0
     name_map = gguf.get_tensor_name_map(model_arch, n_layers)
     output_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight"
     embedding_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight"
@@ -733,8 +847,15 @@ def plan_tensors(
         elif arch == "gpt2" and len(shape) == 2 and source.endswith(".weight") and ".h." in source:
             transform = "transpose"  # Conv1D stores (in, out)
             shape = (shape[1], shape[0])
+        elif arch in GEMMA and source.endswith("norm.weight"):
+            transform = "add_one"  # Gemma's RMSNorm multiplies by (1 + weight)
+        scale = 1.0
+        if arch == "gemma2" and source.endswith("q_proj.weight"):
+            scale = query_scale
+        elif arch == "gemma3" and source.endswith("q_norm.weight"):
+            scale = query_scale  # the norm's output is the query, before rotary
         qtype = choose_qtype(name, shape, gguf_type, output_head=name == output_head)
-        plans.append(TensorPlan(source, name, shape, qtype, transform))
+        plans.append(TensorPlan(source, name, shape, qtype, transform, scale=scale))
     if arch == "llama":
         params = rope_parameters(config)
         if params["rope_type"] == "llama3":
@@ -777,6 +898,10 @@ def convert_tensor(
             tensor = permute_for_rope(tensor, config.num_key_value_heads)
         elif plan.transform == "transpose":
             tensor = tensor.T
+        elif plan.transform == "add_one":
+            tensor = tensor + 1.0
+        if plan.scale != 1.0:
+            tensor = tensor * plan.scale
         data = tensor.contiguous().numpy()
     return quantize(data, plan.qtype)  # f32 and f16 are casts; the q types pack blocks as uint8
 
@@ -806,7 +931,9 @@ def add_hyperparameters(
     writer.add_type("model")
     writer.add_file_type(_file_type(gguf_type))
     writer.add_quantization_version(_quant_version())
-    if arch in LLAMA_LIKE:
+    if arch in GEMMA:
+        add_gemma_hyperparameters(writer, arch, config)
+    elif arch in LLAMA_LIKE:
         params = rope_parameters(config)
         head_dim = _head_dim(config)
         writer.add_vocab_size(config.vocab_size)
@@ -842,6 +969,35 @@ def add_hyperparameters(
         writer.add_block_count(config.n_layer)
         writer.add_head_count(config.n_head)
         writer.add_layer_norm_eps(float(config.layer_norm_epsilon))
+
+
+def add_gemma_hyperparameters(writer: GGUFWriter, arch: str, config: PretrainedConfig) -> None:
+    head_dim = _head_dim(config)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads or config.num_attention_heads)
+    writer.add_key_length(head_dim)  # Gemma 2's 256 is not hidden_size / heads
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_sliding_window(int(config.sliding_window))
+    global_rope = gemma_rope_parameters(config, "full_attention")
+    writer.add_rope_freq_base(float(global_rope["rope_theta"]))
+    if global_rope["rope_type"] == "linear":  # global layers only: llama.cpp's sliding ones are 1.0
+        from gguf import RopeScalingType
+
+        writer.add_rope_scaling_type(RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(global_rope["factor"]))
+    if arch == "gemma2":
+        writer.add_attn_logit_softcapping(float(config.attn_logit_softcapping))
+        writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
+    else:
+        local_rope = gemma_rope_parameters(config, "sliding_attention")
+        writer.add_rope_freq_base_swa(float(local_rope["rope_theta"]))
 
 
 def _partial_rotary_factor(config: PretrainedConfig) -> float:
