@@ -748,7 +748,7 @@ class CausalLMCollator:
 
 
 class DataLoaderFactory:
-    """Builds tokenised datasets and data loaders from JSONL files for one tokenizer."""
+    """Builds tokenised datasets and their collator from JSONL files for one tokenizer."""
 
     def __init__(
         self,
@@ -796,19 +796,3 @@ class DataLoaderFactory:
                 tokenized = tokenized.shuffle(seed=self.seed)
             tokenized = pack_rows(tokenized, self.max_length)
         return tokenized
-
-    def create_instruction_dataloader(
-        self, path: str | Path, batch_size: int, *, shuffle: bool = True
-    ) -> torch.utils.data.DataLoader:
-        """A torch DataLoader over a JSONL file of any supported record type."""
-        import torch
-
-        dataset = self.build_dataset(self.load_rows(path), shuffle=shuffle)
-        generator = torch.Generator().manual_seed(self.seed)
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=self.collator,
-            generator=generator,
-        )

@@ -299,11 +299,15 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_llama: Path) -> None:
 
 
 def test_dataloader_factory_end_to_end(llama_tokenizer, samples_dir: Path) -> None:
+    # What the fine-tuner does: rows -> tokenised, packed dataset -> batches of the collator.
     factory = DataLoaderFactory(llama_tokenizer, 64, packing=True)
-    loader = factory.create_instruction_dataloader(
-        samples_dir / "datasets" / "chat.jsonl", batch_size=2
+    dataset = factory.build_dataset(
+        factory.load_rows(samples_dir / "datasets" / "chat.jsonl"), shuffle=True
     )
-    batches = list(loader)
+    batches = [
+        factory.collator([dataset[i] for i in range(start, min(start + 2, len(dataset)))])
+        for start in range(0, len(dataset), 2)
+    ]
     assert sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches) == (
         factory.tokenize_stats.response_tokens - 0
     )
