@@ -10,6 +10,8 @@ writes, under the output folder:
 - `NAME-TYPE.gguf` (`--format gguf|both`): one file per type llama.cpp, LM Studio and Ollama
   run (`gguf_writer`; several types, comma-separated, come from one merge), and `Modelfile`, an
   Ollama recipe that points at the last type listed.
+- `NAME-TYPE-lora.gguf` (`--format lora-gguf`): the adapter alone, unmerged, as a GGUF LoRA file
+  (f32 or f16) that llama.cpp applies on top of any GGUF of the base model (`--lora FILE`).
 
 Every check that can fail runs before anything large is written: the adapter folder, the base
 model, whether the GGUF writer supports the architecture, tokenizer and types (a k-quant needs
@@ -37,8 +39,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ExportFormat = Literal["merged", "gguf", "both"]
-EXPORT_FORMATS: tuple[ExportFormat, ...] = ("merged", "gguf", "both")
+ExportFormat = Literal["merged", "gguf", "both", "lora-gguf"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("merged", "gguf", "both", "lora-gguf")
 MERGED_DIR = "merged"
 MODELFILE = "Modelfile"
 
@@ -97,6 +99,10 @@ def gguf_file_name(name: str, gguf_type: GGUFType) -> str:
     return f"{name}-{gguf_type}.gguf"
 
 
+def lora_gguf_file_name(name: str, gguf_type: GGUFType) -> str:
+    return f"{name}-{gguf_type}-lora.gguf"
+
+
 def parse_gguf_types(gguf_type: str | Sequence[str]) -> list[GGUFType]:
     """ "f16,q4_k_m" (or a list) → the types in order, once each; ConfigurationError for an
     unknown one."""
@@ -126,6 +132,8 @@ def export_model(
     gguf_types = parse_gguf_types(gguf_type)
     output_dir = Path(output_dir)
     source = resolve_source(model, adapter)
+    if fmt == "lora-gguf":
+        return export_lora_gguf(output_dir, source, gguf_types, force=force, progress=progress)
     want_merged = fmt in ("merged", "both")
     want_gguf = fmt in ("gguf", "both")
     if want_merged and source.adapter is None:
@@ -186,6 +194,51 @@ def export_model(
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def export_lora_gguf(
+    output_dir: Path,
+    source: ExportSource,
+    gguf_types: Sequence[GGUFType],
+    *,
+    force: bool,
+    progress: bool,
+) -> ExportResult:
+    """`--format lora-gguf`: one LoRA file per type, no merge. Everything is checked (adapter,
+    base config, types, existing files) before the first file is written."""
+    from training_methods.transfer_learning.gguf_writer import (
+        LORA_GGUF_TYPES,
+        check_model_config,
+        lora_alpha_for_llama_cpp,
+        write_lora_gguf,
+    )
+    from training_methods.transfer_learning.merge import read_adapter_config
+    from training_methods.transfer_learning.model_loading import load_model_config
+
+    if source.adapter is None:
+        raise ConfigurationError(
+            "--format lora-gguf needs --adapter DIR (a train-lora/train-qlora output): it writes "
+            "the adapter alone, for the base model's GGUF"
+        )
+    for kind in gguf_types:
+        if kind not in LORA_GGUF_TYPES:
+            raise ConfigurationError(
+                f"--gguf-type {kind}: a LoRA file is written as {' or '.join(LORA_GGUF_TYPES)} "
+                "(it is small; quantise the base model's GGUF instead)"
+            )
+    base_config = load_model_config(source.model)
+    check_model_config(base_config, source.model)
+    lora_alpha_for_llama_cpp(read_adapter_config(source.adapter), str(source.adapter))
+    paths = {kind: output_dir / lora_gguf_file_name(source.name, kind) for kind in gguf_types}
+    refuse_existing(list(paths.values()), force)
+    result = ExportResult(output_dir=output_dir)
+    for kind, path in paths.items():
+        result.ggufs.append(
+            write_lora_gguf(
+                source.adapter, base_config, path, kind, name=source.name, progress=progress
+            )
+        )
     return result
 
 

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 GGUF_TYPE_CHOICES = (
     "f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k",
 )  # fmt: skip
-FORMAT_CHOICES = ("merged", "gguf", "both")
+FORMAT_CHOICES = ("merged", "gguf", "both", "lora-gguf")
 
 
 def register_commands(
@@ -82,7 +82,9 @@ def add_export_command(
         "--format",
         choices=FORMAT_CHOICES,
         default="gguf",
-        help="merged: a transformers folder; gguf: one .gguf file; both (default: gguf)",
+        help="merged: a transformers folder; gguf: one .gguf file; both; lora-gguf: the adapter "
+        "alone as a GGUF LoRA file (f32 or f16) for llama.cpp's --lora on the base model's GGUF "
+        "(default: gguf)",
     )
     parser.add_argument(
         "--gguf-type",
@@ -118,6 +120,14 @@ def run_export(args: argparse.Namespace, config: ToolkitConfig) -> int:
     if result.merged_dir is not None:
         print(f"export: merged model in {result.merged_dir}")
     for summary in result.ggufs:
+        if summary.kind == "lora":
+            print(
+                f"export: wrote {summary.path} (LoRA adapter for {summary.architecture}, "
+                f"{summary.gguf_type}, {summary.size_bytes / 1e6:.1f} MB, {summary.tensor_count} "
+                f"tensors, {summary.seconds:.1f} s); run it on a GGUF of the base model: "
+                f"llama-cli -m BASE.gguf --lora {summary.path}"
+            )
+            continue
         types = ", ".join(f"{count} {name}" for name, count in sorted(summary.tensor_types.items()))
         print(
             f"export: wrote {summary.path} ({summary.architecture}, {summary.gguf_type}, "

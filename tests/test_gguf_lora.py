@@ -1,0 +1,219 @@
+"""`export --format lora-gguf`: the adapter alone as a GGUF LoRA file, applied by llama.cpp
+(llama-cpp-python's `lora_path`, llama.cpp's `--lora`) on top of the base model's GGUF, checked
+against the merged model: a tiny Llama (rotary permutation of q/k, done to lora_b's rows) and a
+tiny Gemma 2 (its query scalar folded into lora_b of q_proj), each fine-tuned with train-lora's
+LoRA on CHATS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from main import main
+from tests.test_gguf import (  # noqa: F401  (autouse fixtures imported)
+    CHATS,
+    GREEDY_TOKENS,
+    LOGIT_ATOL,
+    PROMPT_COUNT,
+    FineTuned,
+    _fields,
+    _llama,
+    _prompt_ids,
+    finetune_on_chats,
+    finetune_tiny_llama,
+    llama_cpp_greedy,
+    llama_cpp_without_amx_repacking,
+    one_torch_thread,
+    transformers_greedy,
+)
+from tests.test_gguf_gemma import GEMMA_LOGIT_ATOL, build_tiny_gemma
+
+ARCHITECTURES = ["llama", "gemma2"]
+_FILES: dict[tuple[Path, str], tuple[FineTuned, dict[str, Path]]] = {}
+
+
+def _export(*argv: str) -> None:
+    assert main(["export", *argv, "--no-progress"]) == 0
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def lora_files(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, FineTuned, dict[str, Path]]:
+    """(architecture, the fine-tune, name → file): the base as f16 and q8_0 GGUF, the adapter as
+    f32 and f16 LoRA GGUF, and the merged fine-tune as f16 GGUF, each written by `export`."""
+    arch = request.param
+    key = (tmp_path_factory.getbasetemp(), arch)
+    if key not in _FILES:
+        if arch == "llama":
+            base = request.getfixturevalue("tiny_llama")
+        else:
+            base = build_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma2-lora"), arch)
+        finetuned = finetune_on_chats(tmp_path_factory, base)
+        out = tmp_path_factory.mktemp(f"lora-{arch}")
+        _export("--model", str(base), "--output", str(out / "base"), "--gguf-type", "f16,q8_0")
+        _export(
+            "--adapter", str(finetuned.adapter), "--output", str(out / "lora"),
+            "--format", "lora-gguf", "--gguf-type", "f32,f16",
+        )  # fmt: skip
+        _export("--adapter", str(finetuned.adapter), "--output", str(out / "merged"))
+        name = finetuned.adapter.name
+        files = {
+            "base-f16": out / "base" / f"{base.name}-f16.gguf",
+            "base-q8_0": out / "base" / f"{base.name}-q8_0.gguf",
+            "lora-f32": out / "lora" / f"{name}-f32-lora.gguf",
+            "lora-f16": out / "lora" / f"{name}-f16-lora.gguf",
+            "merged-f16": out / "merged" / f"{name}-f16.gguf",
+        }
+        _FILES[key] = (finetuned, files)
+    finetuned, files = _FILES[key]
+    return arch, finetuned, files
+
+
+def test_lora_file_holds_the_adapter_in_llama_cpp_layout(
+    lora_files: tuple[str, FineTuned, dict],
+) -> None:
+    import numpy as np
+    from gguf import GGUFReader
+    from safetensors import safe_open
+
+    from training_methods.transfer_learning.gguf_writer import permute_for_rope
+
+    arch, finetuned, files = lora_files
+    adapter_config = json.loads((finetuned.adapter / "adapter_config.json").read_text())
+    fields, tensors = _fields(files["lora-f32"])
+    assert fields["general.type"] == "adapter"
+    assert fields["general.architecture"] == arch
+    assert fields["adapter.type"] == "lora"
+    assert fields["adapter.lora.alpha"] == pytest.approx(adapter_config["lora_alpha"])
+    assert not any(key.startswith("tokenizer.") for key in fields)  # the base's GGUF has it
+    _, base_tensors = _fields(files["base-f16"])
+    targets = {name.rsplit(".", 1)[0] for name in tensors}
+    assert targets <= set(base_tensors) and "blk.1.ffn_down.weight" in targets
+    assert set(tensors) == {f"{t}.{part}" for t in targets for part in ("lora_a", "lora_b")}
+    assert set(_fields(files["lora-f16"])[1].values()) == {"F16"}
+    reader = GGUFReader(files["lora-f32"])
+    written = {tensor.name: np.array(tensor.data) for tensor in reader.tensors}
+    prefix = "base_model.model.model.layers.0.self_attn"
+    with safe_open(finetuned.adapter / "adapter_model.safetensors", framework="pt") as adapter:
+        a = adapter.get_tensor(f"{prefix}.q_proj.lora_A.weight")  # (rank, in)
+        b = adapter.get_tensor(f"{prefix}.q_proj.lora_B.weight")  # (out, rank)
+        v_b = adapter.get_tensor(f"{prefix}.v_proj.lora_B.weight")
+    np.testing.assert_array_equal(written["blk.0.attn_q.weight.lora_a"], a.numpy())
+    np.testing.assert_array_equal(written["blk.0.attn_v.weight.lora_b"], v_b.numpy())
+    if arch == "llama":  # rows permuted like q_proj's
+        expected_b = permute_for_rope(b, 4).numpy()
+    else:  # the query scalar folded in like q_proj's: sqrt(head_dim 32 / scalar 24)
+        expected_b = b.numpy() * (32 / 24) ** 0.5
+    np.testing.assert_allclose(written["blk.0.attn_q.weight.lora_b"], expected_b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("lora", ["lora-f32", "lora-f16"])
+def test_llama_cpp_base_plus_lora_gives_the_merged_models_tokens(
+    lora: str, lora_files: tuple[str, FineTuned, dict], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The base's f16 GGUF with the LoRA file, against the merged fine-tune: the same greedy
+    tokens as transformers and as llama.cpp on the merged f16 GGUF for 3 prompts, first-step
+    logits within the f16 tolerance of transformers'. The base alone answers otherwise, so the
+    adapter is what makes the difference."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    arch, finetuned, files = lora_files
+    tokenizer = AutoTokenizer.from_pretrained(finetuned.adapter)
+    model = AutoModelForCausalLM.from_pretrained(finetuned.merged).eval()
+    with_lora = _llama(files["base-f16"], lora_path=str(files[lora]))
+    merged = _llama(files["merged-f16"])
+    base = _llama(files["base-f16"])
+    atol = GEMMA_LOGIT_ATOL["f16"] if arch == "gemma2" else LOGIT_ATOL["f16"]
+    largest, base_differs = 0.0, False
+    for question, _ in CHATS[:PROMPT_COUNT]:
+        ids = _prompt_ids(tokenizer, question)
+        expected, expected_logits = transformers_greedy(model, ids, GREEDY_TOKENS)
+        tokens, logits = llama_cpp_greedy(with_lora, ids, GREEDY_TOKENS)
+        assert tokens == expected == llama_cpp_greedy(merged, ids, GREEDY_TOKENS)[0]
+        largest = max(largest, float(np.abs(logits - expected_logits).max()))
+        base_differs |= llama_cpp_greedy(base, ids, GREEDY_TOKENS)[0] != expected
+    with capsys.disabled():
+        print(f"\n{arch} base f16 + {lora}: max |logit difference| {largest:.2e}", end="")
+    assert largest < atol
+    assert base_differs
+
+
+def test_llama_cpp_chat_with_the_lora_answers_as_trained(
+    lora_files: tuple[str, FineTuned, dict],
+) -> None:
+    """LM Studio's path with `--lora`: the base's template, the adapter's answers word for word,
+    stopped at EOS."""
+    import llama_cpp
+
+    _, _, files = lora_files
+    llm = llama_cpp.Llama(
+        model_path=str(files["base-f16"]),
+        lora_path=str(files["lora-f16"]),
+        n_ctx=256,
+        n_threads=1,
+        verbose=False,
+    )
+    for question, answer in CHATS:
+        reply = llm.create_chat_completion(
+            messages=[{"role": "user", "content": question}], temperature=0.0, max_tokens=48
+        )["choices"][0]
+        assert reply["message"]["content"] == answer
+        assert reply["finish_reason"] == "stop"
+
+
+@pytest.fixture(scope="module")
+def llama_finetune(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> FineTuned:
+    return finetune_tiny_llama(tmp_path_factory, tiny_llama)
+
+
+def _adapter_copy(finetuned: FineTuned, folder: Path, **changes: Any) -> Path:
+    shutil.copytree(finetuned.adapter, folder)
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(changes)
+    config_path.write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("argv", "changes", "message"),
+    [
+        (["--gguf-type", "q4_0"], {}, "--gguf-type q4_0"),
+        ([], {"use_dora": True}, "DoRA"),
+        ([], {"alpha_pattern": {"q_proj": 64}}, "alpha_pattern"),
+        ([], {"modules_to_save": ["lm_head"]}, "modules_to_save"),
+    ],
+    ids=["quantised-type", "dora", "alpha-pattern", "modules-to-save"],
+)
+def test_adapters_llama_cpp_cannot_apply_are_refused_before_writing(
+    tmp_path: Path,
+    run_main,
+    llama_finetune: FineTuned,
+    argv: list[str],
+    changes: dict[str, Any],
+    message: str,
+) -> None:
+    adapter = _adapter_copy(llama_finetune, tmp_path / "adapter", **changes)
+    status, _, stderr = run_main(
+        "export", "--adapter", adapter, "--output", tmp_path / "out", "--format", "lora-gguf",
+        *argv,
+    )  # fmt: skip
+    assert status == 2 and stderr.count("\n") == 1
+    assert message in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_lora_gguf_without_an_adapter_is_refused(
+    tmp_path: Path, run_main, tiny_llama: Path
+) -> None:
+    status, _, stderr = run_main(
+        "export", "--model", tiny_llama, "--output", tmp_path / "out", "--format", "lora-gguf"
+    )
+    assert status == 2 and stderr.count("\n") == 1 and "--adapter" in stderr
+    assert not (tmp_path / "out").exists()
