@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
+from shared_utils.config import DQNConfig, PPOConfig
 from tests.test_rl_envs import one_torch_thread, register_test_envs  # noqa: F401
 from training_methods.reinforcement_learning import ppo_agent
 from training_methods.reinforcement_learning.buffers import compute_gae
 from training_methods.reinforcement_learning.dqn_agent import DQNAgent, DuelingDQNNetwork, QNetwork
 from training_methods.reinforcement_learning.envs import env_spaces, make_vector_env
 from training_methods.reinforcement_learning.ppo_agent import ActorCritic, PPOAgent
-from training_methods.reinforcement_learning.trainer import collect_rollout
+from training_methods.reinforcement_learning.trainer import build_agent, collect_rollout
 
 register_test_envs()
 
@@ -47,7 +50,7 @@ def test_actor_critic_has_feature_layers_and_two_heads() -> None:
 
 
 def test_ppo_select_action_single_and_batched_discrete() -> None:
-    agent = PPOAgent(4, 3, num_envs=5, num_steps=4)
+    agent = PPOAgent(4, 3, PPOConfig(num_envs=5), num_steps=4)
     action, log_prob, value = agent.select_action(np.zeros(4, dtype=np.float32))
     assert action.shape == () and 0 <= int(action) < 3
     assert np.isscalar(float(log_prob)) and log_prob <= 0 and np.shape(value) == ()
@@ -59,7 +62,7 @@ def test_ppo_select_action_single_and_batched_discrete() -> None:
 
 
 def test_ppo_select_action_box_is_gaussian() -> None:
-    agent = PPOAgent(3, 2, continuous=True, num_envs=4, num_steps=8)
+    agent = PPOAgent(3, 2, PPOConfig(num_envs=4), continuous=True, num_steps=8)
     action, log_prob, _ = agent.select_action(np.zeros(3, dtype=np.float32))
     assert action.shape == (2,) and action.dtype == np.float32
     actions, log_probs, values = agent.select_action(np.zeros((4, 3), dtype=np.float32))
@@ -71,7 +74,9 @@ def test_ppo_select_action_box_is_gaussian() -> None:
 
 
 def test_ppo_store_transition_and_update_api() -> None:
-    agent = PPOAgent(4, 2, lr=1e-3, k_epochs=2, batch_size=16, num_envs=1, num_steps=32)
+    agent = PPOAgent(
+        4, 2, PPOConfig(learning_rate=1e-3, k_epochs=2, batch_size=16, num_envs=1), num_steps=32
+    )
     rng = np.random.default_rng(0)
     state = rng.standard_normal(4).astype(np.float32)
     for t in range(32):
@@ -93,7 +98,7 @@ def test_ppo_truncation_with_final_state_bootstraps_from_it() -> None:
     """A caller that resets its environment itself passes the final observation of a truncated
     episode: the advantage is r + gamma V(final) - V(s), not a bootstrap from the next episode."""
     torch.manual_seed(0)
-    agent = PPOAgent(3, 2, gamma=0.9, gae_lambda=0.95, num_envs=1, num_steps=2)
+    agent = PPOAgent(3, 2, PPOConfig(gamma=0.9, gae_lambda=0.95, num_envs=1), num_steps=2)
     s0, final, s1 = (np.full(3, x, dtype=np.float32) for x in (0.1, 2.0, -3.0))
     _, log_prob, v0 = agent.select_action(s0)
     agent.store_transition(s0, 0, 1.0, True, log_prob, v0, truncated=True, final_state=final)
@@ -123,7 +128,11 @@ def test_ppo_ratio_is_exactly_one_on_the_first_minibatch(monkeypatch: pytest.Mon
     for continuous in (False, True):
         ratios.clear()
         agent = PPOAgent(
-            4, 2, continuous=continuous, k_epochs=3, batch_size=32, num_envs=4, num_steps=16
+            4,
+            2,
+            PPOConfig(k_epochs=3, batch_size=32, num_envs=4),
+            continuous=continuous,
+            num_steps=16,
         )
         agent.update(next_state=_fill(agent, np.random.default_rng(1), 16))
         assert len(ratios) == 3 * 2
@@ -135,7 +144,12 @@ def test_ppo_target_kl_stops_the_update_early() -> None:
     def minibatches(target_kl: float | None) -> float:
         torch.manual_seed(0)
         agent = PPOAgent(
-            4, 2, lr=0.05, k_epochs=10, batch_size=16, target_kl=target_kl, num_envs=2, num_steps=16
+            4,
+            2,
+            PPOConfig(
+                learning_rate=0.05, k_epochs=10, batch_size=16, target_kl=target_kl, num_envs=2
+            ),
+            num_steps=16,
         )
         return agent.update(next_state=_fill(agent, np.random.default_rng(2), 16))["minibatches"]
 
@@ -144,11 +158,11 @@ def test_ppo_target_kl_stops_the_update_early() -> None:
 
 
 def test_ppo_learning_rate_is_annealed_with_the_budget() -> None:
-    agent = PPOAgent(4, 2, lr=1e-3, num_envs=1, num_steps=8)
+    agent = PPOAgent(4, 2, PPOConfig(learning_rate=1e-3, num_envs=1), num_steps=8)
     assert agent.update(_fill(agent, np.random.default_rng(0), 8), 0.25)[
         "learning_rate"
     ] == pytest.approx(2.5e-4)
-    fixed = PPOAgent(4, 2, lr=1e-3, anneal_lr=False, num_envs=1, num_steps=8)
+    fixed = PPOAgent(4, 2, PPOConfig(learning_rate=1e-3, anneal_lr=False, num_envs=1), num_steps=8)
     assert fixed.update(_fill(fixed, np.random.default_rng(0), 8), 0.25)["learning_rate"] == 1e-3
     assert fixed.optimizer.defaults["eps"] == 1e-5
 
@@ -156,7 +170,7 @@ def test_ppo_learning_rate_is_annealed_with_the_budget() -> None:
 def test_ppo_nan_loss_is_a_training_error() -> None:
     from shared_utils.errors import TrainingError
 
-    agent = PPOAgent(4, 2, num_envs=1, num_steps=4)
+    agent = PPOAgent(4, 2, PPOConfig(num_envs=1), num_steps=4)
     obs = np.zeros(4, dtype=np.float32)
     for _ in range(4):
         action, log_prob, value = agent.select_action(obs)
@@ -169,7 +183,7 @@ def test_the_autoreset_step_is_masked_and_never_learned_from() -> None:
     """Counter-v0 ends after 3 steps; the 4th step of each cycle only resets it."""
     envs = make_vector_env("Counter-v0", 2, 0)
     spaces = env_spaces(envs, "Counter-v0")
-    agent = PPOAgent(2, 2, k_epochs=2, batch_size=8, num_envs=2, num_steps=8)
+    agent = PPOAgent(2, 2, PPOConfig(k_epochs=2, batch_size=8, num_envs=2), num_steps=8)
     obs, _ = envs.reset()
     steps: list[int] = []
     obs, previous_done = collect_rollout(
@@ -189,7 +203,7 @@ def test_the_autoreset_step_is_masked_and_never_learned_from() -> None:
     assert previous_done.tolist() == [False, False]  # the last row was a reset
 
     def update_with_masked_rewards(reward: float) -> list[torch.Tensor]:
-        clone = PPOAgent(2, 2, k_epochs=2, batch_size=8, num_envs=2, num_steps=8)
+        clone = PPOAgent(2, 2, PPOConfig(k_epochs=2, batch_size=8, num_envs=2), num_steps=8)
         clone.policy.load_state_dict(agent.policy.state_dict())
         for name in (
             "observations",
@@ -229,7 +243,9 @@ def test_dueling_network_combines_value_and_mean_centred_advantages() -> None:
 
 
 def test_dqn_select_action_api() -> None:
-    agent = DQNAgent(4, 3, buffer_size=100, batch_size=8, epsilon_start=0.0, epsilon_end=0.0)
+    agent = DQNAgent(
+        4, 3, DQNConfig(buffer_size=100, batch_size=8, epsilon_start=0.0, epsilon_end=0.0)
+    )
     state = np.ones(4, dtype=np.float32)
     action = agent.select_action(state)
     assert isinstance(action, int) and 0 <= action < 3
@@ -237,30 +253,34 @@ def test_dqn_select_action_api() -> None:
     assert agent.select_action(state, training=False) == greedy
     actions = agent.select_action(np.ones((6, 4), dtype=np.float32))
     assert actions.shape == (6,) and (actions == greedy).all()
-    exploring = DQNAgent(4, 3, buffer_size=100, batch_size=8, seed=3)  # epsilon 1 at the start
+    exploring = DQNAgent(
+        4, 3, DQNConfig(buffer_size=100, batch_size=8), seed=3
+    )  # epsilon 1 at the start
     assert set(exploring.select_action(np.ones((200, 4), dtype=np.float32)).tolist()) == {0, 1, 2}
     greedy_exploring = int(exploring.q_network(torch.ones(1, 4)).argmax())
     assert (exploring.select_action(np.ones((20, 4)), training=False) == greedy_exploring).all()
 
 
 def test_dqn_use_dueling_switches_the_network() -> None:
-    assert isinstance(DQNAgent(4, 2, use_dueling=True).q_network, DuelingDQNNetwork)
-    assert isinstance(DQNAgent(4, 2, use_dueling=False).q_network, QNetwork)
+    assert isinstance(DQNAgent(4, 2, DQNConfig(use_dueling=True)).q_network, DuelingDQNNetwork)
+    assert isinstance(DQNAgent(4, 2, DQNConfig(use_dueling=False)).q_network, QNetwork)
 
 
 def test_dqn_epsilon_schedules() -> None:
-    agent = DQNAgent(4, 2, epsilon_decay=0.5, epsilon_end=0.1)
+    agent = DQNAgent(4, 2, DQNConfig(epsilon_decay=0.5, epsilon_end=0.1))
     agent.updates = 2
     assert agent.epsilon == 0.25
-    linear = DQNAgent(4, 2, epsilon_schedule="linear", epsilon_end=0.0, exploration_steps=10)
+    linear = DQNAgent(
+        4, 2, DQNConfig(epsilon_schedule="linear", epsilon_end=0.0, exploration_steps=10)
+    )
     linear.store_transition(
         np.zeros((4, 4)), np.zeros(4), np.zeros(4), np.zeros((4, 4)), np.zeros(4)
     )
     assert linear.steps == 4 and linear.epsilon == pytest.approx(0.6)
 
 
-def _filled_dqn(**kwargs: object) -> DQNAgent:
-    agent = DQNAgent(4, 2, buffer_size=256, batch_size=32, seed=0, **kwargs)
+def _filled_dqn(**settings: Any) -> DQNAgent:
+    agent = DQNAgent(4, 2, DQNConfig(buffer_size=256, batch_size=32, **settings), seed=0)
     rng = np.random.default_rng(0)
     agent.store_transition(
         rng.standard_normal((256, 4)),
@@ -329,7 +349,7 @@ def test_dqn_soft_target_update_moves_tau_of_the_way() -> None:
 def test_dqn_state_dict_round_trip() -> None:
     agent = _filled_dqn()
     agent.update()
-    clone = DQNAgent(4, 2, buffer_size=256, batch_size=32, seed=99)
+    clone = DQNAgent(4, 2, DQNConfig(buffer_size=256, batch_size=32), seed=99)
     clone.load_state_dict(agent.state_dict())
     assert clone.updates == 1 and clone.steps == 256
     obs = np.random.default_rng(5).standard_normal((10, 4)).astype(np.float32)
@@ -396,3 +416,28 @@ def test_dqn_observation_statistics_freeze_when_learning_starts(tmp_path) -> Non
     saved = load_checkpoint(tmp_path / "run" / "final_model.pt")["normalization"]["observations"]
     assert 40 <= float(saved["count"]) < 50  # 40 steps and the resets among them, then frozen
     assert evaluate_checkpoint(tmp_path / "run" / "final_model.pt", 2, 0, "cpu")["episodes"] == 2
+
+
+def test_agents_take_their_defaults_from_the_config_sections() -> None:
+    ppo, dqn = PPOAgent(4, 2, num_steps=4), DQNAgent(4, 2)
+    assert (ppo.num_envs, ppo.lr, ppo.batch_size) == (8, 3e-4, 64)  # PPOConfig's
+    assert ppo.buffer.rewards.shape == (4, 8)
+    assert (dqn.batch_size, dqn.buffer.capacity, dqn.target_update) == (64, 100_000, 10)
+
+
+def test_build_agent_reads_the_settings_of_older_checkpoints() -> None:
+    # Checkpoints written before the agents took their config section: "lr", and only the
+    # settings the agent's constructor had.
+    old_ppo = {"state_dim": 4, "action_dim": 2, "lr": 0.01, "gamma": 0.9, "hidden_dim": 16,
+               "continuous": False, "num_envs": 1, "num_steps": 8}  # fmt: skip
+    agent = build_agent("ppo", old_ppo, torch.device("cpu"))
+    assert isinstance(agent, PPOAgent)
+    assert (agent.lr, agent.gamma, agent.num_envs) == (0.01, 0.9, 1)
+    assert agent.optimizer.param_groups[0]["lr"] == 0.01
+    old_dqn = {"state_dim": 4, "action_dim": 2, "lr": 0.02, "buffer_size": 32, "batch_size": 8,
+               "hidden_dim": 16, "seed": 5}  # fmt: skip
+    agent = build_agent("dqn", old_dqn, torch.device("cpu"))
+    assert isinstance(agent, DQNAgent) and agent.buffer.capacity == 32
+    assert agent.optimizer.param_groups[0]["lr"] == 0.02
+    with pytest.raises(TypeError):
+        build_agent("dqn", {**old_dqn, "depth": 3}, torch.device("cpu"))

@@ -9,13 +9,12 @@ updates (Lillicrap et al. 2016), gradient clipping.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from shared_utils.config import DQNConfig
 from training_methods.reinforcement_learning.buffers import NStepReturns, ReplayBuffer
 from training_methods.reinforcement_learning.ppo_agent import adam, check_finite
 from training_methods.reinforcement_learning.schedules import exponential_epsilon, linear_epsilon
@@ -33,7 +32,7 @@ def _relu_mlp(in_dim: int, hidden_dim: int) -> nn.Sequential:
 class QNetwork(nn.Module):
     """Feature layers and one linear head: Q(s, .)."""
 
-    def __init__(self, state_dim: int, action_dim: int, hidden_dim: int = 256) -> None:
+    def __init__(self, state_dim: int, action_dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.features = _relu_mlp(state_dim, hidden_dim)
         self.head = nn.Linear(hidden_dim, action_dim)
@@ -49,7 +48,7 @@ class DuelingDQNNetwork(nn.Module):
     Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'): subtracting the mean makes V and A identifiable.
     """
 
-    def __init__(self, state_dim: int, action_dim: int, hidden_dim: int = 256) -> None:
+    def __init__(self, state_dim: int, action_dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.features = _relu_mlp(state_dim, hidden_dim)
         self.value_stream = nn.Linear(hidden_dim, 1)
@@ -76,48 +75,38 @@ class DQNAgent:
         self,
         state_dim: int,
         action_dim: int,
-        lr: float = 1e-3,
-        gamma: float = 0.99,
-        epsilon_start: float = 1.0,
-        epsilon_end: float = 0.01,
-        epsilon_decay: float = 0.995,
-        buffer_size: int = 100_000,
-        batch_size: int = 64,
-        target_update: int = 10,
-        use_dueling: bool = True,
+        config: DQNConfig | None = None,
         *,
-        hidden_dim: int = 256,
-        double_dqn: bool = True,
-        tau: float = 1.0,
-        epsilon_schedule: Literal["exponential", "linear"] = "exponential",
-        exploration_steps: int = 10_000,
-        max_grad_norm: float | None = 10.0,
-        n_step: int = 1,
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
+        """`config` holds the hyper-parameters (`DQNConfig`'s defaults when None: the config
+        section is their one source); `seed` seeds exploration and replay sampling."""
+        config = config if config is not None else DQNConfig()
         self.state_dim = state_dim
         self.action_dim = action_dim
-        self.gamma = gamma
-        self.epsilon_start = epsilon_start
-        self.epsilon_end = epsilon_end
-        self.epsilon_decay = epsilon_decay
-        self.epsilon_schedule = epsilon_schedule
-        self.exploration_steps = exploration_steps
-        self.batch_size = batch_size
-        self.target_update = target_update
-        self.double_dqn = double_dqn
-        self.tau = tau
-        self.max_grad_norm = max_grad_norm
+        self.gamma = config.gamma
+        self.epsilon_start = config.epsilon_start
+        self.epsilon_end = config.epsilon_end
+        self.epsilon_decay = config.epsilon_decay
+        self.epsilon_schedule = config.epsilon_schedule
+        self.exploration_steps = config.exploration_steps
+        self.batch_size = config.batch_size
+        self.target_update = config.target_update
+        self.double_dqn = config.double_dqn
+        self.tau = config.tau
+        self.max_grad_norm = config.max_grad_norm
         self.device = torch.device(device)
-        network = DuelingDQNNetwork if use_dueling else QNetwork
-        self.q_network = network(state_dim, action_dim, hidden_dim).to(self.device)
-        self.target_network = network(state_dim, action_dim, hidden_dim).to(self.device)
+        network = DuelingDQNNetwork if config.use_dueling else QNetwork
+        self.q_network = network(state_dim, action_dim, config.hidden_dim).to(self.device)
+        self.target_network = network(state_dim, action_dim, config.hidden_dim).to(self.device)
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.target_network.requires_grad_(False)
-        self.optimizer = adam(self.q_network.parameters(), lr, eps=1e-8, device=self.device)
-        self.buffer = ReplayBuffer(buffer_size, (state_dim,))
-        self.n_step = n_step
+        self.optimizer = adam(
+            self.q_network.parameters(), config.learning_rate, eps=1e-8, device=self.device
+        )
+        self.buffer = ReplayBuffer(config.buffer_size, (state_dim,))
+        self.n_step = config.n_step
         self.n_step_returns: NStepReturns | None = None  # built for the first batch size seen
         self.rng = np.random.default_rng(seed)
         self.steps = 0  # transitions stored

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared_utils.config import PPOConfig
 from shared_utils.errors import TrainingError
 from training_methods.reinforcement_learning.buffers import RolloutBuffer, compute_gae
 from training_methods.reinforcement_learning.schedules import linear_annealing
@@ -52,7 +53,7 @@ class ActorCritic(nn.Module):
         self,
         state_dim: int,
         action_dim: int,
-        hidden_dim: int = 64,
+        hidden_dim: int,
         continuous: bool = False,
         shared_features: bool = False,
     ) -> None:
@@ -170,49 +171,41 @@ class PPOAgent:
         self,
         state_dim: int,
         action_dim: int,
-        lr: float = 3e-4,
-        gamma: float = 0.99,
-        eps_clip: float = 0.2,
-        k_epochs: int = 4,
+        config: PPOConfig | None = None,
         *,
-        gae_lambda: float = 0.95,
-        batch_size: int = 64,
-        entropy_coef: float = 0.0,
-        value_coef: float = 0.5,
-        hidden_dim: int = 64,
         continuous: bool = False,
-        shared_features: bool = False,
-        max_grad_norm: float | None = 0.5,
-        clip_value_loss: bool = False,
-        target_kl: float | None = None,
-        anneal_lr: bool = True,
-        num_envs: int = 1,
-        num_steps: int = 2048,
+        num_steps: int,
         device: torch.device | str = "cpu",
     ) -> None:
+        """`config` holds the hyper-parameters (`PPOConfig`'s defaults when None: the config
+        section is their one source); `num_steps` is the rollout length per environment, which
+        the trainer derives from `training.update_frequency`."""
+        config = config if config is not None else PPOConfig()
         self.state_dim = state_dim
         self.action_dim = action_dim
-        self.lr = lr
-        self.gamma = gamma
-        self.gae_lambda = gae_lambda
-        self.eps_clip = eps_clip
-        self.k_epochs = k_epochs
-        self.batch_size = batch_size
-        self.entropy_coef = entropy_coef
-        self.value_coef = value_coef
+        self.lr = config.learning_rate
+        self.gamma = config.gamma
+        self.gae_lambda = config.gae_lambda
+        self.eps_clip = config.eps_clip
+        self.k_epochs = config.k_epochs
+        self.batch_size = config.batch_size
+        self.entropy_coef = config.entropy_coef
+        self.value_coef = config.value_coef
         self.continuous = continuous
-        self.max_grad_norm = max_grad_norm
-        self.clip_value_loss = clip_value_loss
-        self.target_kl = target_kl
-        self.anneal_lr = anneal_lr
-        self.num_envs = num_envs
+        self.max_grad_norm = config.max_grad_norm
+        self.clip_value_loss = config.clip_value_loss
+        self.target_kl = config.target_kl
+        self.anneal_lr = config.anneal_lr
+        self.num_envs = config.num_envs
         self.device = torch.device(device)
-        self.policy = ActorCritic(state_dim, action_dim, hidden_dim, continuous, shared_features)
+        self.policy = ActorCritic(
+            state_dim, action_dim, config.hidden_dim, continuous, config.shared_features
+        )
         self.policy.to(self.device)
-        self.optimizer = adam(self.policy.parameters(), lr, eps=1e-5, device=self.device)
+        self.optimizer = adam(self.policy.parameters(), self.lr, eps=1e-5, device=self.device)
         self.buffer = RolloutBuffer(
             num_steps,
-            num_envs,
+            self.num_envs,
             (state_dim,),
             (action_dim,) if continuous else (),
             np.float32 if continuous else np.int64,

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,8 @@ import torch
 from tqdm import tqdm
 
 from shared_utils.config import (
+    DQNConfig,
+    PPOConfig,
     ReinforcementLearningConfig,
     ToolkitConfig,
     check_training_sections,
@@ -95,58 +97,29 @@ def rollout_steps(rl: ReinforcementLearningConfig) -> int:
 def agent_kwargs(
     algorithm: Algorithm, rl: ReinforcementLearningConfig, spaces: EnvSpaces, seed: int
 ) -> dict[str, Any]:
-    """Constructor arguments of the agent, from the config (saved in checkpoints)."""
+    """What builds the agent, saved in checkpoints: the algorithm's config section (its fields, by
+    their config names), the environment's sizes, and PPO's rollout length or DQN's seed."""
+    section = rl.ppo if algorithm == "ppo" else rl.dqn
+    kwargs = {**asdict(section), "state_dim": spaces.state_dim, "action_dim": spaces.action_dim}
     if algorithm == "ppo":
-        ppo = rl.ppo
-        return {
-            "state_dim": spaces.state_dim,
-            "action_dim": spaces.action_dim,
-            "lr": ppo.learning_rate,
-            "gamma": ppo.gamma,
-            "eps_clip": ppo.eps_clip,
-            "k_epochs": ppo.k_epochs,
-            "gae_lambda": ppo.gae_lambda,
-            "batch_size": ppo.batch_size,
-            "entropy_coef": ppo.entropy_coef,
-            "value_coef": ppo.value_coef,
-            "hidden_dim": ppo.hidden_dim,
-            "continuous": not spaces.discrete,
-            "shared_features": ppo.shared_features,
-            "max_grad_norm": ppo.max_grad_norm,
-            "clip_value_loss": ppo.clip_value_loss,
-            "target_kl": ppo.target_kl,
-            "anneal_lr": ppo.anneal_lr,
-            "num_envs": ppo.num_envs,
-            "num_steps": rollout_steps(rl),
-        }
-    dqn = rl.dqn
-    return {
-        "state_dim": spaces.state_dim,
-        "action_dim": spaces.action_dim,
-        "lr": dqn.learning_rate,
-        "gamma": dqn.gamma,
-        "epsilon_start": dqn.epsilon_start,
-        "epsilon_end": dqn.epsilon_end,
-        "epsilon_decay": dqn.epsilon_decay,
-        "buffer_size": dqn.buffer_size,
-        "batch_size": dqn.batch_size,
-        "target_update": dqn.target_update,
-        "use_dueling": dqn.use_dueling,
-        "hidden_dim": dqn.hidden_dim,
-        "double_dqn": dqn.double_dqn,
-        "tau": dqn.tau,
-        "epsilon_schedule": dqn.epsilon_schedule,
-        "exploration_steps": dqn.exploration_steps,
-        "max_grad_norm": dqn.max_grad_norm,
-        "n_step": dqn.n_step,
-        "seed": seed,
-    }
+        kwargs.update(continuous=not spaces.discrete, num_steps=rollout_steps(rl))
+    else:
+        kwargs["seed"] = seed
+    return kwargs
 
 
 def build_agent(algorithm: Algorithm, kwargs: dict[str, Any], device: torch.device) -> Agent:
-    if algorithm == "ppo":
-        return PPOAgent(**kwargs, device=device)
-    return DQNAgent(**kwargs, device=device)
+    """The agent `agent_kwargs` describes. Checkpoints written before the agents took their config
+    section name the learning rate `lr`; an unknown name is a TypeError."""
+    kwargs = dict(kwargs)
+    if "lr" in kwargs:
+        kwargs["learning_rate"] = kwargs.pop("lr")
+    state_dim, action_dim = kwargs.pop("state_dim"), kwargs.pop("action_dim")
+    section_type = PPOConfig if algorithm == "ppo" else DQNConfig
+    names = {f.name for f in fields(section_type)} - {"state_dim", "action_dim"}
+    section = section_type(**{name: kwargs.pop(name) for name in names if name in kwargs})
+    agent_type = PPOAgent if algorithm == "ppo" else DQNAgent
+    return agent_type(state_dim, action_dim, section, **kwargs, device=device)
 
 
 @contextlib.contextmanager

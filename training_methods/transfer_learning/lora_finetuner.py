@@ -334,38 +334,29 @@ class LoRAFineTuner:
     quantized = False
     section = "lora"
 
-    def __init__(
-        self,
-        model_name: str,
-        lora_r: int = 16,
-        lora_alpha: int = 32,
-        lora_dropout: float = 0.0,
-        target_modules: str | Sequence[str] = "auto",
-        *,
-        max_length: int = 512,
-        train_on_prompt: bool = False,
-        packing: bool = False,
-        config: ToolkitConfig | None = None,
-    ) -> None:
+    def __init__(self, config: ToolkitConfig) -> None:
+        """Every setting comes from `transfer_learning.<section>` of `config`, which owns their
+        defaults; `from_config` checks them first."""
         from shared_utils.training_utils import resolve_device
 
-        self.config = config if config is not None else ToolkitConfig()
+        self.config = config
+        section = self.section_config
         # A local folder or GGUF file is recorded absolute in adapter_config.json, so merge,
         # export and chat find the base from wherever they run.
-        self.model_name = recorded_name(model_name)
-        self.lora_r = lora_r
-        self.lora_alpha = lora_alpha
-        self.lora_dropout = lora_dropout
-        self.target_modules = target_modules
-        self.max_length = max_length
-        self.device = resolve_device(self.config.common.device)
-        self.tokenizer = load_tokenizer(model_name)
+        self.model_name = recorded_name(section.model_name)
+        self.lora_r = section.lora_r
+        self.lora_alpha = section.lora_alpha
+        self.lora_dropout = section.lora_dropout
+        self.target_modules = section.target_modules
+        self.max_length = section.max_length
+        self.device = resolve_device(config.common.device)
+        self.tokenizer = load_tokenizer(section.model_name)
         self.data = DataLoaderFactory(
             self.tokenizer,
-            max_length,
-            train_on_prompt=train_on_prompt,
-            packing=packing,
-            seed=self.config.common.seed,
+            section.max_length,
+            train_on_prompt=section.train_on_prompt,
+            packing=section.packing,
+            seed=config.common.seed,
         )
         self._model: PreTrainedModel | None = None
         self._base_lowered_for_training = False  # set by _load_base_model
@@ -376,17 +367,7 @@ class LoRAFineTuner:
         section: LoraConfig = getattr(config.transfer_learning, cls.section)
         section.check(f"transfer_learning.{cls.section}")
         check_training_sections(config)
-        return cls(
-            section.model_name,
-            lora_r=section.lora_r,
-            lora_alpha=section.lora_alpha,
-            lora_dropout=section.lora_dropout,
-            target_modules=section.target_modules,
-            max_length=section.max_length,
-            train_on_prompt=section.train_on_prompt,
-            packing=section.packing,
-            config=config,
-        )
+        return cls(config)
 
     @property
     def section_config(self) -> LoraConfig:

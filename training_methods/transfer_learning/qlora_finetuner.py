@@ -27,10 +27,9 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from shared_utils.config import QuantizationConfig, ToolkitConfig, check_training_sections
+from shared_utils.config import ToolkitConfig
 from shared_utils.errors import ConfigurationError
 from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner, autocast_dtype
 from training_methods.transfer_learning.model_loading import load_causal_lm
@@ -59,68 +58,17 @@ class QLoRAFineTuner(LoRAFineTuner):
 
     section = "qlora"
 
-    def __init__(
-        self,
-        model_name: str,
-        lora_r: int = 64,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.0,
-        target_modules: str | Sequence[str] = "auto",
-        *,
-        load_in_4bit: bool = True,
-        bnb_4bit_quant_type: str = "nf4",
-        bnb_4bit_use_double_quant: bool = True,
-        bnb_4bit_compute_dtype: str = "auto",
-        max_length: int = 512,
-        train_on_prompt: bool = False,
-        packing: bool = False,
-        config: ToolkitConfig | None = None,
-    ) -> None:
-        self.quantization = QuantizationConfig(
-            load_in_4bit=load_in_4bit,
-            bnb_4bit_quant_type=bnb_4bit_quant_type,  # type: ignore[arg-type]
-            bnb_4bit_use_double_quant=bnb_4bit_use_double_quant,
-            bnb_4bit_compute_dtype=bnb_4bit_compute_dtype,  # type: ignore[arg-type]
-        )
-        if load_in_4bit:
+    def __init__(self, config: ToolkitConfig) -> None:
+        """Every setting comes from `transfer_learning.qlora` of `config`, its quantization
+        included; `from_config` checks them first."""
+        self.quantization = config.transfer_learning.qlora.quantization
+        if self.quantization.load_in_4bit:
             require_bitsandbytes()
-        super().__init__(
-            model_name,
-            lora_r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            target_modules=target_modules,
-            max_length=max_length,
-            train_on_prompt=train_on_prompt,
-            packing=packing,
-            config=config,
-        )
+        super().__init__(config)
 
     @property
     def quantized(self) -> bool:  # type: ignore[override]
         return self.quantization.load_in_4bit
-
-    @classmethod
-    def from_config(cls, config: ToolkitConfig) -> QLoRAFineTuner:
-        section = config.transfer_learning.qlora
-        section.check("transfer_learning.qlora")
-        check_training_sections(config)
-        quantization = section.quantization
-        return cls(
-            section.model_name,
-            lora_r=section.lora_r,
-            lora_alpha=section.lora_alpha,
-            lora_dropout=section.lora_dropout,
-            target_modules=section.target_modules,
-            load_in_4bit=quantization.load_in_4bit,
-            bnb_4bit_quant_type=quantization.bnb_4bit_quant_type,
-            bnb_4bit_use_double_quant=quantization.bnb_4bit_use_double_quant,
-            bnb_4bit_compute_dtype=quantization.bnb_4bit_compute_dtype,
-            max_length=section.max_length,
-            train_on_prompt=section.train_on_prompt,
-            packing=section.packing,
-            config=config,
-        )
 
     def compute_dtype(self) -> torch.dtype:
         import torch
