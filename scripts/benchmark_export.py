@@ -13,6 +13,11 @@ toolkit's writer in one call, the k-quants quantised by llama.cpp from the f16 f
 llama-cpp-python; transformers runs the merged folder in float32. `export s` of a k-quant is its
 quantisation from f16 (the f16 row says what writing that took).
 
+With `--adapter`, one more row runs the adapter unmerged: `export --format lora-gguf` (f16) on
+top of the base's GGUF, the base's own .gguf file when the adapter was trained on one (what a
+user of LM Studio already has), else an f16 GGUF of the base folder (its `export s` is the LoRA
+file's).
+
 tokens/s is end to end: the chat-template prompt, then `--new-tokens` greedy tokens (EOS
 ignored, so every engine generates exactly as many), over wall time, best of `--repeats` runs.
 
@@ -127,12 +132,21 @@ def transformers_run(model_dir: Path, ids: list[int], new_tokens: int, repeats: 
     return new_tokens / best, tokens, sum(p.numel() for p in model.parameters())
 
 
-def llama_cpp_run(path: Path, ids: list[int], new_tokens: int, repeats: int, threads: int):
-    """(tokens/s, generated ids) of llama.cpp's greedy generation from the same token ids."""
+def llama_cpp_run(
+    path: Path,
+    ids: list[int],
+    new_tokens: int,
+    repeats: int,
+    threads: int,
+    lora: Path | None = None,
+):
+    """(tokens/s, generated ids) of llama.cpp's greedy generation from the same token ids;
+    `lora`: a GGUF LoRA file applied on top."""
     import llama_cpp
 
     llm = llama_cpp.Llama(
         model_path=str(path),
+        lora_path=str(lora) if lora else None,
         n_ctx=len(ids) + new_tokens + 8,
         n_threads=threads,
         n_threads_batch=threads,
@@ -153,7 +167,9 @@ def llama_cpp_run(path: Path, ids: list[int], new_tokens: int, repeats: int, thr
     return new_tokens / best, tokens
 
 
-def next_token_agreement(path: Path, ids: list[int], reference: list[int], threads: int) -> float:
+def next_token_agreement(
+    path: Path, ids: list[int], reference: list[int], threads: int, lora: Path | None = None
+) -> float:
     """Share of positions where llama.cpp's most likely next token is transformers' greedy token,
     both reading transformers' sequence (teacher forcing): one flipped near-tie counts once."""
     import llama_cpp
@@ -161,6 +177,7 @@ def next_token_agreement(path: Path, ids: list[int], reference: list[int], threa
 
     llm = llama_cpp.Llama(
         model_path=str(path),
+        lora_path=str(lora) if lora else None,
         n_ctx=len(ids) + len(reference) + 8,
         n_threads=threads,
         logits_all=True,
@@ -171,6 +188,24 @@ def next_token_agreement(path: Path, ids: list[int], reference: list[int], threa
     llm.eval(ids + reference[:-1])
     scores = np.asarray(llm.scores[len(ids) - 1 : len(ids) - 1 + len(reference)])
     return float((scores.argmax(axis=1) == np.asarray(reference)).mean())
+
+
+def lora_files(adapter: Path, work: Path) -> tuple[Path, Path, float]:
+    """(base GGUF, f16 LoRA GGUF, seconds to write the LoRA file) for the adapter's row."""
+    from training_methods.transfer_learning.export import local_model_dir
+    from training_methods.transfer_learning.gguf_writer import write_gguf, write_lora_gguf
+    from training_methods.transfer_learning.merge import read_adapter_config
+    from training_methods.transfer_learning.model_loading import is_gguf, load_model_config
+
+    base = str(read_adapter_config(adapter)["base_model_name_or_path"])
+    if is_gguf(base):
+        base_gguf = Path(base)
+    else:
+        base_gguf = write_gguf(local_model_dir(base), work / "base-f16.gguf", progress=False).path
+    lora = write_lora_gguf(
+        adapter, load_model_config(base), work / "adapter-f16-lora.gguf", progress=False
+    )
+    return base_gguf, lora.path, lora.seconds
 
 
 def agreeing_prefix(tokens: list[int], reference: list[int]) -> int:
@@ -233,6 +268,23 @@ def main(argv: list[str] | None = None) -> int:
                     f"{speed:.1f}",
                     f"{speed / hf_speed:.2f}x",
                     f"{same}/{len(reference)}",
+                    f"{agreement:.0%}",
+                )
+            )
+        if args.adapter:
+            base_gguf, lora, seconds = lora_files(Path(args.adapter), work)
+            speed, tokens = llama_cpp_run(
+                base_gguf, ids, args.new_tokens, args.repeats, args.threads, lora
+            )
+            agreement = next_token_agreement(base_gguf, ids, reference, args.threads, lora)
+            rows.append(
+                (
+                    f"llama.cpp {base_gguf.name} + LoRA f16",
+                    f"{seconds:.2f}",
+                    f"{lora.stat().st_size / 1e6:.1f}",
+                    f"{speed:.1f}",
+                    f"{speed / hf_speed:.2f}x",
+                    f"{agreeing_prefix(tokens, reference)}/{len(reference)}",
                     f"{agreement:.0%}",
                 )
             )
