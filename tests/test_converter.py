@@ -430,22 +430,26 @@ def test_question_records_ask_for_each_fact_in_the_words_of_its_clause() -> None
     _, (alpaca, _) = _fact_records(kinds=("question",))
     assert alpaca and {r["kind"] for r in alpaca} == {"question"}
     asked = {r["instruction"]: r["output"] for r in alpaca}
+    built = "The ferry Wenna Lorne was built in 1978 at the Haskett yard."
+    leaves = "The ferry leaves Calder Quay at 8:15 and an adult ticket costs 18 euros."
     # A year, a clock time, a count with its unit and a name each get their question word; the
-    # answer is the fact alone, so it cannot be copied from the question.
-    assert asked["The ferry Wenna Lorne was built in which year at the Haskett yard?"] == "1978"
-    assert asked["The ferry what was built in 1978 at the Haskett yard?"] == "Wenna Lorne"
+    # answer is the document's sentence that holds the fact.
+    assert asked["The ferry Wenna Lorne was built in which year at the Haskett yard?"] == built
+    assert asked["The ferry what was built in 1978 at the Haskett yard?"] == built
     # A sentence that opens with a function word and no name of its own ("The ferry leaves
     # ...") is about the subject of the sentence before it, which the question names.
     when = (
         "Wenna Lorne: The ferry leaves Calder Quay at what time and an adult ticket costs 18 euros?"
     )
-    assert asked[when] == "8:15"
+    assert asked[when] == leaves
     # A long sentence is cut to the words around the fact.
     price = "Wenna Lorne: leaves Calder Quay at 8:15 and an adult ticket costs how many euros?"
-    assert asked[price] == "18 euros"
-    assert asked["The what lies north of the ferry route?"] == "Isle of Brannoch"
+    assert asked[price] == leaves
+    assert asked["The what lies north of the ferry route?"] == (
+        "The Isle of Brannoch lies north of the ferry route."
+    )
     for question, answer in asked.items():
-        assert answer in FACTS and answer not in question
+        assert answer in FACTS and answer != question.rstrip("?") + "."
 
 
 def test_a_question_without_a_name_says_which_section_it_is_about() -> None:
@@ -465,15 +469,16 @@ def test_the_question_is_the_clause_that_holds_the_fact() -> None:
     _, (alpaca, _) = _fact_records(kinds=("question",), text=text)
     asked = {r["instruction"]: r["output"] for r in alpaca}
     # Commas before a space end a clause; the one inside "1,140" and the colon of "7:30" do not.
-    assert asked["Ostrelby: home to around how many people all year round?"] == "1,140 people"
-    assert asked["The Wenna Lorne leaves at what time each day?"] == "7:30"
+    ostrelby, ferry = text[: text.index(" The Wenna")], "The Wenna Lorne leaves at 7:30 each day."
+    assert asked["Ostrelby: home to around how many people all year round?"] == ostrelby
+    assert asked["The Wenna Lorne leaves at what time each day?"] == ferry
     # Each fact is also asked in the words of its whole sentence: a second wording.
     whole = (
         "Its only town is Ostrelby, on the eastern shore, home to around how many people all "
         "year round?"
     )
-    assert asked[whole] == "1,140 people"
-    assert sum(answer == "7:30" for answer in asked.values()) == 1  # one clause: one question
+    assert asked[whole] == ostrelby
+    assert sum("at what time" in question for question in asked) == 1  # one clause: one question
 
 
 def test_dates_are_asked_as_dates() -> None:

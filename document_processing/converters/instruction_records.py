@@ -14,10 +14,12 @@ record):
   sentences from the term, not from one fixed wording.
 - question: the clause of a sentence that holds a name or number, with a question word in its
   place ("Brannow Fell: a heather-covered hill of how many metres?"), and the whole sentence
-  asked the same way (a second wording), answered by the fact alone so that it cannot be copied
-  from the question. The question names what the sentence is about
-  when the clause does not: the sentence's own first name, the subject of the sentence before
-  ("She crosses ..."), or the section's heading.
+  asked the same way (a second wording), answered by the sentence: the model learns to reach a
+  sentence from a question about any of its facts and to answer with the document's own words,
+  which also answers the questions about the sentence's other facts (an answer that is the fact
+  alone taught SmolLM2-135M fewer facts: scripts/benchmark_knowledge.py). The question names
+  what the sentence is about when the clause does not: the sentence's own first name, the
+  subject of the sentence before ("She crosses ..."), or the section's heading.
 - cloze: a sentence with one key term blanked out, answered by the term: retrieval of the fact
   itself from the rest of its sentence.
 
@@ -526,7 +528,7 @@ class FactRecordBuilder:
             for term in facts:
                 about = subject if subject and _fold(subject) != _fold(term.text) else context
                 for question in self.fact_questions(sentence.text, term, about):
-                    pairs.append(record_pair(question, "", term.text, *where, "question"))
+                    pairs.append(record_pair(question, "", sentence.text, *where, "question"))
                 blanked = sentence.text[: term.start] + BLANK + sentence.text[term.end :]
                 instruction = templates.cloze.format(context=context, sentence=blanked)
                 pairs.append(record_pair(instruction, "", term.text, *where, "cloze"))
