@@ -309,3 +309,19 @@ def test_gemma_variants_llama_cpp_would_run_differently_are_refused(
     assert status == 2 and stderr.count("\n") == 1
     assert message in stderr and "model" in stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_query_scale_folded_in_follows_llama_cpps_rule() -> None:
+    """llama.cpp scales queries by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) at the 27B layer
+    counts; the factor folded into the queries makes that 1/sqrt(query_pre_attn_scalar)."""
+    from transformers import Gemma2Config, Gemma3TextConfig
+
+    from training_methods.transfer_learning.gguf_writer import gemma_query_scale
+
+    shape = dict(hidden_size=4608, num_attention_heads=32, head_dim=128, query_pre_attn_scalar=144)
+    assert gemma_query_scale("gemma2", Gemma2Config(num_hidden_layers=46, **shape)) == 1.0
+    assert gemma_query_scale("gemma2", Gemma2Config(num_hidden_layers=42, **shape)) == (
+        pytest.approx((128 / 144) ** 0.5)
+    )
+    gemma3_1b = Gemma3TextConfig(num_hidden_layers=26, head_dim=256, query_pre_attn_scalar=256)
+    assert gemma_query_scale("gemma3", gemma3_1b) == 1.0

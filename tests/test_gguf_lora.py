@@ -217,3 +217,14 @@ def test_lora_gguf_without_an_adapter_is_refused(
     )
     assert status == 2 and stderr.count("\n") == 1 and "--adapter" in stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_lora_alpha_gives_llama_cpp_peft_scale() -> None:
+    """llama.cpp scales by alpha / rank; peft by lora_alpha / r, or lora_alpha / sqrt(r) with
+    rsLoRA, which the written alpha must reproduce."""
+    from training_methods.transfer_learning.gguf_writer import lora_alpha_for_llama_cpp
+
+    assert lora_alpha_for_llama_cpp({"lora_alpha": 32, "r": 16}, "a") == 32.0
+    rslora = lora_alpha_for_llama_cpp({"lora_alpha": 16, "r": 4, "use_rslora": True}, "a")
+    assert rslora / 4 == pytest.approx(16 / 4**0.5)
+    assert lora_alpha_for_llama_cpp({"lora_alpha": 8, "r": 8, "rank_pattern": {"q": 4}}, "a") == 8
