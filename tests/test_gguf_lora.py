@@ -1,8 +1,9 @@
 """`export --format lora-gguf`: the adapter alone as a GGUF LoRA file, applied by llama.cpp
 (llama-cpp-python's `lora_path`, llama.cpp's `--lora`) on top of the base model's GGUF, checked
-against the merged model: a tiny Llama (rotary permutation of q/k, done to lora_b's rows) and a
-tiny Gemma 2 (its query scalar folded into lora_b of q_proj), each fine-tuned with train-lora's
-LoRA on CHATS."""
+against the merged model: a tiny Llama (rotary permutation of q/k, done to lora_b's rows), a
+tiny Gemma 2 (its query scalar folded into lora_b of q_proj) and a tiny GPT-2 (Conv1D weights,
+whose transposed storage the LoRA pair does not share), each fine-tuned with train-lora's LoRA
+on CHATS."""
 
 from __future__ import annotations
 
@@ -32,7 +33,13 @@ from tests.test_gguf import (  # noqa: F401  (autouse fixtures imported)
 )
 from tests.test_gguf_gemma import GEMMA_LOGIT_ATOL, build_tiny_gemma
 
-ARCHITECTURES = ["llama", "gemma2"]
+ARCHITECTURES = ["llama", "gemma2", "gpt2"]
+# The adapter's module for the first layer's queries → its llama.cpp weight.
+QUERY_MODULES = {
+    "llama": ("model.layers.0.self_attn.q_proj", "blk.0.attn_q.weight"),
+    "gemma2": ("model.layers.0.self_attn.q_proj", "blk.0.attn_q.weight"),
+    "gpt2": ("transformer.h.0.attn.c_attn", "blk.0.attn_qkv.weight"),
+}
 _FILES: dict[tuple[Path, str], tuple[FineTuned, dict[str, Path]]] = {}
 
 
@@ -49,8 +56,8 @@ def lora_files(
     arch = request.param
     key = (tmp_path_factory.getbasetemp(), arch)
     if key not in _FILES:
-        if arch == "llama":
-            base = request.getfixturevalue("tiny_llama")
+        if arch in ("llama", "gpt2"):
+            base = request.getfixturevalue(f"tiny_{arch}")
         else:
             base = build_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma2-lora"), arch)
         finetuned = finetune_on_chats(tmp_path_factory, base)
@@ -98,18 +105,18 @@ def test_lora_file_holds_the_adapter_in_llama_cpp_layout(
     assert set(_fields(files["lora-f16"])[1].values()) == {"F16"}
     reader = GGUFReader(files["lora-f32"])
     written = {tensor.name: np.array(tensor.data) for tensor in reader.tensors}
-    prefix = "base_model.model.model.layers.0.self_attn"
+    module, weight = QUERY_MODULES[arch]
     with safe_open(finetuned.adapter / "adapter_model.safetensors", framework="pt") as adapter:
-        a = adapter.get_tensor(f"{prefix}.q_proj.lora_A.weight")  # (rank, in)
-        b = adapter.get_tensor(f"{prefix}.q_proj.lora_B.weight")  # (out, rank)
-        v_b = adapter.get_tensor(f"{prefix}.v_proj.lora_B.weight")
-    np.testing.assert_array_equal(written["blk.0.attn_q.weight.lora_a"], a.numpy())
-    np.testing.assert_array_equal(written["blk.0.attn_v.weight.lora_b"], v_b.numpy())
+        a = adapter.get_tensor(f"base_model.model.{module}.lora_A.weight")  # (rank, in)
+        b = adapter.get_tensor(f"base_model.model.{module}.lora_B.weight")  # (out, rank)
+    np.testing.assert_array_equal(written[f"{weight}.lora_a"], a.numpy())
     if arch == "llama":  # rows permuted like q_proj's
         expected_b = permute_for_rope(b, 4).numpy()
-    else:  # the query scalar folded in like q_proj's: sqrt(head_dim 32 / scalar 24)
+    elif arch == "gemma2":  # the query scalar folded in like q_proj's: sqrt(head_dim 32 / 24)
         expected_b = b.numpy() * (32 / 24) ** 0.5
-    np.testing.assert_allclose(written["blk.0.attn_q.weight.lora_b"], expected_b, rtol=1e-6)
+    else:  # GPT-2: as peft stores it, (out, rank), though the Conv1D weight is stored (in, out)
+        expected_b = b.numpy()
+    np.testing.assert_allclose(written[f"{weight}.lora_b"], expected_b, rtol=1e-6)
 
 
 @pytest.mark.parametrize("lora", ["lora-f32", "lora-f16"])
@@ -147,24 +154,33 @@ def test_llama_cpp_base_plus_lora_gives_the_merged_models_tokens(
 def test_llama_cpp_chat_with_the_lora_answers_as_trained(
     lora_files: tuple[str, FineTuned, dict],
 ) -> None:
-    """LM Studio's path with `--lora`: the base's template, the adapter's answers word for word,
-    stopped at EOS."""
+    """LM Studio's path with `--lora`: the base's template, the merged file's replies; for Llama
+    and Gemma 2 those are the trained answers word for word, stopped at EOS (the 32-wide GPT-2
+    does not learn them in 30 steps)."""
     import llama_cpp
 
-    _, _, files = lora_files
-    llm = llama_cpp.Llama(
-        model_path=str(files["base-f16"]),
-        lora_path=str(files["lora-f16"]),
-        n_ctx=256,
-        n_threads=1,
-        verbose=False,
-    )
-    for question, answer in CHATS:
-        reply = llm.create_chat_completion(
-            messages=[{"role": "user", "content": question}], temperature=0.0, max_tokens=48
-        )["choices"][0]
-        assert reply["message"]["content"] == answer
-        assert reply["finish_reason"] == "stop"
+    arch, _, files = lora_files
+
+    def replies(model: Path, lora: Path | None) -> list[tuple[str, str]]:
+        llm = llama_cpp.Llama(
+            model_path=str(model),
+            lora_path=str(lora) if lora else None,
+            n_ctx=256,
+            n_threads=1,
+            verbose=False,
+        )
+        out = []
+        for question, _ in CHATS:
+            reply = llm.create_chat_completion(
+                messages=[{"role": "user", "content": question}], temperature=0.0, max_tokens=48
+            )["choices"][0]
+            out.append((reply["message"]["content"], reply["finish_reason"]))
+        return out
+
+    with_lora = replies(files["base-f16"], files["lora-f16"])
+    assert with_lora == replies(files["merged-f16"], None)
+    if arch != "gpt2":
+        assert with_lora == [(answer, "stop") for _, answer in CHATS]
 
 
 @pytest.fixture(scope="module")
