@@ -249,7 +249,7 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     # With the pypdf fallback off, pdfplumber reads every page, GeoTopo's (cid:NN) pages too: the
     # ratio is then the cost of our own probing, cleaning, chunking and writing alone.
     no_fallback = work / "no_fallback.yaml"
-    no_fallback.write_text("document_processing:\n  pdf:\n    fallback_to_pypdf2: false\n")
+    no_fallback.write_text("document_processing:\n  pdf:\n    fallback_to_pypdf: false\n")
     baseline_runs, one_runs, no_fallback_runs, all_runs = [], [], [], []
     for _ in range(max(1, args.repeat)):
         baseline_runs.append(plain_pdfplumber(pdfs, config))

@@ -244,9 +244,9 @@ def benchmark_config(args: argparse.Namespace, section: str, model: Path) -> Too
             "common.device": "cpu",
             "common.log_level": "WARNING",
             "logging.use_tensorboard": False,
-            "evaluation.num_samples": 0,
-            "checkpoint.save_steps": 1_000_000,  # no checkpoint inside the timed loop
-            "early_stopping.enabled": False,
+            f"{key}.num_samples": 0,
+            f"{key}.training.save_steps": 1_000_000,  # no checkpoint inside the timed loop
+            f"{key}.early_stopping.enabled": False,
             f"{key}.model_name": str(model),
             f"{key}.max_length": args.max_length,
             f"{key}.val_size": 0.0,

@@ -75,8 +75,8 @@ def run_ours(
     config = load_config(config_path)
     config.common.seed = seed
     config.common.device = "cpu"
-    config.evaluation.eval_episodes = episodes
     training = config.reinforcement_learning.training
+    training.eval_episodes = episodes
     training.total_timesteps = steps
     training.eval_every_steps = eval_every
     with tempfile.TemporaryDirectory(prefix="bench-rl-") as folder:

@@ -46,9 +46,6 @@ class CommonConfig:
     device: Literal["auto", "cuda", "mps", "cpu"] = _help(
         "Where models run: auto picks cuda, then mps, then cpu.", "auto"
     )
-    output_dir: str = _help(
-        "Root folder for run outputs when a command is not given one.", "outputs"
-    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _help("Logging verbosity.", "INFO")
 
 
@@ -62,12 +59,9 @@ class PdfConfig:
     engine: Literal["pdfplumber", "pypdf", "pypdfium2"] = _help(
         "Primary PDF text engine. pdfplumber keeps layout best; pypdfium2 is fastest.", "pdfplumber"
     )
-    use_pdfplumber_first: bool = _help(
-        "Try pdfplumber before any other engine (when false, the first engine is pypdf).", True
-    )
-    fallback_to_pypdf2: bool = _help(
+    fallback_to_pypdf: bool = _help(
         "When the primary engine fails on a file or a page fails the quality check, retry "
-        "with pypdf (PyPDF2 when only it is installed).",
+        "with pypdf.",
         True,
     )
     extract_by_page: bool = _help(
@@ -242,6 +236,11 @@ class TrainingConfig:
     max_grad_norm: float = _help("Gradient clipping norm.", 1.0)
     max_steps: int = _help("Stop after this many updates; -1 runs all epochs.", -1)
     logging_steps: int = _help("Log training loss every this many updates.", 10)
+    eval_steps: int = _help(
+        "Evaluate (loss, perplexity, early stopping) every this many updates.", 100
+    )
+    save_steps: int = _help("Save a checkpoint every this many updates.", 100)
+    max_checkpoints: int = _help("Keep at most this many checkpoints.", 3)
     gradient_checkpointing: bool = _help(
         "Trade compute for memory by recomputing activations.", False
     )
@@ -274,6 +273,14 @@ class QuantizationConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    enabled: bool = _help("Stop when the evaluation loss stops improving.", True)
+    patience: int = _help("Evaluations without improvement before stopping.", 3)
+    min_delta: float = _help("Smallest change that counts as an improvement.", 0.0)
+    restore_best_weights: bool = _help("Load the best checkpoint at the end.", True)
+
+
+@dataclass
 class LoraConfig:
     model_name: str = _help(
         "Hugging Face hub id or local folder of the base causal LM.", "data/models/tiny-llama"
@@ -301,9 +308,11 @@ class LoraConfig:
         0.0,
     )
     output_dir: str = _help("Where the adapter, metrics and samples are written.", "outputs/lora")
+    num_samples: int = _help("Generations written to samples.txt after training.", 3)
     train_on_prompt: bool = _help("Also compute the loss on prompt tokens.", False)
     packing: bool = _help("Concatenate examples up to max_length.", False)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def check(self, prefix: str) -> None:
         """Range checks the types alone cannot express; raises ConfigurationError naming the key
@@ -315,6 +324,7 @@ class LoraConfig:
             ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
             ("max_length", self.max_length >= 2, "must be at least 2"),
             ("val_size", 0 <= self.val_size < 1, "must be in [0, 1)"),
+            ("num_samples", self.num_samples >= 0, "must be 0 or more"),
             ("training.num_epochs", training.num_epochs > 0, "must be more than 0"),
             ("training.min_steps", training.min_steps >= 0, "must be 0 or more"),
             ("training.batch_size", training.batch_size >= 1, "must be at least 1"),
@@ -334,6 +344,11 @@ class LoraConfig:
                 f"must be -1 (all epochs) or from 1 to {MAX_TRAINING_STEPS:,}",
             ),
             ("training.logging_steps", training.logging_steps >= 1, "must be at least 1"),
+            ("training.eval_steps", training.eval_steps >= 1, "must be at least 1"),
+            ("training.save_steps", training.save_steps >= 1, "must be at least 1"),
+            ("training.max_checkpoints", training.max_checkpoints >= 1, "must be at least 1"),
+            ("early_stopping.patience", self.early_stopping.patience >= 1, "must be at least 1"),
+            ("early_stopping.min_delta", self.early_stopping.min_delta >= 0, "must be 0 or more"),
         ]
         for key, ok, rule in rules:
             if not ok:
@@ -485,12 +500,19 @@ class RLTrainingConfig:
         2048,
     )
     save_frequency: int = _help(
-        "Episodes between periodic checkpoints (at most checkpoint.max_checkpoints are kept).", 100
+        "Episodes between periodic checkpoints (at most max_checkpoints are kept).", 100
     )
+    max_checkpoints: int = _help("Keep at most this many periodic checkpoints.", 3)
     eval_every_steps: int = _help(
-        "Environment steps between deterministic evaluations of evaluation.eval_episodes "
-        "episodes; the best one is saved as best_model.pt. 0 evaluates only at the end.",
+        "Environment steps between deterministic evaluations of eval_episodes episodes; the best "
+        "one is saved as best_model.pt. 0 evaluates only at the end.",
         10_000,
+    )
+    eval_episodes: int = _help("Episodes per evaluation (and evaluate-rl's default).", 10)
+    output_dir: str = _help(
+        "Folder of the runs when --output-dir is not given: "
+        "<output_dir>/<algorithm>-<env>-seed<seed>.",
+        "outputs/rl",
     )
     stop_at_reward: float | None = _help(
         "Stop early once an evaluation's mean return reaches this (CartPole-v1 counts as "
@@ -574,7 +596,9 @@ class ReinforcementLearningConfig:
                 "must be at least ppo.num_envs (the rollout holds one step of every environment)",
             ),
             ("training.save_frequency", run.save_frequency >= 1, "must be at least 1"),
+            ("training.max_checkpoints", run.max_checkpoints >= 1, "must be at least 1"),
             ("training.eval_every_steps", run.eval_every_steps >= 0, "must be 0 or more"),
+            ("training.eval_episodes", run.eval_episodes >= 1, "must be at least 1"),
             ("training.log_every_steps", run.log_every_steps >= 1, "must be at least 1"),
         ]
         for key, ok, rule in rules:
@@ -587,7 +611,7 @@ class ReinforcementLearningConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# logging, evaluation, checkpoint, early_stopping
+# logging (train-lora, train-qlora and train-rl)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -599,53 +623,14 @@ class LoggingConfig:
     wandb_project: str = _help("Weights & Biases project name.", "llm-complete-toolkit")
 
 
-@dataclass
-class EvaluationConfig:
-    eval_frequency: int = _help("Evaluate every this many updates.", 100)
-    num_samples: int = _help("Generations written to samples.txt after training.", 3)
-    eval_episodes: int = _help("Episodes per RL evaluation.", 10)
-
-
-@dataclass
-class CheckpointConfig:
-    save_steps: int = _help("Save a checkpoint every this many updates.", 100)
-    max_checkpoints: int = _help("Keep at most this many checkpoints.", 3)
-
-
 def check_training_sections(config: ToolkitConfig) -> None:
-    """Range checks of common.seed, evaluation, checkpoint and early_stopping, shared by the
-    training commands."""
-    rules = [
-        (
-            "common.seed",
-            0 <= config.common.seed < 2**32,
-            "must be in [0, 2**32 - 1] (numpy's seed range)",
-        ),
-        ("evaluation.eval_frequency", config.evaluation.eval_frequency >= 1, "must be at least 1"),
-        ("evaluation.eval_episodes", config.evaluation.eval_episodes >= 1, "must be at least 1"),
-        ("evaluation.num_samples", config.evaluation.num_samples >= 0, "must be 0 or more"),
-        ("checkpoint.save_steps", config.checkpoint.save_steps >= 1, "must be at least 1"),
-        (
-            "checkpoint.max_checkpoints",
-            config.checkpoint.max_checkpoints >= 1,
-            "must be at least 1",
-        ),
-        ("early_stopping.patience", config.early_stopping.patience >= 1, "must be at least 1"),
-        ("early_stopping.min_delta", config.early_stopping.min_delta >= 0, "must be 0 or more"),
-    ]
-    for key, ok, rule in rules:
-        if not ok:
-            section, name = key.split(".")
-            value = getattr(getattr(config, section), name)
-            raise ConfigurationError(f"config key '{key}' is {value!r}; it {rule}.")
-
-
-@dataclass
-class EarlyStoppingConfig:
-    enabled: bool = _help("Stop when the evaluation loss stops improving.", True)
-    patience: int = _help("Evaluations without improvement before stopping.", 3)
-    min_delta: float = _help("Smallest change that counts as an improvement.", 0.0)
-    restore_best_weights: bool = _help("Load the best checkpoint at the end.", True)
+    """Range check of common.seed, shared by the training commands (each command's own keys are
+    checked by its section's `check`)."""
+    if not 0 <= config.common.seed < 2**32:
+        raise ConfigurationError(
+            f"config key 'common.seed' is {config.common.seed!r}; it must be in [0, 2**32 - 1] "
+            "(numpy's seed range)."
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -768,10 +753,62 @@ class ToolkitConfig:
         default_factory=ReinforcementLearningConfig
     )
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     qa_generation: QaGenerationConfig = field(default_factory=QaGenerationConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Keys that moved: each command's keys are in its own section now
+# --------------------------------------------------------------------------------------------------
+
+
+def _fine_tuning(path: str) -> str:
+    return (
+        f"'transfer_learning.lora.{path}' (train-lora) and 'transfer_learning.qlora.{path}' "
+        "(train-qlora)"
+    )
+
+
+# An old key in a user's YAML (or a dotted override) gets "moved to" instead of "unknown key".
+MOVED_KEYS: dict[str, str] = {
+    "common.output_dir": (
+        "moved to 'reinforcement_learning.training.output_dir' (train-rl was its only reader); "
+        "runs now go to <output_dir>/<algorithm>-<env>-seed<seed>, so append /rl to your value "
+        "to keep the same folders"
+    ),
+    "evaluation.eval_frequency": f"moved to {_fine_tuning('training.eval_steps')}",
+    "evaluation.num_samples": f"moved to {_fine_tuning('num_samples')}",
+    "evaluation.eval_episodes": "moved to 'reinforcement_learning.training.eval_episodes'",
+    "checkpoint.save_steps": f"moved to {_fine_tuning('training.save_steps')}",
+    "checkpoint.max_checkpoints": (
+        f"moved to {_fine_tuning('training.max_checkpoints')} and "
+        "'reinforcement_learning.training.max_checkpoints' (train-rl)"
+    ),
+    **{
+        f"early_stopping.{f.name}": f"moved to {_fine_tuning(f'early_stopping.{f.name}')}"
+        for f in dataclasses.fields(EarlyStoppingConfig)
+    },
+    "document_processing.pdf.use_pdfplumber_first": (
+        "was removed: it only restated the engine — set 'document_processing.pdf.engine' "
+        "(pdfplumber, pypdf or pypdfium2)"
+    ),
+    "document_processing.pdf.fallback_to_pypdf2": (
+        "moved to 'document_processing.pdf.fallback_to_pypdf' (the fallback engine is pypdf)"
+    ),
+}
+MOVED_SECTIONS = ("evaluation", "checkpoint", "early_stopping")
+
+
+def _moved_error(key: str, value: Any) -> ConfigurationError | None:
+    """The "moved to" error of an old key or section, or None when `key` never existed."""
+    if key in MOVED_KEYS:
+        return ConfigurationError(f"config key '{key}' {MOVED_KEYS[key]}.")
+    if key not in MOVED_SECTIONS:
+        return None
+    for name in value if isinstance(value, dict) else ():
+        if f"{key}.{name}" in MOVED_KEYS:
+            return _moved_error(f"{key}.{name}", None)
+    where = "; ".join(f"{old} {new}" for old, new in MOVED_KEYS.items() if old.startswith(key))
+    return ConfigurationError(f"config section '{key}' was split by command: {where}.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -889,6 +926,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in fields:
+            moved = _moved_error(key, value)
+            if moved is not None:
+                raise moved
             valid = sorted(fields)
             raise ConfigurationError(
                 f"unknown config key '{key}'.{_did_you_mean(str(name), valid)} "
@@ -980,6 +1020,8 @@ def apply_overrides(config: Any, overrides: dict[str, Any]) -> None:
     for dotted, value in overrides.items():
         if value is None:
             continue
+        if isinstance(config, ToolkitConfig) and dotted in MOVED_KEYS:
+            raise ConfigurationError(f"config key '{dotted}' {MOVED_KEYS[dotted]}.")
         *parents, leaf = dotted.split(".")
         target = config
         for part in parents:

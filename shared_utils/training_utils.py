@@ -167,11 +167,11 @@ class EarlyStopping:
     ) -> None:
         if patience < 1:
             raise ConfigurationError(
-                f"config key 'early_stopping.patience' is {patience!r}; it must be at least 1."
+                f"early_stopping.patience is {patience!r}; it must be at least 1."
             )
         if not min_delta >= 0:  # also refuses NaN
             raise ConfigurationError(
-                f"config key 'early_stopping.min_delta' is {min_delta!r}; it must be 0 or more."
+                f"early_stopping.min_delta is {min_delta!r}; it must be 0 or more."
             )
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")

@@ -37,10 +37,8 @@ def test_shipped_config_has_every_section_of_the_specification() -> None:
         "reinforcement_learning:",
         "  ppo:",
         "  dqn:",
+        "    early_stopping:",
         "logging:",
-        "evaluation:",
-        "checkpoint:",
-        "early_stopping:",
     ):
         assert f"\n{section}\n" in text, section
 
@@ -125,3 +123,68 @@ def test_target_modules_accepts_auto_or_a_list() -> None:
 def test_every_shipped_config_loads(name: str) -> None:
     config = load_config(REPO / "configs" / name)
     assert config.transfer_learning.lora.training.learning_rate > 0
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        (
+            "evaluation:\n  eval_episodes: 5\n",
+            "config key 'evaluation.eval_episodes' moved to "
+            "'reinforcement_learning.training.eval_episodes'.",
+        ),
+        (
+            "evaluation:\n  eval_frequency: 5\n",
+            "config key 'evaluation.eval_frequency' moved to "
+            "'transfer_learning.lora.training.eval_steps' (train-lora) and "
+            "'transfer_learning.qlora.training.eval_steps' (train-qlora).",
+        ),
+        (
+            "checkpoint: {max_checkpoints: 2}\n",
+            "config key 'checkpoint.max_checkpoints' moved to "
+            "'transfer_learning.lora.training.max_checkpoints' (train-lora) and "
+            "'transfer_learning.qlora.training.max_checkpoints' (train-qlora) and "
+            "'reinforcement_learning.training.max_checkpoints' (train-rl).",
+        ),
+        (
+            "early_stopping:\n  patience: 2\n",
+            "config key 'early_stopping.patience' moved to "
+            "'transfer_learning.lora.early_stopping.patience' (train-lora) and "
+            "'transfer_learning.qlora.early_stopping.patience' (train-qlora).",
+        ),
+        ("common:\n  output_dir: runs\n", "'reinforcement_learning.training.output_dir'"),
+        (
+            "document_processing:\n  pdf:\n    fallback_to_pypdf2: false\n",
+            "config key 'document_processing.pdf.fallback_to_pypdf2' moved to "
+            "'document_processing.pdf.fallback_to_pypdf'",
+        ),
+        (
+            "document_processing:\n  pdf:\n    use_pdfplumber_first: true\n",
+            "config key 'document_processing.pdf.use_pdfplumber_first' was removed: it only "
+            "restated the engine — set 'document_processing.pdf.engine'",
+        ),
+        ("checkpoint: {}\n", "config section 'checkpoint' was split by command: "),
+    ],
+)
+def test_a_moved_key_says_where_it_went_in_one_line(
+    tmp_path: Path, yaml_text: str, message: str
+) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigurationError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+    assert "unknown config key" not in text
+
+
+def test_a_moved_key_through_the_command_line_says_where_it_went(run_main, tmp_path: Path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("early_stopping:\n  enabled: false\n")
+    status, _, err = run_main(
+        "--config", path, "create-samples", tmp_path / "samples", "--no-model"
+    )
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {path}: config key 'early_stopping.enabled' moved to ")
+    with pytest.raises(ConfigurationError, match="moved to 'reinforcement_learning.training"):
+        apply_overrides(ToolkitConfig(), {"evaluation.eval_episodes": 3})

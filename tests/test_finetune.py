@@ -21,7 +21,7 @@ MEMORISE = [
 
 def make_config(tmp_path: Path, model: Path, section: str = "lora", **overrides: Any):
     """A config for fast CPU runs on a tiny model; `overrides` are dotted keys under the section
-    (`training.max_steps`) or absolute (`early_stopping.patience`)."""
+    (`training.max_steps`, `early_stopping.patience`) or absolute (`common.seed`)."""
     config = ToolkitConfig()
     key = f"transfer_learning.{section}"
     base = {
@@ -36,7 +36,7 @@ def make_config(tmp_path: Path, model: Path, section: str = "lora", **overrides:
         f"{key}.training.warmup_ratio": 0.0,
         f"{key}.training.lr_scheduler_type": "constant",
         f"{key}.training.logging_steps": 1,
-        "evaluation.num_samples": 0,
+        f"{key}.num_samples": 0,
         "logging.use_tensorboard": False,
     }
     for name, value in overrides.items():
@@ -46,7 +46,7 @@ def make_config(tmp_path: Path, model: Path, section: str = "lora", **overrides:
     return config
 
 
-_SECTIONS = {"common", "logging", "evaluation", "checkpoint", "early_stopping", "transfer_learning"}
+_SECTIONS = {"common", "logging", "transfer_learning"}
 
 
 def train_losses(run: Path) -> dict[int, float]:
@@ -169,7 +169,7 @@ def _fail_at_step(monkeypatch: pytest.MonkeyPatch, step: int, exc: BaseException
 def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
     tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    overrides = {"training.max_steps": 6, "checkpoint.save_steps": 2, "training.num_epochs": 3}
+    overrides = {"training.max_steps": 6, "training.save_steps": 2, "training.num_epochs": 3}
     straight = make_config(tmp_path / "a", tiny_llama, **overrides)
     tuner = lora_tuner(straight)
     tuner.train(tuner.prepare_dataset(MEMORISE), output_dir=tmp_path / "a" / "run")
@@ -231,7 +231,7 @@ def test_nan_loss_stops_with_training_error_and_keeps_the_checkpoint(
     from transformers import TrainerCallback
 
     config = make_config(
-        tmp_path, tiny_llama, **{"training.max_steps": 8, "checkpoint.save_steps": 2}
+        tmp_path, tiny_llama, **{"training.max_steps": 8, "training.save_steps": 2}
     )
     tuner = lora_tuner(config)
     dataset = tuner.prepare_dataset(MEMORISE)

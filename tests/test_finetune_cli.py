@@ -56,11 +56,11 @@ transfer_learning:
     train_data: {processed / "chat" / "train.jsonl"}
     val_size: 0.25
     max_length: 96
-    training: {{max_steps: 6, batch_size: 2, learning_rate: 0.005, logging_steps: 1}}
+    num_samples: 2
+    training: {{max_steps: 6, batch_size: 2, learning_rate: 0.005, logging_steps: 1,
+                eval_steps: 2, save_steps: 3, max_checkpoints: 1}}
+    early_stopping: {{enabled: false}}
 logging: {{log_dir: tb, use_wandb: true}}
-evaluation: {{eval_frequency: 2, num_samples: 2}}
-checkpoint: {{save_steps: 3, max_checkpoints: 1}}
-early_stopping: {{enabled: false}}
 """,
     )
     out = tmp_path / "run"
@@ -73,7 +73,7 @@ early_stopping: {{enabled: false}}
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-6"]  # max_checkpoints: 1
     assert list((out / "tb").glob("events.out.tfevents.*"))  # logging.log_dir
     assert list((out / "wandb").glob("offline-run-*"))  # use_wandb, offline without a key
-    assert (out / "samples.txt").read_text().count("### Prompt") == 2  # evaluation.num_samples
+    assert (out / "samples.txt").read_text().count("### Prompt") == 2  # lora.num_samples
     summary = json.loads((out / "training_summary.json").read_text())
     records_in_file = len((processed / "chat" / "train.jsonl").read_text().splitlines())
     assert summary["eval_examples"] == round(0.25 * records_in_file)  # val_size: 0.25
@@ -116,8 +116,8 @@ def test_text_records_from_extract_train(
 
 
 def test_training_keys_reach_the_trainer(tmp_path: Path, tiny_llama: Path) -> None:
-    """Each key of transfer_learning.lora.training, checkpoint and evaluation changes the
-    arguments the Trainer runs with."""
+    """Each key of transfer_learning.lora.training changes the arguments the Trainer runs
+    with."""
     from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
 
     cases = {
@@ -134,9 +134,9 @@ def test_training_keys_reach_the_trainer(tmp_path: Path, tiny_llama: Path) -> No
         "training.gradient_checkpointing": (True, "activation_checkpointing", True),
         "training.optim": ("adafactor", "optim", "adafactor"),
         "training.group_by_length": (False, "train_sampling_strategy", "random"),
-        "checkpoint.save_steps": (11, "save_steps", 11),
-        "checkpoint.max_checkpoints": (2, "save_total_limit", 2),
-        "evaluation.eval_frequency": (13, "eval_steps", 13),
+        "training.save_steps": (11, "save_steps", 11),
+        "training.max_checkpoints": (2, "save_total_limit", 2),
+        "training.eval_steps": (13, "eval_steps", 13),
         "common.seed": (7, "seed", 7),
     }
     default_args = LoRAFineTuner.from_config(make_config(tmp_path, tiny_llama)).training_arguments(
@@ -191,7 +191,7 @@ def test_early_stopping_and_restore_best_weights(tmp_path: Path, tiny_llama: Pat
             tiny_llama,
             **{
                 "training.max_steps": 8,
-                "evaluation.eval_frequency": 2,
+                "training.eval_steps": 2,
                 "early_stopping.patience": 1,
                 "early_stopping.min_delta": 1e9,
                 **overrides,
@@ -456,7 +456,7 @@ transfer_learning:
     max_length: 48
     lora_r: 8
     training: {{max_steps: 3, batch_size: 2, gradient_checkpointing: true}}
-evaluation: {{num_samples: 0}}
+    num_samples: 0
 """,
     )
     out = tmp_path / "run"
@@ -480,8 +480,12 @@ def test_out_of_range_values_name_the_key(run_main, tmp_path: Path, tiny_llama: 
         ("transfer_learning: {lora: {training: {batch_size: 0}}}", "lora.training.batch_size"),
         ("transfer_learning: {qlora: {lora_r: 0}}", "transfer_learning.qlora.lora_r"),
         ("transfer_learning: {lora: {val_size: 1.5}}", "transfer_learning.lora.val_size"),
-        ("checkpoint: {save_steps: 0}", "checkpoint.save_steps"),
-        ("evaluation: {eval_frequency: 0}", "evaluation.eval_frequency"),
+        ("transfer_learning: {lora: {training: {save_steps: 0}}}", "lora.training.save_steps"),
+        ("transfer_learning: {lora: {training: {eval_steps: 0}}}", "lora.training.eval_steps"),
+        (
+            "transfer_learning: {qlora: {early_stopping: {patience: 0}}}",
+            "transfer_learning.qlora.early_stopping.patience",
+        ),
     ]:
         config = write_config(tmp_path, text + "\n")
         command = "train-qlora" if "qlora" in key else "train-lora"
@@ -511,7 +515,7 @@ def test_merge_finds_the_base_from_anywhere_and_takes_its_tokenizer(
         "--config",
         write_config(
             tmp_path,
-            "evaluation: {eval_frequency: 1}\ntransfer_learning: {lora: {val_size: 0.1}}\n",
+            "transfer_learning: {lora: {val_size: 0.1, training: {eval_steps: 1}}}\n",
         ),
     )
     assert status == 0, err

@@ -20,7 +20,6 @@ from document_processing.parsers.pdf_parser import (
     extract_pages,
     page_quality_problem,
     parse_pdf_date,
-    primary_engine,
     probe_pdf,
 )
 from document_processing.records import PageText
@@ -289,11 +288,10 @@ def test_a_kept_open_document_serves_the_next_ranges(
     [
         ({"engine": "pypdfium2"}, "pypdfium2"),
         ({"engine": "pypdf"}, "pypdf"),
-        ({"engine": "pdfplumber", "use_pdfplumber_first": False}, "pypdf"),
+        ({"engine": "pdfplumber"}, "pdfplumber"),
     ],
 )
 def test_engine_selection(three_pages: Path, options: dict[str, object], engine: str) -> None:
-    assert primary_engine(settings(**options).pdf) == engine
     pages = extract_pages(three_pages, 1, 3, settings(**options))
     assert {page.engine for page in pages} == {engine}
     assert [page.text.strip() for page in pages] == PAGE_TEXTS
@@ -403,7 +401,7 @@ def test_without_fallback_the_primary_text_stays(
     three_pages: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _plumber_returns(monkeypatch, "(cid:12)(cid:13)")
-    [page] = extract_pages(three_pages, 2, 2, settings(fallback_to_pypdf2=False))
+    [page] = extract_pages(three_pages, 2, 2, settings(fallback_to_pypdf=False))
     assert (page.engine, page.text) == ("pdfplumber", "(cid:12)(cid:13)")
     assert page.warnings == ["page 2: cid tokens"]
 
@@ -458,7 +456,7 @@ def test_primary_failing_on_the_whole_file_uses_pypdf(
     assert [page.text.strip() for page in pages] == PAGE_TEXTS
     assert "pdfplumber cannot read the file" in pages[0].warnings[0]
     with pytest.raises(DocumentProcessingError, match="report.pdf: pdfplumber cannot read"):
-        extract_pages(three_pages, 1, 3, settings(fallback_to_pypdf2=False))
+        extract_pages(three_pages, 1, 3, settings(fallback_to_pypdf=False))
 
 
 # A page showing a code its font cannot map to Unicode (no /ToUnicode, a glyph name outside the
@@ -563,7 +561,7 @@ def test_predicted_cid_pages_skip_pdfplumber(
     assert "(cid:" not in "".join(page.text for page in pages)
     # Without the fallback, pdfplumber reads every page, as before.
     laid_out.clear()
-    pages = extract_pages(unmapped, 1, len(UNMAPPED_PAGES), settings(fallback_to_pypdf2=False))
+    pages = extract_pages(unmapped, 1, len(UNMAPPED_PAGES), settings(fallback_to_pypdf=False))
     assert laid_out == list(range(1, len(UNMAPPED_PAGES) + 1))
     assert "(cid:1)" in pages[1].text and pages[1].warnings == ["page 2: cid tokens"]
 

@@ -201,9 +201,9 @@ transfer_learning:
     model_name: {odd_llama}
     max_length: 64
     lora_r: 8
-    training: {{max_steps: 4, batch_size: 2, learning_rate: 0.005, logging_steps: 1}}
-evaluation: {{eval_frequency: 2, num_samples: 1}}
-checkpoint: {{save_steps: 2}}
+    num_samples: 1
+    training: {{max_steps: 4, batch_size: 2, learning_rate: 0.005, logging_steps: 1,
+                eval_steps: 2, save_steps: 2}}
 logging: {{use_tensorboard: false}}
 """,
         encoding="utf-8",

@@ -447,7 +447,9 @@ def _train_with_checkpoints(run_main, tmp_path: Path, tiny_llama: Path, samples_
     out = tmp_path / "run"
     argv = ["train-lora", "--model-name", tiny_llama, "--output-dir", out,
             "--train-data", samples_dir / "datasets" / "chat.jsonl"]  # fmt: skip
-    config = write_config(tmp_path, "checkpoint: {save_steps: 2}\ncommon: {device: cpu}\n")
+    config = write_config(
+        tmp_path, "transfer_learning: {lora: {training: {save_steps: 2}}}\ncommon: {device: cpu}\n"
+    )
     status, _, err = run_main("--config", config, *argv, "--max-steps", str(steps))
     assert status == 0, err
     return out, argv, config

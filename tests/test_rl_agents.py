@@ -368,8 +368,8 @@ def test_dqn_replay_holds_no_autoreset_transitions(tmp_path, n_step: int) -> Non
     config = ToolkitConfig()
     config.common.device = "cpu"
     config.logging.use_tensorboard = False
-    config.evaluation.eval_episodes = 1
     rl = config.reinforcement_learning
+    rl.training.eval_episodes = 1
     rl.training.env_id = "Counter-v0"
     rl.training.total_timesteps = 30
     rl.dqn.num_envs = 2
@@ -404,8 +404,8 @@ def test_dqn_observation_statistics_freeze_when_learning_starts(tmp_path) -> Non
     config = ToolkitConfig()
     config.common.device = "cpu"
     config.logging.use_tensorboard = False
-    config.evaluation.eval_episodes = 2
     rl = config.reinforcement_learning
+    rl.training.eval_episodes = 2
     rl.training.total_timesteps = 200
     rl.training.max_steps_per_episode = 50
     rl.dqn.learning_starts = 40

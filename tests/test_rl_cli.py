@@ -27,6 +27,8 @@ TINY = {
             "save_frequency": 4,
             "log_every_steps": 64,
             "max_steps_per_episode": 50,
+            "eval_episodes": 2,
+            "max_checkpoints": 2,
         },
         "ppo": {"num_envs": 2, "k_epochs": 2, "batch_size": 32, "hidden_dim": 16},
         "dqn": {
@@ -37,8 +39,6 @@ TINY = {
             "buffer_size": 1000,
         },
     },
-    "evaluation": {"eval_episodes": 2},
-    "checkpoint": {"max_checkpoints": 2},
     "common": {"device": "cpu"},
 }
 
@@ -80,7 +80,7 @@ def test_train_rl_writes_every_output(run_main, tmp_path: Path, tiny: Path, algo
     assert (out / "returns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "logs").glob("events.out.tfevents*"))
     periodic = sorted((out / "checkpoints").glob("step_*.pt"))
-    assert 1 <= len(periodic) <= 2  # checkpoint.max_checkpoints
+    assert 1 <= len(periodic) <= 2  # training.max_checkpoints
     resolved = yaml.safe_load((out / "resolved_config.yaml").read_text())
     assert resolved["reinforcement_learning"]["training"]["total_timesteps"] == 256
 
@@ -290,8 +290,14 @@ def test_config_dims_that_do_not_match_the_environment(run_main, tmp_path: Path)
             {"reinforcement_learning": {"ppo": {"gamma": 1.5}}},
             "reinforcement_learning.ppo.gamma' is 1.5; it must be in [0, 1]",
         ),
-        ({"evaluation": {"eval_episodes": 0}}, "'evaluation.eval_episodes' is 0; it must be at"),
-        ({"checkpoint": {"max_checkpoints": 0}}, "'checkpoint.max_checkpoints' is 0; it must be"),
+        (
+            {"reinforcement_learning": {"training": {"eval_episodes": 0}}},
+            "'reinforcement_learning.training.eval_episodes' is 0; it must be at",
+        ),
+        (
+            {"reinforcement_learning": {"training": {"max_checkpoints": 0}}},
+            "'reinforcement_learning.training.max_checkpoints' is 0; it must be",
+        ),
         ({"common": {"seed": -3}}, "'common.seed' is -3; it must be in [0, 2**32 - 1]"),
     ],
 )  # fmt: skip
@@ -312,11 +318,11 @@ def test_evaluate_rl_refuses_zero_episodes_from_the_config(
 ) -> None:
     out = tmp_path / "run"
     assert run_main("train-rl", "--algorithm", "ppo", "--config", tiny, "--output-dir", out)[0] == 0
-    config = write_config(tmp_path, evaluation={"eval_episodes": 0})
+    config = write_config(tmp_path, reinforcement_learning={"training": {"eval_episodes": 0}})
     status, _, err = run_main(
         "evaluate-rl", "--checkpoint", out / "best_model.pt", "--config", config
     )
-    assert status == 2 and "'evaluation.eval_episodes' is 0" in err
+    assert status == 2 and "'reinforcement_learning.training.eval_episodes' is 0" in err
 
 
 def test_update_frequency_only_bounds_ppo_runs(run_main, tmp_path: Path) -> None:

@@ -24,8 +24,6 @@ from training_methods.reinforcement_learning.trainer import train
 
 BASE = {
     "common": {"device": "cpu", "seed": 0},
-    "evaluation": {"eval_episodes": 2},
-    "checkpoint": {"max_checkpoints": 10},
     "logging": {"use_tensorboard": False},
     "reinforcement_learning": {
         "training": {
@@ -33,6 +31,8 @@ BASE = {
             "update_frequency": 64,
             "eval_every_steps": 0,
             "log_every_steps": 64,
+            "eval_episodes": 2,
+            "max_checkpoints": 10,
             "save_frequency": 1000,
             "max_steps_per_episode": 30,
         },
@@ -82,8 +82,8 @@ CASES: list[tuple[str, str, Any, dict[str, Any]]] = [
     ("ppo", f"{RL}.training.log_every_steps", 1000, {}),
     ("dqn", f"{RL}.training.stop_at_reward", 0.0, {f"{RL}.training.eval_every_steps": 64}),
     ("ppo", f"{RL}.training.save_frequency", 2, {}),
-    ("ppo", "checkpoint.max_checkpoints", 1, {f"{RL}.training.save_frequency": 2}),
-    ("ppo", "evaluation.eval_episodes", 3, {}),
+    ("ppo", f"{RL}.training.max_checkpoints", 1, {f"{RL}.training.save_frequency": 2}),
+    ("ppo", f"{RL}.training.eval_episodes", 3, {}),
     ("ppo", "common.seed", 1, {}),
     ("dqn", f"{RL}.dqn.hidden_dim", 8, {}),
     ("dqn", f"{RL}.dqn.learning_rate", 1e-2, {}),
@@ -152,9 +152,10 @@ def test_the_cases_cover_every_reinforcement_learning_key() -> None:
     import dataclasses
 
     covered = {key for _, key, _, _ in CASES}
-    # Checked by their own tests: dims (test_rl_cli), the vector-env backend (below).
+    # Checked by their own tests: dims (test_rl_cli), the vector-env backend and the command's
+    # output_dir (below).
     covered |= {f"{RL}.{a}.{d}" for a in ("ppo", "dqn") for d in ("state_dim", "action_dim")}
-    covered.add(f"{RL}.training.vector_env")
+    covered |= {f"{RL}.training.vector_env", f"{RL}.training.output_dir"}
     rl = base_config().reinforcement_learning
     every = {
         f"{RL}.{section}.{f.name}"
@@ -225,11 +226,11 @@ def test_device_cuda_without_cuda_is_a_configuration_error(tmp_path: Path) -> No
         train(config, "ppo", tmp_path / "run")
 
 
-def test_default_output_dir_comes_from_common_output_dir(run_main, tmp_path: Path) -> None:
+def test_default_output_dir_comes_from_the_training_section(run_main, tmp_path: Path) -> None:
     import yaml
 
     data = json.loads(json.dumps(BASE))
-    data["common"]["output_dir"] = str(tmp_path / "outputs")
+    data["reinforcement_learning"]["training"]["output_dir"] = str(tmp_path / "outputs" / "rl")
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(data))
     status, _, err = run_main("train-rl", "--algorithm", "dqn", "--config", config, "--seed", "5")

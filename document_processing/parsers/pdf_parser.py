@@ -7,7 +7,7 @@ functions: `probe_pdf` (page count and metadata, fast), `extract_pages` (raw tex
 
 Engines. The primary engine is `pdf.engine` (pdfplumber keeps layout best, pypdfium2 is fastest); a
 page whose text fails `page_quality_problem` is re-extracted with pypdf when
-`pdf.fallback_to_pypdf2` is on, and the better text is kept. Only failing pages pay for the second
+`pdf.fallback_to_pypdf` is on, and the better text is kept. Only failing pages pay for the second
 engine: on LaTeX books with math fonts pdfplumber emits "(cid:NN)" for symbols it cannot map and
 pypdf maps them (a 117-page LaTeX book: word-F1 0.76 -> 0.96). pdfplumber's layout analysis of
 such a page would be thrown away, so `UnmappedGlyphScan` predicts those pages from the fonts and
@@ -593,13 +593,6 @@ def _open_engine(
     raise ValueError(f"unknown PDF engine {name!r}")
 
 
-def primary_engine(pdf: PdfConfig) -> str:
-    """`pdf.engine`, except that `use_pdfplumber_first: false` demotes pdfplumber to pypdf."""
-    if pdf.engine == "pdfplumber" and not pdf.use_pdfplumber_first:
-        return "pypdf"
-    return pdf.engine
-
-
 _Opened = TypeVar("_Opened")
 
 
@@ -869,15 +862,15 @@ def extract_pages(
     Each engine opens the file once for the whole range; with `keep_open` (worker processes that
     get the file's next range too) pdfplumber and pypdf keep it open for the next call. Pages that
     pass the quality check are extracted once; the others are re-extracted with pypdf (when
-    `pdf.fallback_to_pypdf2` is on and the primary engine is not pypdf already). Text is returned
+    `pdf.fallback_to_pypdf` is on and the primary engine is not pypdf already). Text is returned
     with "\\n" line ends and otherwise as the engine gave it: cleaning is done per document in
     `assemble_pdf_document`.
     """
     if first < 1 or last < first:
         raise ValueError(f"invalid page range {first}-{last} (1-based, first <= last)")
     pdf = settings.pdf
-    name = primary_engine(pdf)
-    can_fall_back = pdf.fallback_to_pypdf2 and name != FALLBACK_ENGINE
+    name = pdf.engine
+    can_fall_back = pdf.fallback_to_pypdf and name != FALLBACK_ENGINE
     kept = _KEPT_OPEN if keep_open else None
     fallback = _LazyEngine(FALLBACK_ENGINE, path, first, last, pdf, kept) if can_fall_back else None
     range_warnings: list[str] = []

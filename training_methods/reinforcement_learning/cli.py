@@ -11,7 +11,7 @@ from pathlib import Path
 
 from shared_utils.arg_types import positive_int, seed
 from shared_utils.config import ToolkitConfig, apply_overrides, check_training_sections
-from shared_utils.errors import EXIT_OK
+from shared_utils.errors import EXIT_OK, ConfigurationError
 
 
 def register_commands(
@@ -64,7 +64,8 @@ def add_train_rl_command(
     parser.add_argument(
         "--output-dir",
         type=Path,
-        help="where to write (default: <common.output_dir>/rl/<algorithm>-<env>-seed<seed>)",
+        help="where to write (default: <reinforcement_learning.training.output_dir>/"
+        "<algorithm>-<env>-seed<seed>)",
     )
     parser.add_argument(
         "--resume",
@@ -95,8 +96,7 @@ def run_train_rl(args: argparse.Namespace, config: ToolkitConfig) -> int:
         config.reinforcement_learning.training.total_timesteps = None
     env_id = config.reinforcement_learning.training.env_id
     output_dir = args.output_dir or (
-        Path(config.common.output_dir)
-        / "rl"
+        Path(config.reinforcement_learning.training.output_dir)
         / f"{args.algorithm}-{env_id.replace('/', '_')}-seed{config.common.seed}"
     )
     summary = train(
@@ -144,7 +144,7 @@ def add_evaluate_rl_command(
         "--episodes",
         type=positive_int,
         metavar="N",
-        help="episodes to play (default: evaluation.eval_episodes)",
+        help="episodes to play (default: reinforcement_learning.training.eval_episodes)",
     )
     parser.add_argument("--seed", type=seed, help="seed of the episodes (default: common.seed)")
     parser.set_defaults(handler=run_evaluate_rl)
@@ -154,9 +154,15 @@ def run_evaluate_rl(args: argparse.Namespace, config: ToolkitConfig) -> int:
     from training_methods.reinforcement_learning.trainer import evaluate_checkpoint
 
     check_training_sections(config)
+    episodes = args.episodes or config.reinforcement_learning.training.eval_episodes
+    if episodes < 1:
+        raise ConfigurationError(
+            f"config key 'reinforcement_learning.training.eval_episodes' is {episodes!r}; it "
+            "must be at least 1."
+        )
     result = evaluate_checkpoint(
         args.checkpoint,
-        args.episodes or config.evaluation.eval_episodes,
+        episodes,
         config.common.seed if args.seed is None else args.seed,
         config.common.device,
     )

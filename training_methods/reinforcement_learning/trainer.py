@@ -315,7 +315,7 @@ class TrainingRun:
 
             self.evaluator = Evaluator(
                 self.env_id,
-                config.evaluation.eval_episodes,
+                rl.training.eval_episodes,
                 self.seed,
                 rl.training.max_steps_per_episode,
                 section.normalize_observations,
@@ -519,12 +519,14 @@ class TrainingRun:
         return ckpt.save_checkpoint(path, self._payload(training_state=False))
 
     def save_training_checkpoint(self) -> Path:
-        """A resumable checkpoint in checkpoints/; keeps checkpoint.max_checkpoints of them."""
+        """A resumable checkpoint in checkpoints/; keeps training.max_checkpoints of them."""
         self._check_weights_finite()
         self.progress.train_seconds = self.train_seconds
         path = ckpt.periodic_checkpoint_path(self.checkpoint_dir, self.progress.global_step)
         ckpt.save_checkpoint(path, self._payload(training_state=True))
-        ckpt.prune_checkpoints(self.checkpoint_dir, self.config.checkpoint.max_checkpoints)
+        ckpt.prune_checkpoints(
+            self.checkpoint_dir, self.config.reinforcement_learning.training.max_checkpoints
+        )
         self.last_checkpoint = path
         return path
 

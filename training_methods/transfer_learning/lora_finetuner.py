@@ -571,10 +571,10 @@ class LoRAFineTuner:
             ),
             length_column_name="length",
             save_strategy="steps",
-            save_steps=self.config.checkpoint.save_steps,
-            save_total_limit=self.config.checkpoint.max_checkpoints,
+            save_steps=training.save_steps,
+            save_total_limit=training.max_checkpoints,
             eval_strategy="steps" if has_eval else "no",
-            eval_steps=self.config.evaluation.eval_frequency,
+            eval_steps=training.eval_steps,
             seed=self.config.common.seed,
             data_seed=self.config.common.seed,
             bf16=autocast == torch.bfloat16,
@@ -638,7 +638,7 @@ class LoRAFineTuner:
             else _NullLogger()
         )
         metrics_callback, stopping = _callbacks(
-            metrics_logger, self.config.early_stopping, self.model, output_dir
+            metrics_logger, self.section_config.early_stopping, self.model, output_dir
         )
         if resume_checkpoint is not None:
             state_file = resume_checkpoint / EARLY_STOPPING_STATE
@@ -696,7 +696,7 @@ class LoRAFineTuner:
 
         restored = False
         best_dir = output_dir / BEST_ADAPTER_DIR
-        if self.config.early_stopping.restore_best_weights and best_dir.is_dir():
+        if self.section_config.early_stopping.restore_best_weights and best_dir.is_dir():
             restored = self._restore_adapter(best_dir)
         metrics_callback.active = stopping.active = False
         final_eval = trainer.evaluate() if eval_dataset is not None else {}
@@ -822,7 +822,7 @@ class LoRAFineTuner:
             title=f"train-{self.section}: {self.model_name}",
             ylabel="loss",
         )
-        pairs = self.sample_prompts(sample_source, self.config.evaluation.num_samples)
+        pairs = self.sample_prompts(sample_source, self.section_config.num_samples)
         if pairs:
             generations = self.generate([prompt for prompt, _ in pairs])
             blocks = [
