@@ -51,7 +51,7 @@ class AtomicFile:
             os.fsync(self.handle.fileno())
             self.handle.close()
             # mkstemp creates 0600; give the file the mode a plain open() would have.
-            os.chmod(self.tmp, 0o666 & ~_umask())
+            os.chmod(self.tmp, 0o666 & ~current_umask())
             os.replace(self.tmp, self.path)
         except BaseException:
             self.discard()
@@ -116,7 +116,7 @@ def _subfolder_without_links(root: Path, relative: PurePosixPath) -> Path | None
     return path if path.is_dir() else None
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask

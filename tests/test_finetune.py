@@ -257,7 +257,7 @@ def test_nan_loss_stops_with_training_error_and_keeps_the_checkpoint(
 def test_auto_target_modules_cover_every_linear_layer(tiny_llama: Path, tiny_gpt2: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from training_methods.transfer_learning.lora_finetuner import (
+    from training_methods.transfer_learning.lora_model import (
         find_linear_module_names,
         uses_conv1d,
     )

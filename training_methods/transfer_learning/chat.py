@@ -36,7 +36,7 @@ def load_chat_model(
     """The model to chat with (adapter merged in) and the tokenizer it was trained with."""
     from shared_utils.data_loader import ensure_chat_template
     from training_methods.transfer_learning.export import resolve_source, tokenizer_source
-    from training_methods.transfer_learning.lora_finetuner import autocast_dtype
+    from training_methods.transfer_learning.lora_model import autocast_dtype
     from training_methods.transfer_learning.model_loading import (
         load_causal_lm,
         load_tokenizer,

@@ -102,7 +102,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace, config: ToolkitConfig) -> int:
     apply_overrides(config, _overrides(args))
-    from training_methods.transfer_learning.lora_finetuner import world_rank
+    from training_methods.transfer_learning.finetune_trainer import world_rank
 
     result = train_from_config(config, args.section, resume=args.resume, merge=args.merge)
     if world_rank() != 0:  # under accelerate/torchrun only rank 0 reports

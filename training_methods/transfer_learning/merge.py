@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from shared_utils.errors import ConfigurationError, LLMToolkitError
-from shared_utils.file_utils import _umask
+from shared_utils.file_utils import current_umask
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def merge_adapter(
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only; a model folder is not secret
+    # mkdtemp makes it owner-only; a model folder is not secret
+    staging.chmod(0o777 & ~current_umask())
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
