@@ -46,7 +46,7 @@ demo: install
 	@$(PY) main.py chat --log-level WARNING --model $(DEMO_EXPORT)/demo-lora-f16.gguf \
 		--temperature 0 --max-new-tokens 64 --prompt '$(DEMO_QUESTION)'
 	rm -rf $(DEMO_RL)  # a fresh run each time; train-rl refuses to start on top of another run
-	$(PY) main.py train-rl --log-level WARNING --algorithm ppo --config configs/rl/CartPole-v1.yaml \
+	$(PY) main.py train-rl --log-level WARNING --algorithm ppo --env CartPole-v1 \
 		--total-timesteps 30000 --output-dir $(DEMO_RL) --no-progress
 	$(PY) main.py evaluate-rl --log-level WARNING --checkpoint $(DEMO_RL)/best_model.pt --episodes 5
 	@echo "PPO agent, curves (returns.png, TensorBoard events) and summary.json in $(DEMO_RL)."

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from tests.test_rl_envs import one_torch_thread, register_test_envs  # noqa: F401
+from training_methods.reinforcement_learning import presets
 from training_methods.reinforcement_learning.checkpoints import load_checkpoint
 
 register_test_envs()
@@ -61,6 +62,13 @@ def write_config(folder: Path, **sections: dict) -> Path:
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     return write_config(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def no_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These runs train on TINY alone: configs/rl/CartPole-v1.yaml would fill in every key TINY
+    leaves out (test_rl_presets.py tests the presets)."""
+    monkeypatch.setattr(presets, "PRESET_DIR", tmp_path / "no-presets")
 
 
 def records(path: Path) -> list[dict]:

@@ -233,6 +233,8 @@ def test_default_output_dir_comes_from_the_training_section(run_main, tmp_path: 
     data["reinforcement_learning"]["training"]["output_dir"] = str(tmp_path / "outputs" / "rl")
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(data))
-    status, _, err = run_main("train-rl", "--algorithm", "dqn", "--config", config, "--seed", "5")
+    status, _, err = run_main(
+        "train-rl", "--algorithm", "dqn", "--config", config, "--seed", "5", "--no-preset"
+    )
     assert status == 0, err
     assert (tmp_path / "outputs" / "rl" / "dqn-CartPole-v1-seed5" / "summary.json").is_file()

@@ -1,7 +1,8 @@
 """Command-line commands of reinforcement learning: `train-rl` and `evaluate-rl`.
 
-Flags override the `reinforcement_learning` section of the config. torch and gymnasium are
-imported inside the handlers, so `python main.py --help` stays instant.
+train-rl's settings: dataclass defaults < the environment's preset (`configs/rl/<env>.yaml`,
+unless --no-preset) < the --config file, key by key < flags. torch and gymnasium are imported
+inside the handlers, so `python main.py --help` stays instant.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from pathlib import Path
 from shared_utils.arg_types import positive_int, seed
 from shared_utils.config import ToolkitConfig, apply_overrides, check_training_sections
 from shared_utils.errors import EXIT_OK, ConfigurationError
+from training_methods.reinforcement_learning.presets import (
+    config_with_preset,
+    display_path,
+    find_preset,
+)
 
 
 def register_commands(
@@ -36,17 +42,27 @@ def add_train_rl_command(
         description="Train PPO (Discrete or Box actions) or DQN (Discrete actions) on any "
         "registered gymnasium environment. Writes checkpoints, best_model.pt, final_model.pt, "
         "metrics.jsonl, TensorBoard events, returns.png, summary.json and resolved_config.yaml "
-        "to the output folder. Flags override the reinforcement_learning section of the config; "
-        "tuned settings ship in configs/rl/<env>.yaml.",
-        epilog="Example: python main.py train-rl --algorithm ppo --env CartPole-v1 "
-        "--config configs/rl/CartPole-v1.yaml. Exit statuses: 0 trained; 1 training failed "
+        "to the output folder. Settings: the defaults, then the environment's tuned preset "
+        "configs/rl/<env>.yaml when the toolkit ships one, then --config key by key, then flags.",
+        epilog="Example: python main.py train-rl --algorithm dqn --env CartPole-v1 "
+        "(uses configs/rl/CartPole-v1.yaml). Exit statuses: 0 trained; 1 training failed "
         "(e.g. a non-finite loss); 2 usage or config error; 130 interrupted (a checkpoint was "
         "saved: continue with --resume).",
     )
     parser.add_argument(
         "--algorithm", required=True, choices=["ppo", "dqn"], help="the agent to train"
     )
-    parser.add_argument("--env", metavar="ID", help="gymnasium environment id (default: config)")
+    parser.add_argument(
+        "--env",
+        metavar="ID",
+        help="gymnasium environment id (default: reinforcement_learning.training.env_id); its "
+        "preset configs/rl/<ID>.yaml is used when it exists",
+    )
+    parser.add_argument(
+        "--no-preset",
+        action="store_true",
+        help="ignore configs/rl/<ID>.yaml: train on the defaults, --config and flags only",
+    )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument(
         "--total-timesteps",
@@ -81,6 +97,11 @@ def add_train_rl_command(
 def run_train_rl(args: argparse.Namespace, config: ToolkitConfig) -> int:
     from training_methods.reinforcement_learning.trainer import train
 
+    env_id = args.env or config.reinforcement_learning.training.env_id
+    preset = None if args.no_preset else find_preset(env_id)
+    if preset is not None:
+        user_config = Path(args.config) if args.config else None
+        config = config_with_preset(env_id, preset, user_config, config.common.log_level)
     training = "reinforcement_learning.training"
     apply_overrides(
         config,
@@ -105,6 +126,7 @@ def run_train_rl(args: argparse.Namespace, config: ToolkitConfig) -> int:
         output_dir,
         resume=args.resume,
         show_progress=False if args.no_progress else None,
+        preset=preset,
     )
     final, best = summary["final_eval"], summary["best_eval"]
     print(
@@ -113,9 +135,17 @@ def run_train_rl(args: argparse.Namespace, config: ToolkitConfig) -> int:
         f"({summary['steps_per_second']:,.0f} steps/s); final eval {final['mean_return']:.1f} "
         f"± {final['std_return']:.1f}, best {best['mean_return']:.1f} at step "
         f"{best['step']:,}; written to {output_dir} (best_model.pt, final_model.pt, "
-        "summary.json, returns.png)"
+        f"summary.json, returns.png); {preset_note(env_id, preset, args.no_preset)}"
     )
     return EXIT_OK
+
+
+def preset_note(env_id: str, preset: Path | None, no_preset: bool) -> str:
+    if preset is not None:
+        return f"preset {display_path(preset)}"
+    if no_preset:
+        return "no preset (--no-preset)"
+    return f"no preset for {env_id}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from training_methods.reinforcement_learning.envs import (
     normalization_state,
 )
 from training_methods.reinforcement_learning.ppo_agent import PPOAgent
+from training_methods.reinforcement_learning.presets import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +253,7 @@ class TrainingRun:
         *,
         resume: bool = False,
         show_progress: bool | None = None,
+        preset: Path | None = None,
     ) -> None:
         rl = config.reinforcement_learning
         rl.check(algorithm)
@@ -263,6 +265,7 @@ class TrainingRun:
         self.checkpoint_dir = output_dir / "checkpoints"
         self.env_id = rl.training.env_id
         self.seed = config.common.seed
+        self.preset = preset
         check_env_id(self.env_id)
         resume_path = self._resume_path() if resume else None
         if not resume:
@@ -322,7 +325,7 @@ class TrainingRun:
             )
             resources.callback(self.evaluator.close)
             output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(output_dir / "resolved_config.yaml", dump_config(config))
+            atomic_write_text(output_dir / "resolved_config.yaml", self._resolved_config_text())
             self.metrics = MetricsLogger(
                 output_dir,
                 config.logging,
@@ -583,6 +586,7 @@ class TrainingRun:
         return {
             "algorithm": self.algorithm,
             "env_id": self.env_id,
+            "preset": display_path(self.preset) if self.preset else None,
             "seed": self.seed,
             "device": str(self.device),
             "num_envs": self.num_envs,
@@ -608,6 +612,15 @@ class TrainingRun:
                 "config": "resolved_config.yaml",
             },
         }
+
+    def _resolved_config_text(self) -> str:
+        """The config the run trains with, headed by where its settings came from."""
+        if self.preset is None:
+            source = "the defaults, then --config and command-line flags; no preset"
+        else:
+            preset = display_path(self.preset)
+            source = f"the defaults, then preset {preset}, then --config and flags"
+        return f"# train-rl settings: {source}.\n{dump_config(self.config)}"
 
     def close(self, failed: bool = False) -> None:
         """Close the progress bar, the metric sinks (a failed run shows as failed in W&B) and
@@ -723,15 +736,21 @@ def train(
     *,
     resume: bool = False,
     show_progress: bool | None = None,
+    preset: Path | None = None,
 ) -> dict[str, Any]:
     """Train `algorithm` on `reinforcement_learning.training.env_id`; returns the summary.
+
+    `preset`: the environment preset the config was built with, recorded in summary.json and
+    resolved_config.yaml.
 
     Ctrl-C saves a resumable checkpoint and re-raises KeyboardInterrupt. A non-finite loss stops
     with TrainingError and leaves the last good checkpoint as it was.
     """
     device = resolve_device(config.common.device)
     with torch_threads(device):
-        run = TrainingRun(config, algorithm, output_dir, resume=resume, show_progress=show_progress)
+        run = TrainingRun(
+            config, algorithm, output_dir, resume=resume, show_progress=show_progress, preset=preset
+        )
         failed = True
         try:
             (ppo_loop if algorithm == "ppo" else dqn_loop)(run)
