@@ -208,7 +208,7 @@ def _pdf_first_range(
 
     Also returns the file's SHA-256, taken as it is read (see `_parse_whole`).
     """
-    from document_processing.parsers.pdf_parser import extract_pages, probe_pdf
+    from document_processing.parsers.pdf import extract_pages, probe_pdf
 
     digest = sha256_file(path)
     info = probe_pdf(path, settings)
@@ -222,7 +222,7 @@ def _pdf_first_range(
 def _pdf_range(
     path: Path, first: int, last: int, settings: DocumentProcessingConfig
 ) -> list[PageText]:
-    from document_processing.parsers.pdf_parser import extract_pages
+    from document_processing.parsers.pdf import extract_pages
 
     # Kept open: this worker process is likely to get the file's next range too.
     return extract_pages(path, first, last, settings, keep_open=True)
@@ -479,7 +479,7 @@ class ExtractRun:
         if job.ranges_left:
             return None
         del jobs[source]
-        from document_processing.parsers.pdf_parser import assemble_pdf_document
+        from document_processing.parsers.pdf import assemble_pdf_document
 
         job.pages.sort(key=lambda page: page.number)
         doc = assemble_pdf_document(source, job.info, job.pages, self.settings)

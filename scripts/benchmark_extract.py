@@ -211,7 +211,7 @@ def reference_pairs(corpus: Path) -> list[tuple[Path, list[str]]]:
 
 def engine_recall(pairs: list[tuple[Path, list[str]]], engine: str) -> float:
     """Micro-averaged word recall of our cleaned document text over all reference PDFs."""
-    from document_processing.parsers.pdf_parser import PDFParser
+    from document_processing.parsers.pdf import PDFParser
 
     config = ToolkitConfig()
     config.document_processing.pdf.engine = engine  # type: ignore[assignment]

@@ -242,7 +242,7 @@ def references(corpus: Path) -> list[tuple[Path, str]]:
 
 
 def benchmark_pdf(corpus: Path) -> None:
-    from document_processing.parsers.pdf_parser import PDFParser
+    from document_processing.parsers.pdf import PDFParser
     from shared_utils.config import ToolkitConfig
 
     settings = ToolkitConfig().document_processing

@@ -349,7 +349,7 @@ def test_a_hanging_file_is_killed_and_reported(
 def _range_hangs_from_page_3(path, first, last, settings):
     if path.name == "book.pdf" and first == 3:
         time.sleep(120)
-    from document_processing.parsers.pdf_parser import extract_pages
+    from document_processing.parsers.pdf import extract_pages
 
     return extract_pages(path, first, last, settings)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from document_processing.parsers import ocr
-from document_processing.parsers.pdf_parser import PDFParser
+from document_processing.parsers.pdf import PDFParser
 from main import main
 from shared_utils.config import ToolkitConfig
 

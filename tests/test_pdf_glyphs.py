@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from document_processing.parsers.pdf_parser import (
+from document_processing.parsers.pdf import (
     PDFParser,
     damaged_word_share,
     extract_pages,

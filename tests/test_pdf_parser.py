@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from document_processing.parsers import pdf_parser
-from document_processing.parsers.pdf_parser import (
+from document_processing.parsers.pdf import (
     PdfInfo,
     PDFParser,
     assemble_pdf_document,
+    build_metadata,
     damaged_word_share,
+    engines,
+    extract,
     extract_pages,
     page_quality_problem,
     parse_pdf_date,
@@ -259,16 +261,16 @@ def test_a_page_range_maps_to_the_right_pages(three_pages: Path) -> None:
 def test_a_kept_open_document_serves_the_next_ranges(
     three_pages: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kept = pdf_parser._KeptOpen()
-    monkeypatch.setattr(pdf_parser, "_KEPT_OPEN", kept)
+    kept = engines.KeptOpen()
+    monkeypatch.setattr(extract, "_KEPT_OPEN", kept)
     opened: list[Path] = []
-    original = pdf_parser._PdfplumberDocument.__init__
+    original = engines._PdfplumberDocument.__init__
 
     def counting(self: object, path: Path, pdf: PdfConfig) -> None:
         opened.append(path)
         original(self, path, pdf)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pdf_parser._PdfplumberDocument, "__init__", counting)
+    monkeypatch.setattr(engines._PdfplumberDocument, "__init__", counting)
     try:
         ranges = [extract_pages(three_pages, n, n, settings(), keep_open=True) for n in (1, 2, 3)]
         assert len(opened) == 1  # pdfplumber opened the file once for the three ranges
@@ -386,7 +388,7 @@ def test_damaged_word_share_prefers_the_cleaner_text() -> None:
 
 
 def _plumber_returns(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
-    monkeypatch.setattr(pdf_parser._PdfplumberPages, "page_text", lambda self, number: text)
+    monkeypatch.setattr(engines._PdfplumberPages, "page_text", lambda self, number: text)
 
 
 def test_cid_page_falls_back_to_pypdf(three_pages: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -411,7 +413,7 @@ def test_the_better_text_is_kept_when_both_engines_fail(
 ) -> None:
     # pdfplumber: a little damage; pypdf: no text at all -> pdfplumber's text is kept.
     _plumber_returns(monkeypatch, "Mostly fine words here (cid:3) and more")
-    monkeypatch.setattr(pdf_parser._PypdfPages, "page_text", lambda self, number: "")
+    monkeypatch.setattr(engines._PypdfPages, "page_text", lambda self, number: "")
     [page] = extract_pages(three_pages, 1, 1, settings())
     assert page.engine == "pdfplumber" and "Mostly fine" in page.text
     assert page.warnings == ["page 1: cid tokens; pypdf did no better"]
@@ -423,21 +425,21 @@ def test_pages_passing_the_check_are_extracted_once(
     def no_pypdf(*args: object) -> None:
         raise AssertionError("pypdf must not run when every page passes")
 
-    monkeypatch.setattr(pdf_parser._PypdfPages, "__init__", no_pypdf)
+    monkeypatch.setattr(engines._PypdfPages, "__init__", no_pypdf)
     assert len(extract_pages(three_pages, 1, 3, settings())) == 3
 
 
 def test_engine_error_on_one_page_falls_back(
     three_pages: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = pdf_parser._PdfplumberPages.page_text
+    original = engines._PdfplumberPages.page_text
 
     def flaky(self: object, number: int) -> str:
         if number == 2:
             raise RecursionError("deeply nested content stream")
         return original(self, number)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pdf_parser._PdfplumberPages, "page_text", flaky)
+    monkeypatch.setattr(engines._PdfplumberPages, "page_text", flaky)
     pages = extract_pages(three_pages, 1, 3, settings())
     assert [page.engine for page in pages] == ["pdfplumber", "pypdf", "pdfplumber"]
     assert pages[1].text.strip() == PAGE_TEXTS[1]
@@ -450,7 +452,7 @@ def test_primary_failing_on_the_whole_file_uses_pypdf(
     def broken(*args: object) -> None:
         raise RuntimeError("cannot parse xref")
 
-    monkeypatch.setattr(pdf_parser._PdfplumberPages, "__init__", broken)
+    monkeypatch.setattr(engines._PdfplumberPages, "__init__", broken)
     pages = extract_pages(three_pages, 1, 3, settings())
     assert {page.engine for page in pages} == {"pypdf"}
     assert [page.text.strip() for page in pages] == PAGE_TEXTS
@@ -528,7 +530,7 @@ def test_cid_pages_are_predicted_exactly(unmapped: Path) -> None:
     with pdfplumber.open(unmapped) as pdf:
         actual = ["(cid:1)" in page.extract_text() for page in pdf.pages]
     assert actual == [has_cid for _, has_cid in UNMAPPED_PAGES]  # the fixture is what it says
-    engine = pdf_parser._PdfplumberPages(unmapped, 1, len(UNMAPPED_PAGES), PdfConfig())
+    engine = engines._PdfplumberPages(unmapped, 1, len(UNMAPPED_PAGES), PdfConfig())
     try:
         predicted = [engine.expected_problem(n) for n in range(1, len(UNMAPPED_PAGES) + 1)]
     finally:
@@ -569,7 +571,7 @@ def test_predicted_cid_pages_skip_pdfplumber(
 def test_pdfplumber_still_runs_when_the_fallback_text_is_damaged_too(
     unmapped: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pdf_parser._PypdfPages, "page_text", lambda self, number: "")
+    monkeypatch.setattr(engines._PypdfPages, "page_text", lambda self, number: "")
     [page] = extract_pages(unmapped, 2, 2, settings())
     # pdfplumber's text, one damaged word in four, beats pypdf's none.
     assert page.engine == "pdfplumber" and "(cid:1)" in page.text
@@ -630,7 +632,7 @@ def _page(number: int, text: str, engine: str = "pdfplumber") -> PageText:
 def _info(page_count: int) -> PdfInfo:
     return PdfInfo(
         page_count=page_count,
-        metadata=pdf_parser.build_metadata({}, "doc", page_count),
+        metadata=build_metadata({}, "doc", page_count),
         encrypted=False,
     )
 

@@ -9,7 +9,7 @@ from document_processing.parsers.base import DocumentParser
 # suffix -> (module, class); modules are imported lazily: pdfplumber, trafilatura and python-docx
 # are slow to import, and a run needs only the parsers of the files it meets.
 _PARSERS = {
-    ".pdf": ("pdf_parser", "PDFParser"),
+    ".pdf": ("pdf", "PDFParser"),
     ".md": ("markdown_parser", "MarkdownParser"),
     ".markdown": ("markdown_parser", "MarkdownParser"),
     ".txt": ("text_parser", "TextParser"),
