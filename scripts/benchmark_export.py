@@ -193,7 +193,8 @@ def next_token_agreement(
 def lora_files(adapter: Path, work: Path) -> tuple[Path, Path, float]:
     """(base GGUF, f16 LoRA GGUF, seconds to write the LoRA file) for the adapter's row."""
     from training_methods.transfer_learning.export import local_model_dir
-    from training_methods.transfer_learning.gguf_writer import write_gguf, write_lora_gguf
+    from training_methods.transfer_learning.gguf_lora import write_lora_gguf
+    from training_methods.transfer_learning.gguf_writer import write_gguf
     from training_methods.transfer_learning.merge import read_adapter_config
     from training_methods.transfer_learning.model_loading import is_gguf, load_model_config
 

@@ -175,14 +175,14 @@ def test_interrupted_write_leaves_nothing_under_the_final_name(
 ) -> None:
     """Disk full or Ctrl-C in the middle of the tensors: the earlier file survives intact and
     no temporary file is left."""
-    from training_methods.transfer_learning import gguf_writer
+    from training_methods.transfer_learning import gguf_file
 
     out = tmp_path / "export"
     args = ["export", "--model", finetuned.merged, "--output", out, "--no-progress", "--force"]
     assert run_main(*args)[0] == 0
     target = out / "merged-f16.gguf"
     before = target.read_bytes()
-    real_convert = gguf_writer.convert_tensor
+    real_convert = gguf_file.convert_tensor
     calls = []
 
     def failing_convert(*a, **k):  # noqa: ANN002, ANN003, ANN202
@@ -191,7 +191,7 @@ def test_interrupted_write_leaves_nothing_under_the_final_name(
             raise failure
         return real_convert(*a, **k)
 
-    monkeypatch.setattr(gguf_writer, "convert_tensor", failing_convert)
+    monkeypatch.setattr(gguf_file, "convert_tensor", failing_convert)
     status, _, stderr = run_main(*args)
     assert status == expected_status
     assert len(calls) == 5
@@ -205,12 +205,12 @@ def test_interrupted_write_leaves_nothing_under_the_final_name(
 def test_first_write_interrupted_leaves_no_file(
     tmp_path: Path, finetuned: FineTuned, run_main, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training_methods.transfer_learning import gguf_writer
+    from training_methods.transfer_learning import gguf_file
 
     def full_disk(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(gguf_writer, "convert_tensor", full_disk)
+    monkeypatch.setattr(gguf_file, "convert_tensor", full_disk)
     status, _, _ = run_main("export", "--model", finetuned.merged, "--output", tmp_path)
     assert status == 1
     assert not list(tmp_path.glob("*.gguf*")) and not list(tmp_path.glob(".*"))

@@ -85,7 +85,7 @@ def quantized(tmp_path_factory: pytest.TempPathFactory, finetuned_256: FineTuned
 def test_block_types_follow_llama_cpp_rules() -> None:
     from gguf import GGMLQuantizationType as Q
 
-    from training_methods.transfer_learning.gguf_writer import choose_qtype
+    from training_methods.transfer_learning.gguf_tensors import choose_qtype
 
     for kind in BLOCK_TYPES:
         assert choose_qtype("blk.0.attn_q.weight", (64, 64), kind) == Q[kind.upper()]

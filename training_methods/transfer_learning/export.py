@@ -11,7 +11,8 @@ writes, under the output folder:
   run (`gguf_writer`; several types, comma-separated, come from one merge), and `Modelfile`, an
   Ollama recipe that points at the last type listed.
 - `NAME-TYPE-lora.gguf` (`--format lora-gguf`): the adapter alone, unmerged, as a GGUF LoRA file
-  (f32 or f16) that llama.cpp applies on top of any GGUF of the base model (`--lora FILE`).
+  (f32 or f16, `gguf_lora`) that llama.cpp applies on top of any GGUF of the base model
+  (`--lora FILE`).
 
 Every check that can fail runs before anything large is written: the adapter folder, the base
 model, whether the GGUF writer supports the architecture, tokenizer and types (a k-quant needs
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING, Literal
 
 from shared_utils.errors import ConfigurationError
 from shared_utils.file_utils import atomic_write_text
-from training_methods.transfer_learning.gguf_writer import GGUF_TYPES, GGUFSummary, GGUFType
+from training_methods.transfer_learning.gguf_file import GGUFSummary
+from training_methods.transfer_learning.gguf_tensors import GGUF_TYPES, GGUFType
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -207,9 +209,9 @@ def export_lora_gguf(
 ) -> ExportResult:
     """`--format lora-gguf`: one LoRA file per type, no merge. Everything is checked (adapter,
     base config, types, existing files) before the first file is written."""
-    from training_methods.transfer_learning.gguf_writer import (
+    from training_methods.transfer_learning.gguf_architectures import check_model_config
+    from training_methods.transfer_learning.gguf_lora import (
         LORA_GGUF_TYPES,
-        check_model_config,
         lora_alpha_for_llama_cpp,
         write_lora_gguf,
     )
@@ -266,7 +268,8 @@ def local_model_dir(model: str) -> Path:
 def check_gguf_source(source: ExportSource) -> None:
     """Refuse, from configs alone, a model the GGUF writer cannot convert: runs before the merge
     and before any large file is written."""
-    from training_methods.transfer_learning.gguf_writer import check_exportable, check_model_config
+    from training_methods.transfer_learning.gguf_architectures import check_model_config
+    from training_methods.transfer_learning.gguf_writer import check_exportable
     from training_methods.transfer_learning.model_loading import load_model_config, load_tokenizer
 
     config = load_model_config(source.model)
@@ -345,7 +348,7 @@ DEFAULT_GO_TEMPLATE = (
 
 def modelfile_text(gguf_name: str, tokenizer: PreTrainedTokenizerBase) -> str:
     """An Ollama Modelfile for the GGUF file `gguf_name` in the same folder."""
-    from training_methods.transfer_learning.gguf_writer import chat_template_of
+    from training_methods.transfer_learning.gguf_tokenizer import chat_template_of
 
     template = chat_template_of(tokenizer)
     template_text = template if isinstance(template, str) else ""

@@ -16,8 +16,8 @@ from shared_utils.errors import EXIT_OK
 
 logger = logging.getLogger(__name__)
 
-# The same as gguf_writer.GGUF_TYPES and export.EXPORT_FORMATS (training_methods.transfer_learning),
-# repeated so that `--help` imports neither.
+# The same as gguf_tensors.GGUF_TYPES and export.EXPORT_FORMATS
+# (training_methods.transfer_learning), repeated so that `--help` imports neither.
 GGUF_TYPE_CHOICES = (
     "f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k",
 )  # fmt: skip
