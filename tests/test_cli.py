@@ -218,11 +218,17 @@ def test_numeric_flags_are_found() -> None:
         ("train-lora", "--learning-rate"),
         ("train-qlora", "--batch-size"),
         ("chat", "--max-new-tokens"),
+        ("chat", "--temperature"),
         ("evaluate", "--limit"),
         ("train-rl", "--seed"),
         ("evaluate-rl", "--episodes"),
     ]:
         assert expected in [(command, flag) for command, flag, _ in NUMERIC_FLAGS]
+
+
+def test_every_numeric_flag_uses_the_shared_argument_types() -> None:
+    # One module of argument types (shared_utils.arg_types), so every flag words errors alike.
+    assert [(command, flag) for command, flag, shared in NUMERIC_FLAGS if not shared] == []
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from shared_utils.arg_types import positive_int
+from shared_utils.arg_types import non_negative_float, positive_int
 from shared_utils.config import ToolkitConfig
 from shared_utils.errors import EXIT_OK
 
@@ -42,13 +42,6 @@ def _gguf_types(text: str) -> str:
             f"{', '.join(GGUF_TYPE_CHOICES)}, comma-separated"
         )
     return ",".join(dict.fromkeys(kinds))
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
 def add_export_command(
@@ -169,7 +162,7 @@ def add_chat_command(
     )
     parser.add_argument(
         "--temperature",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.7,
         metavar="T",
         help="sampling temperature; 0 is greedy (default: 0.7, seeded by common.seed)",
