@@ -330,11 +330,11 @@ def _slow_parse(path, source, settings):
 def test_a_hanging_file_is_killed_and_reported(
     run_main, samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from document_processing import pipeline
+    from document_processing.pipeline import run
 
     docs = samples_dir / "documents"
     (docs / "hang.md").write_text("# Never finishes\n\nThe parser loops forever on this one.\n")
-    monkeypatch.setattr(pipeline, "_parse_whole", _slow_parse)
+    monkeypatch.setattr(run, "_parse_whole", _slow_parse)
     out = tmp_path / "out"
     started = time.monotonic()
     status, _, err = run_main("extract", docs, out, "--timeout", "2", "--workers", "2")
@@ -359,7 +359,7 @@ def test_a_hanging_page_range_fails_its_pdf_and_the_rest_is_written(
 ) -> None:
     from fpdf import FPDF
 
-    from document_processing import pipeline
+    from document_processing.pipeline import pdf_ranges
 
     docs = samples_dir / "documents"
     book = FPDF()
@@ -371,7 +371,7 @@ def test_a_hanging_page_range_fails_its_pdf_and_the_rest_is_written(
     config = tmp_path / "c.yaml"
     config.write_text("document_processing:\n  pdf:\n    pages_per_task: 2\n")
     # Pages 1-2 run with the probe; pages 3-4 hang in their worker; pages 5-6 finish.
-    monkeypatch.setattr(pipeline, "_pdf_range", _range_hangs_from_page_3)
+    monkeypatch.setattr(pdf_ranges, "_pdf_range", _range_hangs_from_page_3)
     out = tmp_path / "out"
     started = time.monotonic()
     status, _, err = run_main(
@@ -404,11 +404,11 @@ def test_unreadable_file_is_reported(
     secret.write_text("Nobody may read this.")
     secret.chmod(0)
     if os.access(secret, os.R_OK):  # running as root: permissions do not stop root, so deny here
-        from document_processing import pipeline
+        from document_processing.pipeline import discovery
 
         real_access = os.access
         monkeypatch.setattr(
-            pipeline.os,
+            discovery.os,
             "access",
             lambda p, mode: False if Path(p).name == "secret.txt" else real_access(p, mode),
         )
