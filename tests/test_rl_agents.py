@@ -267,7 +267,9 @@ def test_dqn_use_dueling_switches_the_network() -> None:
 
 
 def test_dqn_epsilon_schedules() -> None:
-    agent = DQNAgent(4, 2, DQNConfig(epsilon_decay=0.5, epsilon_end=0.1))
+    agent = DQNAgent(
+        4, 2, DQNConfig(epsilon_schedule="exponential", epsilon_decay=0.5, epsilon_end=0.1)
+    )
     agent.updates = 2
     assert agent.epsilon == 0.25
     linear = DQNAgent(
@@ -377,6 +379,7 @@ def test_dqn_replay_holds_no_autoreset_transitions(tmp_path, n_step: int) -> Non
     rl.dqn.batch_size = 4
     rl.dqn.hidden_dim = 8
     rl.dqn.n_step = n_step
+    rl.dqn.normalize_observations = False  # the counter's raw values, to read the windows
     summary = train(config, "dqn", tmp_path / "run", show_progress=False)
     replay = load_checkpoint(tmp_path / "run" / summary["files"]["last_checkpoint"])[
         "replay_buffer"
@@ -422,7 +425,7 @@ def test_agents_take_their_defaults_from_the_config_sections() -> None:
     ppo, dqn = PPOAgent(4, 2, num_steps=4), DQNAgent(4, 2)
     assert (ppo.num_envs, ppo.lr, ppo.batch_size) == (8, 3e-4, 64)  # PPOConfig's
     assert ppo.buffer.rewards.shape == (4, 8)
-    assert (dqn.batch_size, dqn.buffer.capacity, dqn.target_update) == (64, 100_000, 10)
+    assert (dqn.batch_size, dqn.buffer.capacity, dqn.target_update) == (128, 100_000, 64)
 
 
 def test_build_agent_reads_the_settings_of_older_checkpoints() -> None:

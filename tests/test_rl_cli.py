@@ -36,6 +36,7 @@ TINY = {
             "hidden_dim": 16,
             "learning_starts": 64,
             "train_freq": 4,
+            "gradient_steps": 1,
             "batch_size": 16,
             "buffer_size": 1000,
         },

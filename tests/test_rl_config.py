@@ -44,6 +44,11 @@ BASE = {
             "batch_size": 16,
             "buffer_size": 1000,
             "target_update": 10,
+            # Not the defaults: the cases below change each of these.
+            "gradient_steps": 1,
+            "n_step": 1,
+            "normalize_observations": False,
+            "epsilon_schedule": "exponential",
         },
     },
 }
