@@ -37,6 +37,7 @@ TINY = {
             "learning_starts": 64,
             "train_freq": 4,
             "gradient_steps": 1,
+            "n_step": 1,  # every step is in the replay buffer at once (resume counts them)
             "batch_size": 16,
             "buffer_size": 1000,
         },

@@ -305,7 +305,9 @@ class TrainingRun:
                 assert resume_path is not None
                 ckpt.check_compatible(saved, resume_path, algorithm, self.spaces)
                 _load_agent(self.agent, saved, resume_path, with_optimizer=True)
-                load_normalization_state(self.envs, saved.get("normalization", {}), freeze=False)
+                load_normalization_state(
+                    self.envs, _numpy_tree(saved.get("normalization", {})), freeze=False
+                )
                 if "replay_buffer" in saved and isinstance(self.agent, DQNAgent):
                     self.agent.buffer.load_state_dict(_numpy_tree(saved["replay_buffer"]))
                 # Last, so that building the agent above does not draw from the restored state.
