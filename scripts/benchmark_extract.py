@@ -153,7 +153,8 @@ def run_pipeline(
 def chunking_speed() -> float:
     import random
 
-    from document_processing.converters.lm_studio_converter import LMStudioConverter
+    from document_processing.converters.chunking import Chunker
+    from shared_utils.config import DocumentProcessingConfig
 
     rng = random.Random(1)
     sentences = []
@@ -165,9 +166,9 @@ def chunking_speed() -> float:
         if rng.random() < 0.1:
             sentences.append("\n\n")
     text = "".join(sentences)
-    converter = LMStudioConverter(chunk_size=512, overlap_size=50)
+    chunker = Chunker(DocumentProcessingConfig(chunk_size=512, overlap_size=50))
     started = time.perf_counter()
-    converter.chunk_text(text)
+    chunker.chunk_text(text)
     return len(text.encode()) / 1e6 / (time.perf_counter() - started)
 
 

@@ -6,19 +6,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from document_processing.converters.lm_studio_converter import (
-    Chunk,
-    LMStudioConverter,
-    sentence_spans,
-)
+from document_processing.converters.chunking import Chunk, Chunker, sentence_spans
 from shared_utils.config import DocumentProcessingConfig
 from shared_utils.errors import ConfigurationError
 from tests.conftest import TOKENIZER_TRAINING_SENTENCES
+
+
+def chunker(**fields: Any) -> Chunker:
+    """A chunker with these `document_processing` settings, the others at their defaults."""
+    return Chunker(DocumentProcessingConfig(**fields))
+
 
 # --------------------------------------------------------------------------------------------------
 # Generated section texts
@@ -159,7 +162,7 @@ def assert_kept_whole(spans: list[tuple[int, int]], chunks: list[Chunk], limit: 
 @given(generated=section_texts(), limits=sizes())
 def test_chunk_invariants(generated: GeneratedText, limits: tuple[int, int, int]) -> None:
     chunk_size, overlap, min_chunk = limits
-    converter = LMStudioConverter(chunk_size, overlap, min_chunk)
+    converter = chunker(chunk_size=chunk_size, overlap_size=overlap, min_chunk_size=min_chunk)
     text = generated.text
     chunks = converter.chunk_text(text, generated.protected)
 
@@ -198,7 +201,7 @@ SMALL = "One two three. Four five six! Seven eight nine? Ten."
 
 
 def test_small_example_with_overlap() -> None:
-    chunks = LMStudioConverter(chunk_size=40, overlap_size=15, min_chunk_size=0).chunk_text(SMALL)
+    chunks = chunker(chunk_size=40, overlap_size=15, min_chunk_size=0).chunk_text(SMALL)
     assert chunks == [
         Chunk("One two three. Four five six!", 0, 29),
         Chunk("Four five six! Seven eight nine? Ten.", 15, 52),
@@ -206,7 +209,7 @@ def test_small_example_with_overlap() -> None:
 
 
 def test_small_example_without_overlap() -> None:
-    chunks = LMStudioConverter(chunk_size=30, overlap_size=0, min_chunk_size=0).chunk_text(SMALL)
+    chunks = chunker(chunk_size=30, overlap_size=0, min_chunk_size=0).chunk_text(SMALL)
     assert [chunk.text for chunk in chunks] == [
         "One two three. Four five six!",
         "Seven eight nine? Ten.",
@@ -214,7 +217,7 @@ def test_small_example_without_overlap() -> None:
 
 
 def test_overlap_is_dropped_when_the_last_sentence_is_larger_than_it() -> None:
-    chunks = LMStudioConverter(chunk_size=30, overlap_size=10, min_chunk_size=0).chunk_text(SMALL)
+    chunks = chunker(chunk_size=30, overlap_size=10, min_chunk_size=0).chunk_text(SMALL)
     assert [chunk.text for chunk in chunks] == [
         "One two three. Four five six!",  # "Four five six!" is 14 > 10 characters
         "Seven eight nine? Ten.",
@@ -223,7 +226,7 @@ def test_overlap_is_dropped_when_the_last_sentence_is_larger_than_it() -> None:
 
 def test_short_last_chunk_is_kept_when_merging_would_exceed_the_limit() -> None:
     text = "Alpha beta gamma delta. Epsilon zeta eta theta. Ok."
-    chunks = LMStudioConverter(chunk_size=50, overlap_size=0, min_chunk_size=10).chunk_text(text)
+    chunks = chunker(chunk_size=50, overlap_size=0, min_chunk_size=10).chunk_text(text)
     # "Ok." is under 10 characters, but the 51 characters of both do not fit 50.
     assert [chunk.text for chunk in chunks] == [
         "Alpha beta gamma delta. Epsilon zeta eta theta.",
@@ -244,7 +247,7 @@ def test_sentence_boundaries_include_closing_quotes_newlines_and_ellipsis() -> N
 
 def test_long_sentence_is_split_at_words_and_long_word_is_cut() -> None:
     text = "aaaa bbbb cccc dddd " + "x" * 25 + " end."
-    chunks = LMStudioConverter(chunk_size=10, overlap_size=0, min_chunk_size=0).chunk_text(text)
+    chunks = chunker(chunk_size=10, overlap_size=0, min_chunk_size=0).chunk_text(text)
     assert [chunk.text for chunk in chunks] == [
         "aaaa bbbb",
         "cccc dddd",
@@ -255,7 +258,7 @@ def test_long_sentence_is_split_at_words_and_long_word_is_cut() -> None:
 
 
 def test_empty_and_whitespace_sections_give_no_chunks() -> None:
-    converter = LMStudioConverter()
+    converter = Chunker()
     assert converter.chunk_text("") == []
     assert converter.chunk_text(" \n\n\t ") == []
 
@@ -274,19 +277,17 @@ def _with_code(before: str, after: str) -> tuple[str, list[tuple[int, int]]]:
 
 def test_code_block_that_fits_is_one_unit() -> None:
     text, protected = _with_code("Intro sentence here. Look:\n\n", "\n\nAfter the code. More.")
-    chunks = LMStudioConverter(chunk_size=len(CODE) + 5, overlap_size=0).chunk_text(text, protected)
+    chunks = chunker(chunk_size=len(CODE) + 5, overlap_size=0).chunk_text(text, protected)
     assert CODE in [chunk.text for chunk in chunks]
     assert_kept_whole(protected, chunks, len(CODE) + 5)
     # Without protection the block's ". " is a sentence boundary and the block may be cut.
-    split = LMStudioConverter(chunk_size=len(CODE) + 5, overlap_size=0).chunk_text(text)
+    split = chunker(chunk_size=len(CODE) + 5, overlap_size=0).chunk_text(text)
     assert CODE not in [chunk.text for chunk in split]
 
 
 def test_code_block_larger_than_the_limit_is_split_at_lines() -> None:
     text, protected = _with_code("Intro.\n\n", "\n\nAfter.")
-    chunks = LMStudioConverter(chunk_size=30, overlap_size=0, min_chunk_size=0).chunk_text(
-        text, protected
-    )
+    chunks = chunker(chunk_size=30, overlap_size=0, min_chunk_size=0).chunk_text(text, protected)
     block = [c for c in chunks if protected[0][0] <= c.start and c.end <= protected[0][1]]
     assert [c.text for c in block] == [
         "```python\ndef add(a, b):",
@@ -304,25 +305,33 @@ def test_code_block_larger_than_the_limit_is_split_at_lines() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_from_config_reads_the_settings() -> None:
+def test_sizes_come_from_the_config_section() -> None:
     settings_ = DocumentProcessingConfig(chunk_size=123, overlap_size=7, min_chunk_size=3)
-    converter = LMStudioConverter.from_config(settings_)
+    converter = Chunker(settings_)
     assert (converter.chunk_size, converter.overlap_size, converter.min_chunk_size) == (123, 7, 3)
     assert converter.unit == "characters"
+    # Without settings, the config section's defaults: they have no second copy.
+    defaults, plain = DocumentProcessingConfig(), Chunker()
+    assert (plain.chunk_size, plain.overlap_size, plain.min_chunk_size, plain.tokenizer) == (
+        defaults.chunk_size,
+        defaults.overlap_size,
+        defaults.min_chunk_size,
+        defaults.tokenizer,
+    )
 
 
 def test_missing_tokenizer_is_a_configuration_error(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-tokenizer"
     with pytest.raises(ConfigurationError, match=re.escape(str(missing))):
-        LMStudioConverter(tokenizer=str(missing))
+        chunker(tokenizer=str(missing))
     with pytest.raises(ConfigurationError, match="could not be loaded"):
-        LMStudioConverter(tokenizer=str(tmp_path))  # a folder, but no tokenizer in it
+        chunker(tokenizer=str(tmp_path))  # a folder, but no tokenizer in it
 
 
 @pytest.mark.parametrize("overlap", [-1, 100, 150])
 def test_overlap_must_be_smaller_than_the_chunk(overlap: int) -> None:
     with pytest.raises(ConfigurationError, match="overlap_size"):
-        LMStudioConverter(chunk_size=100, overlap_size=overlap)
+        chunker(chunk_size=100, overlap_size=overlap)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,7 +357,12 @@ def test_token_mode_never_exceeds_the_token_limit(
     tiny_tokenizer: Path, count_tokens, generated: GeneratedText, limits: tuple[int, int, int]
 ) -> None:
     chunk_size, overlap, min_chunk = limits
-    converter = LMStudioConverter(chunk_size, overlap, min_chunk, tokenizer=str(tiny_tokenizer))
+    converter = chunker(
+        chunk_size=chunk_size,
+        overlap_size=overlap,
+        min_chunk_size=min_chunk,
+        tokenizer=str(tiny_tokenizer),
+    )
     chunks = converter.chunk_text(generated.text, generated.protected)
     assert all(count_tokens(chunk.text) <= chunk_size for chunk in chunks)
     assert_exact_slices(generated.text, chunks)
@@ -357,7 +371,9 @@ def test_token_mode_never_exceeds_the_token_limit(
 
 def test_token_mode_counts_tokens_not_characters(tiny_tokenizer: Path, count_tokens) -> None:
     text = " ".join(TOKENIZER_TRAINING_SENTENCES[:8])
-    converter = LMStudioConverter(30, 0, 0, tokenizer=str(tiny_tokenizer))
+    converter = chunker(
+        chunk_size=30, overlap_size=0, min_chunk_size=0, tokenizer=str(tiny_tokenizer)
+    )
     assert converter.unit == "tokens"
     chunks = converter.chunk_text(text)
     assert all(count_tokens(chunk.text) <= 30 for chunk in chunks)
@@ -393,7 +409,9 @@ def test_estimates_that_undershoot_are_corrected(
     counter, generated: GeneratedText, chunk_size: int, share: float
 ) -> None:
     # Large overlaps: shrinking a chunk that starts with overlap units can leave nothing new.
-    converter = LMStudioConverter(chunk_size, int(chunk_size * share), min_chunk_size=0)
+    converter = chunker(
+        chunk_size=chunk_size, overlap_size=int(chunk_size * share), min_chunk_size=0
+    )
     converter._counter = counter  # a non-additive counter stands in for a tokenizer
     chunks = converter.chunk_text(generated.text, generated.protected)
     assert all(counter.count([chunk.text])[0] <= chunk_size for chunk in chunks)

@@ -9,12 +9,10 @@ from typing import Any
 
 import pytest
 
-from document_processing.converters.lm_studio_converter import (
-    LMStudioConverter,
-    chunk_features,
-    sentence_spans,
-)
+from document_processing.converters.chunking import Chunker, chunk_features, sentence_spans
+from document_processing.converters.structure_records import document_instruction_records
 from document_processing.records import DocumentMetadata, ParsedDocument, Section
+from shared_utils.config import DocumentProcessingConfig
 
 PAGE_ONE = (
     "Solar panels turn light into electricity. Their output depends on the angle of the sun. "
@@ -80,11 +78,16 @@ DOCUMENTS = [pdf_document, markdown_document, text_document]
 
 
 @pytest.fixture
-def converter() -> LMStudioConverter:
+def settings() -> DocumentProcessingConfig:
     """The structure-derived kinds only; topic and cloze records have tests of their own."""
-    return LMStudioConverter(
-        chunk_size=120, overlap_size=40, min_chunk_size=10, record_kinds=("section", "continuation")
+    return DocumentProcessingConfig(
+        chunk_size=120, overlap_size=40, min_chunk_size=10, record_kinds=["section", "continuation"]
     )
+
+
+@pytest.fixture
+def chunker(settings: DocumentProcessingConfig) -> Chunker:
+    return Chunker(settings)
 
 
 def _type_shape(value: Any) -> Any:
@@ -103,8 +106,8 @@ def _type_shape(value: Any) -> Any:
 OPTIONAL_TEXT = {"author", "created", "modified", "encoding"}
 
 
-def test_chunk_records_share_one_schema(converter: LMStudioConverter) -> None:
-    records = [record for make in DOCUMENTS for record in converter.chunk_document(make())]
+def test_chunk_records_share_one_schema(chunker: Chunker) -> None:
+    records = [record for make in DOCUMENTS for record in chunker.chunk_document(make())]
     assert {record["type"] for record in records} == {"pdf", "markdown", "text"}
     first = records[0]
     for record in records:
@@ -125,9 +128,9 @@ def test_chunk_records_share_one_schema(converter: LMStudioConverter) -> None:
 
 
 @pytest.mark.parametrize("make", DOCUMENTS)
-def test_chunk_ids_offsets_and_counts(converter: LMStudioConverter, make) -> None:
+def test_chunk_ids_offsets_and_counts(chunker: Chunker, make) -> None:
     doc = make()
-    records = converter.chunk_document(doc)
+    records = chunker.chunk_document(doc)
     assert len(records) > len(doc.sections)  # the fixture texts are longer than one chunk
     for index, record in enumerate(records):
         meta = record["metadata"]
@@ -136,14 +139,14 @@ def test_chunk_ids_offsets_and_counts(converter: LMStudioConverter, make) -> Non
         assert meta["total_chunks"] == len(records)
         section = doc.sections[meta["section_index"]]
         assert section.text[meta["char_start"] : meta["char_end"]] == record["text"]
-        assert len(record["text"]) <= converter.chunk_size
+        assert len(record["text"]) <= chunker.chunk_size
         assert meta["section_path"] == (section.heading_path or [doc.metadata.title])
         assert record["source"] == doc.source
         assert record["title"] == doc.metadata.title
 
 
-def test_pdf_chunks_carry_their_page_and_engine(converter: LMStudioConverter) -> None:
-    records = converter.chunk_document(pdf_document())
+def test_pdf_chunks_carry_their_page_and_engine(chunker: Chunker) -> None:
+    records = chunker.chunk_document(pdf_document())
     by_page = {
         (r["metadata"]["page_start"], r["metadata"]["page_end"], r["metadata"]["engine"])
         for r in records
@@ -158,11 +161,11 @@ def test_pdf_chunks_carry_their_page_and_engine(converter: LMStudioConverter) ->
     assert meta["encoding"] == ""
 
 
-def test_chunks_never_cross_sections(converter: LMStudioConverter) -> None:
+def test_chunks_never_cross_sections(chunker: Chunker) -> None:
     doc = markdown_document()
-    for record in converter.chunk_document(doc):
+    for record in chunker.chunk_document(doc):
         assert record["text"] in doc.sections[record["metadata"]["section_index"]].text
-    text_meta = converter.chunk_document(text_document())[0]["metadata"]
+    text_meta = chunker.chunk_document(text_document())[0]["metadata"]
     assert (text_meta["page_start"], text_meta["engine"], text_meta["encoding"]) == (0, "", "utf-8")
 
 
@@ -171,17 +174,18 @@ def test_chunks_never_cross_sections(converter: LMStudioConverter) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _instructions(converter: LMStudioConverter, doc: ParsedDocument):
-    chunks = converter.chunk_document(doc)
-    alpaca, chat = converter.instruction_records(doc, chunks)
+def _instructions(settings: DocumentProcessingConfig, doc: ParsedDocument):
+    """(chunk records, Alpaca records, chat records) of `doc` with these settings."""
+    chunks = Chunker(settings).chunk_document(doc)
+    alpaca, chat = document_instruction_records(doc, chunks, settings)
     return chunks, alpaca, chat
 
 
 def test_section_records_answer_with_the_first_chunk_of_each_section(
-    converter: LMStudioConverter,
+    settings: DocumentProcessingConfig,
 ) -> None:
     doc = markdown_document()
-    chunks, alpaca, _ = _instructions(converter, doc)
+    chunks, alpaca, _ = _instructions(settings, doc)
     sections = [record for record in alpaca if record["kind"] == "section"]
     assert len(sections) == len(doc.sections)
     for index, section in enumerate(doc.sections):
@@ -194,17 +198,19 @@ def test_section_records_answer_with_the_first_chunk_of_each_section(
         )
 
 
-def test_documents_without_headings_get_no_section_records(converter: LMStudioConverter) -> None:
+def test_documents_without_headings_get_no_section_records(
+    settings: DocumentProcessingConfig,
+) -> None:
     for make in (pdf_document, text_document):
-        _, alpaca, _ = _instructions(converter, make())
+        _, alpaca, _ = _instructions(settings, make())
         assert alpaca and all(record["kind"] == "continuation" for record in alpaca)
 
 
 @pytest.mark.parametrize("make", DOCUMENTS)
 def test_continuations_split_a_chunk_at_a_sentence_boundary(
-    converter: LMStudioConverter, make
+    settings: DocumentProcessingConfig, make
 ) -> None:
-    chunks, alpaca, _ = _instructions(converter, make())
+    chunks, alpaca, _ = _instructions(settings, make())
     text_of = {chunk["chunk_id"]: chunk["text"] for chunk in chunks}
     continuations = [record for record in alpaca if record["kind"] == "continuation"]
     assert continuations
@@ -224,10 +230,10 @@ def test_continuations_split_a_chunk_at_a_sentence_boundary(
 def test_continuation_splits_near_one_third() -> None:
     text = "Aa aa. Bb bb. Cc cc. Dd dd. Ee ee. Ff ff."
     doc = ParsedDocument("x.txt", "text", DocumentMetadata(title="x"), [Section(text)])
-    converter = LMStudioConverter(
-        chunk_size=200, overlap_size=0, min_chunk_size=5, record_kinds=("continuation",)
+    settings = DocumentProcessingConfig(
+        chunk_size=200, overlap_size=0, min_chunk_size=5, record_kinds=["continuation"]
     )
-    alpaca, _ = converter.instruction_records(doc, converter.chunk_document(doc))
+    _, alpaca, _ = _instructions(settings, doc)
     (record,) = alpaca
     assert (record["input"], record["output"]) == ("Aa aa. Bb bb.", "Cc cc. Dd dd. Ee ee. Ff ff.")
 
@@ -239,14 +245,14 @@ def test_no_continuation_for_one_sentence_or_tiny_chunks() -> None:
         DocumentMetadata(title="x"),
         [Section("Only one sentence here, with no end"), Section("Hi. Yo.")],
     )
-    converter = LMStudioConverter(
-        chunk_size=200, overlap_size=0, min_chunk_size=5, record_kinds=("continuation",)
+    settings = DocumentProcessingConfig(
+        chunk_size=200, overlap_size=0, min_chunk_size=5, record_kinds=["continuation"]
     )
-    assert converter.instruction_records(doc, converter.chunk_document(doc)) == ([], [])
+    assert _instructions(settings, doc)[1:] == ([], [])
 
 
-def test_code_block_is_not_split_for_a_continuation(converter: LMStudioConverter) -> None:
-    chunks, alpaca, _ = _instructions(converter, markdown_document())
+def test_code_block_is_not_split_for_a_continuation(settings: DocumentProcessingConfig) -> None:
+    chunks, alpaca, _ = _instructions(settings, markdown_document())
     with_code = {chunk["chunk_id"] for chunk in chunks if CODE in chunk["text"]}
     records = [r for r in alpaca if r["kind"] == "continuation" and r["chunk_id"] in with_code]
     assert records
@@ -254,8 +260,8 @@ def test_code_block_is_not_split_for_a_continuation(converter: LMStudioConverter
         assert CODE in record["input"] or CODE in record["output"]
 
 
-def test_chat_records_mirror_alpaca_records(converter: LMStudioConverter) -> None:
-    _, alpaca, chat = _instructions(converter, markdown_document())
+def test_chat_records_mirror_alpaca_records(settings: DocumentProcessingConfig) -> None:
+    _, alpaca, chat = _instructions(settings, markdown_document())
     assert len(chat) == len(alpaca)
     for plain, messages in zip(alpaca, chat, strict=True):
         assert set(messages) == {"messages", "source", "chunk_id", "kind"}
@@ -291,9 +297,9 @@ def load_json(tmp_path: Path):
 
 
 def test_chunk_files_of_every_type_load_together(
-    converter: LMStudioConverter, load_json, tmp_path: Path
+    chunker: Chunker, load_json, tmp_path: Path
 ) -> None:
-    per_doc = [converter.chunk_document(make()) for make in DOCUMENTS]
+    per_doc = [chunker.chunk_document(make()) for make in DOCUMENTS]
     mixed = _write_jsonl(tmp_path / "train.jsonl", [r for records in per_doc for r in records])
     loaded = load_json([mixed])
     assert len(loaded) == sum(len(records) for records in per_doc)
@@ -312,11 +318,13 @@ def test_chunk_files_of_every_type_load_together(
         assert {row["metadata"]["author"] for row in loaded} == {"", "A. Writer"}
 
 
-def test_instruction_files_load(converter: LMStudioConverter, load_json, tmp_path: Path) -> None:
+def test_instruction_files_load(
+    settings: DocumentProcessingConfig, load_json, tmp_path: Path
+) -> None:
     alpaca, chat = [], []
     for make in DOCUMENTS:
         doc = make()
-        plain, messages = converter.instruction_records(doc, converter.chunk_document(doc))
+        _, plain, messages = _instructions(settings, doc)
         alpaca += plain
         chat += messages
     loaded = load_json([_write_jsonl(tmp_path / "alpaca.jsonl", alpaca)])
@@ -357,14 +365,14 @@ def fact_document(text: str = FACTS, title: str = "Island guide") -> ParsedDocum
 
 def _fact_records(kinds=("topic", "cloze"), text: str = FACTS, phrasings: int = 2):
     doc = fact_document(text)
-    converter = LMStudioConverter(
+    settings = DocumentProcessingConfig(
         chunk_size=400,
         overlap_size=0,
         min_chunk_size=10,
-        record_kinds=kinds,
+        record_kinds=list(kinds),
         question_phrasings=phrasings,
     )
-    return doc, converter.instruction_records(doc, converter.chunk_document(doc))
+    return doc, _instructions(settings, doc)[1:]
 
 
 def test_key_terms_are_names_numbers_with_units_and_repeated_content_words() -> None:
@@ -529,14 +537,11 @@ def test_a_language_without_a_list_falls_back_to_the_words_every_sentence_shares
 
 
 def test_record_kinds_come_from_the_config_and_are_range_checked() -> None:
-    from shared_utils.config import DocumentProcessingConfig
     from shared_utils.errors import ConfigurationError
 
     settings = DocumentProcessingConfig(record_kinds=["cloze"], question_phrasings=3)
-    converter = LMStudioConverter.from_config(settings)
-    assert converter.record_kinds == ("cloze",) and converter.question_phrasings == 3
     doc = fact_document()
-    alpaca, _ = converter.instruction_records(doc, converter.chunk_document(doc))
+    _, alpaca, _ = _instructions(settings, doc)
     assert {r["kind"] for r in alpaca} == {"cloze"}
     for bad in (["quiz"], []):
         with pytest.raises(ConfigurationError, match="document_processing.record_kinds"):

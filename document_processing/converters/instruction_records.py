@@ -254,7 +254,7 @@ class Term:
 
 def document_sentences(doc: ParsedDocument) -> list[Sentence]:
     """The sentences of every section; a protected block (table, code) contributes its lines."""
-    from document_processing.converters.lm_studio_converter import sentence_spans
+    from document_processing.converters.chunking import sentence_spans
 
     sentences = []
     for index, section in enumerate(doc.sections):

@@ -12,6 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from document_processing.converters.chunking import Chunker
+from document_processing.converters.structure_records import document_instruction_records
 from document_processing.parsers import parser_for
 from document_processing.pipeline.discovery import discover_files
 from document_processing.pipeline.manifest import (
@@ -77,7 +79,7 @@ class ExtractRun:
         self.incremental = incremental
         self.show_progress = show_progress
         self.cache_dir = output_dir / CACHE_DIR
-        self._converter: Any = None
+        self._chunker: Any = None
         self._hashes: dict[str, str] = {}  # source -> SHA-256 of the bytes that were read
 
     # -- entry point --------------------------------------------------------------------------
@@ -130,7 +132,7 @@ class ExtractRun:
             else:
                 todo.append((path, source))
 
-        self._converter = self._make_converter()
+        self._chunker = Chunker(self.settings)
         for report in self._process(todo):
             reports[report.source] = report
 
@@ -194,11 +196,6 @@ class ExtractRun:
             else:
                 kept.append((path, source))
         return kept, failed
-
-    def _make_converter(self) -> Any:
-        from document_processing.converters.lm_studio_converter import LMStudioConverter
-
-        return LMStudioConverter.from_config(self.settings)
 
     # -- parsing in workers ---------------------------------------------------------------------
 
@@ -281,7 +278,7 @@ class ExtractRun:
         report.ocr = {str(page): entry for page, entry in sorted(doc.page_ocr.items())}
         report.pages = doc.metadata.page_count or 0
         try:
-            chunks = self._converter.chunk_document(doc)
+            chunks = self._chunker.chunk_document(doc)
         except LLMToolkitError as exc:
             report.status, report.reason = "failed", str(exc)
             return report
@@ -300,7 +297,7 @@ class ExtractRun:
             for record in chunks:
                 handle.write(json.dumps({"chunk": record}, ensure_ascii=False) + "\n")
             if self.settings.instruction_format:
-                alpaca, chat = self._converter.instruction_records(doc, chunks)
+                alpaca, chat = document_instruction_records(doc, chunks, self.settings)
                 for record in alpaca:
                     handle.write(json.dumps({"alpaca": record}, ensure_ascii=False) + "\n")
                 for record in chat:

@@ -75,7 +75,7 @@ class Window:
 def chunk_windows(text: str, sentences_per_window: int) -> list[Window]:
     """The chunk's sentences in consecutive groups of `sentences_per_window`; a last group shorter
     than half a window joins the one before, so no window is a stray fragment."""
-    from document_processing.converters.lm_studio_converter import sentence_spans
+    from document_processing.converters.chunking import sentence_spans
 
     sentences = [
         " ".join(text[start:end].split())

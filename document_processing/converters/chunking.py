@@ -1,6 +1,4 @@
-"""Parsed documents -> chunk records and instruction records for fine-tuning.
-
-The class keeps its historical name (`LMStudioConverter`); it is the toolkit's chunker.
+"""Chunking: the sections of parsed documents cut into chunk records for training.
 
 Chunking works on one `Section` at a time, so a chunk never mixes two documents or two sections.
 A section's text is first cut into *units*: sentences (end punctuation, optional closing quotes or
@@ -23,11 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from document_processing.converters.instruction_records import (
-    FactRecordBuilder,
-    RecordKind,
-    record_pair,
-)
 from document_processing.records import ParsedDocument
 from shared_utils.config import DocumentProcessingConfig
 from shared_utils.errors import ConfigurationError
@@ -90,7 +83,7 @@ def _segments(text: str, start: int, end: int, pattern: re.Pattern[str]) -> list
     return spans
 
 
-def _normalise_spans(spans: Sequence[Sequence[int]], length: int) -> list[Span]:
+def normalise_spans(spans: Sequence[Sequence[int]], length: int) -> list[Span]:
     """Protected spans clipped to the text, sorted, with overlapping ones merged."""
     clipped = sorted(
         (max(0, int(s)), min(length, int(e))) for s, e in spans if min(length, e) > max(0, s)
@@ -112,7 +105,7 @@ def sentence_spans(text: str, protected: Sequence[Sequence[int]] = ()) -> list[S
     """
     spans: list[Span] = []
     pos = 0
-    for start, end in _normalise_spans(protected, len(text)):
+    for start, end in normalise_spans(protected, len(text)):
         spans.extend(_segments(text, pos, start, _SENTENCE_BREAK))
         block = _trimmed(text, start, end)
         if block is not None:
@@ -393,43 +386,20 @@ class _SectionChunker:
 
 
 # --------------------------------------------------------------------------------------------------
-# Records
+# Documents
 # --------------------------------------------------------------------------------------------------
 
 
-def _continuation_split(text: str, protected: list[Span]) -> tuple[str, str] | None:
-    """(first part, rest) of a chunk, split at the sentence boundary nearest one third of it."""
-    units = sentence_spans(text, protected)
-    if len(units) < 2:
-        return None
-    third = len(text) / 3
-    # Boundary k lies between units k and k + 1.
-    k = min(range(len(units) - 1), key=lambda index: abs(units[index][1] - third))
-    return text[: units[k][1]], text[units[k + 1][0] :]
+class Chunker:
+    """Cuts parsed documents into chunk records, one section at a time."""
 
-
-def _local_spans(spans: Sequence[Sequence[int]], start: int, end: int) -> list[Span]:
-    """Protected spans of a section clipped to [start, end) and shifted to chunk offsets."""
-    local = []
-    for span_start, span_end in spans:
-        lo, hi = max(span_start, start), min(span_end, end)
-        if hi > lo:
-            local.append((lo - start, hi - start))
-    return local
-
-
-class LMStudioConverter:
-    """Chunks parsed documents into training records (the name is historical)."""
-
-    def __init__(
-        self,
-        chunk_size: int = 512,
-        overlap_size: int = 50,
-        min_chunk_size: int = 20,
-        tokenizer: str | None = None,
-        record_kinds: Sequence[RecordKind] | None = None,
-        question_phrasings: int | None = None,
-    ) -> None:
+    def __init__(self, settings: DocumentProcessingConfig | None = None) -> None:
+        """`settings` gives `chunk_size`, `overlap_size`, `min_chunk_size` and `tokenizer`
+        (`DocumentProcessingConfig`'s defaults when None: the config section is their one
+        source)."""
+        settings = settings or DocumentProcessingConfig()
+        chunk_size, overlap_size = settings.chunk_size, settings.overlap_size
+        min_chunk_size, tokenizer = settings.min_chunk_size, settings.tokenizer
         if chunk_size < 1:
             raise ConfigurationError(
                 f"document_processing.chunk_size is {chunk_size}; it must be at least 1."
@@ -447,21 +417,7 @@ class LMStudioConverter:
         self.overlap_size = overlap_size
         self.min_chunk_size = min_chunk_size
         self.tokenizer = tokenizer
-        defaults = DocumentProcessingConfig()
-        self.record_kinds = tuple(record_kinds or defaults.record_kinds)
-        self.question_phrasings = question_phrasings or defaults.question_phrasings
         self._counter = _TokenCounter(tokenizer) if tokenizer else None
-
-    @classmethod
-    def from_config(cls, settings: DocumentProcessingConfig) -> LMStudioConverter:
-        return cls(
-            chunk_size=settings.chunk_size,
-            overlap_size=settings.overlap_size,
-            min_chunk_size=settings.min_chunk_size,
-            tokenizer=settings.tokenizer,
-            record_kinds=settings.record_kinds,
-            question_phrasings=settings.question_phrasings,
-        )
 
     @property
     def unit(self) -> str:
@@ -469,7 +425,7 @@ class LMStudioConverter:
         return "tokens" if self._counter is not None else "characters"
 
     def count(self, text: str) -> int:
-        """The size of `text` in this converter's unit."""
+        """The size of `text` in this chunker's unit."""
         if self._counter is None:
             return len(text)
         return self._counter.count([text])[0]
@@ -523,57 +479,6 @@ class LMStudioConverter:
             )
         return records
 
-    def instruction_records(
-        self, doc: ParsedDocument, chunks: Sequence[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(Alpaca records, chat records) of `doc`, of the kinds in `record_kinds`.
-
-        - section: the first chunk of each section under a heading answers "Write the section
-          "<heading path>" of "<title>"."
-        - continuation: a chunk of two or more sentences (and at least 2 * min_chunk_size
-          characters) is cut at the sentence boundary nearest its first third; the model is
-          asked to continue the first part with the rest.
-        - topic, question and cloze: questions about the key terms and facts of each sentence,
-          answered by the document's own text (see `instruction_records.py`).
-        """
-        pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        if "section" in self.record_kinds or "continuation" in self.record_kinds:
-            pairs += self._structure_records(doc, chunks)
-        if {"topic", "question", "cloze"} & set(self.record_kinds):
-            builder = FactRecordBuilder(doc, chunks, phrasings=self.question_phrasings)
-            pairs += [pair for pair in builder.records() if pair[0]["kind"] in self.record_kinds]
-        return [alpaca for alpaca, _ in pairs], [chat for _, chat in pairs]
-
-    def _structure_records(
-        self, doc: ParsedDocument, chunks: Sequence[dict[str, Any]]
-    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        title = doc.metadata.title or doc.source
-        pairs = []
-        seen_sections: set[int] = set()
-        for record in chunks:
-            meta = record["metadata"]
-            section_index = meta["section_index"]
-            path = doc.sections[section_index].heading_path
-            where = (doc.source, record["chunk_id"])
-            if "section" in self.record_kinds and section_index not in seen_sections and path:
-                instruction = f'Write the section "{" > ".join(path)}" of "{title}".'
-                pairs.append(record_pair(instruction, "", record["text"], *where, "section"))
-            seen_sections.add(section_index)
-
-            text = record["text"]
-            if "continuation" not in self.record_kinds or len(text) < 2 * self.min_chunk_size:
-                continue
-            section = doc.sections[section_index]
-            protected = _local_spans(
-                _normalise_spans(section.protected, len(section.text)),
-                meta["char_start"],
-                meta["char_end"],
-            )
-            split = _continuation_split(text, protected)
-            if split is not None:
-                pairs.append(record_pair("Continue the text.", *split, *where, "continuation"))
-        return pairs
-
 
 def chunk_features() -> Any:
     """`datasets.Features` of chunk records, for `load_dataset("json", features=...)`.
@@ -613,7 +518,8 @@ def chunk_features() -> Any:
 
 __all__ = [
     "Chunk",
-    "LMStudioConverter",
+    "Chunker",
     "chunk_features",
+    "normalise_spans",
     "sentence_spans",
 ]
