@@ -224,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from shared_utils.llama_cpp_runtime import avoid_llama_cpp_amx_crash
     from training_methods.transfer_learning.export import parse_gguf_types
     from training_methods.transfer_learning.gguf_writer import write_ggufs
-    from training_methods.transfer_learning.llama_cpp_runtime import avoid_llama_cpp_amx_crash
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)

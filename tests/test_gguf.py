@@ -106,7 +106,7 @@ def llama_cpp_without_amx_repacking() -> None:
     llama_cpp_runtime.avoid_llama_cpp_amx_crash): on such CPUs the files are run without weight
     repacking. test_gguf_quant and test_gguf_qwen import this fixture too."""
     try:
-        from training_methods.transfer_learning.llama_cpp_runtime import avoid_llama_cpp_amx_crash
+        from shared_utils.llama_cpp_runtime import avoid_llama_cpp_amx_crash
 
         avoid_llama_cpp_amx_crash()
     except ImportError:  # the tests that need llama-cpp-python fail on their own import

@@ -31,7 +31,7 @@ SERVER_START_SECONDS = 120
 # segfaults on quantised files on CPUs with AMX; see llama_cpp_runtime).
 LAUNCH_SERVER = (
     "import runpy, sys\n"
-    "from training_methods.transfer_learning.llama_cpp_runtime import avoid_llama_cpp_amx_crash\n"
+    "from shared_utils.llama_cpp_runtime import avoid_llama_cpp_amx_crash\n"
     "avoid_llama_cpp_amx_crash()\n"
     "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n"
 )

@@ -1,9 +1,10 @@
 """The quality filters every generated pair passes, as small pure functions.
 
-Words are `evaluate.answer_tokens` (NFKC, casefolded, punctuation removed; a Chinese or Japanese
-character is a word of its own), so the checks work in any language. Content words are the words
-that are not function words of the document's language (instruction_records' short lists); in a
-language without a list every word counts.
+Words are `shared_utils.word_tokens.answer_tokens`, as `evaluate` scores answers (NFKC,
+casefolded, punctuation removed; a Chinese or Japanese character is a word of its own), so the
+checks work in any language. Content words are the words that are not function words of the
+document's language (instruction_records' short lists); in a language without a list every word
+counts.
 
 - `check_pair`: a pair whose question or answer is empty or huge, whose question is no question
   (no question mark of any script), copies the passage or is about nothing in the chunk, or whose
@@ -20,6 +21,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from shared_utils.word_tokens import answer_tokens
+
 MAX_QUESTION_CHARS = 400
 MAX_ANSWER_CHARS = 1500
 COPY_OVERLAP = 0.8  # a question sharing this much of its words with the passage copies it
@@ -28,8 +31,6 @@ QUESTION_MARKS = ("?", "？", "؟", ";", "⸮", "՞", "፧")  # Latin, CJK, Arab
 
 
 def words(text: str) -> list[str]:
-    from training_methods.transfer_learning.evaluate import answer_tokens
-
     return answer_tokens(text)
 
 

@@ -366,7 +366,7 @@ class GgufTeacher:
     form: str | None = "grammar"
 
     def __init__(self, path: Path, *, context_size: int) -> None:
-        from training_methods.transfer_learning.llama_cpp_runtime import import_llama_cpp
+        from shared_utils.llama_cpp_runtime import import_llama_cpp
 
         self.path = path
         self._llama_cpp = import_llama_cpp(

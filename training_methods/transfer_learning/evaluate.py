@@ -26,7 +26,8 @@ In a `messages` record the last turn is the assistant's reference answer and the
 are the prompt (an `answers` list, when present, adds further references). `--system` is added to
 questions without a system turn of their own.
 
-Scores are language-neutral small pure functions (no English article or stop-word removal):
+Scores are language-neutral small pure functions (no English article or stop-word removal); the
+first two come from `shared_utils.word_tokens`, which generate-qa's filters use too:
 
 - `normalize_text`: Unicode NFKC, casefold, whitespace collapsed. Accents are kept: "café" is
   not "cafe".
@@ -48,7 +49,6 @@ both rewritten atomically after every row, so an interrupted run keeps the rows 
 
 from __future__ import annotations
 
-import functools
 import gc
 import json
 import logging
@@ -61,7 +61,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shared_utils.errors import ConfigurationError, DataValidationError
-from training_methods.transfer_learning.llama_cpp_runtime import import_llama_cpp
+from shared_utils.llama_cpp_runtime import import_llama_cpp
+from shared_utils.word_tokens import answer_tokens, is_unspaced, normalize_text
 
 if TYPE_CHECKING:
     import torch
@@ -84,36 +85,10 @@ Messages = list[dict[str, str]]
 # Scoring: small pure functions
 # --------------------------------------------------------------------------------------------------
 
-# Scripts written without spaces between words: each of their characters is a token. (Hangul is
-# written with spaces.) Matched on the Unicode character name after NFKC.
-UNSPACED_SCRIPTS = ("CJK ", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR")
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_unspaced(char: str) -> bool:
-    return unicodedata.name(char, "").startswith(UNSPACED_SCRIPTS)
-
 
 def _is_word_char(char: str) -> bool:
     """A letter, digit or combining mark of a script written with spaces between words."""
-    return (char.isalnum() or unicodedata.category(char).startswith("M")) and not _is_unspaced(char)
-
-
-def normalize_text(text: str) -> str:
-    """NFKC, casefolded (NFKC again: casefolding can undo it), whitespace collapsed."""
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-    return " ".join(folded.split())
-
-
-def answer_tokens(text: str) -> list[str]:
-    """The words of the normalised text, punctuation removed; each character of a script written
-    without spaces is a word of its own."""
-    pieces = []
-    for char in normalize_text(text):
-        if unicodedata.category(char).startswith("P"):
-            continue  # removed, not replaced by a space: "U.S.A." is "usa", as in SQuAD
-        pieces.append(f" {char} " if _is_unspaced(char) else char)
-    return "".join(pieces).split()
+    return (char.isalnum() or unicodedata.category(char).startswith("M")) and not is_unspaced(char)
 
 
 def word_count(text: str) -> int:

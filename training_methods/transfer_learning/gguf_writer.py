@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared_utils.errors import ConfigurationError, LLMToolkitError
+from shared_utils.llama_cpp_runtime import import_llama_cpp, llama_cpp_log
 from training_methods.transfer_learning.gguf_architectures import (
     add_hyperparameters,
     check_model_config,
@@ -58,7 +59,6 @@ from training_methods.transfer_learning.gguf_tokenizer import (
     tokenizer_pre_name,
     tokenizer_spec,
 )
-from training_methods.transfer_learning.llama_cpp_runtime import import_llama_cpp, llama_cpp_log
 
 if TYPE_CHECKING:
     from gguf import GGUFWriter
