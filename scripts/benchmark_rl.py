@@ -92,7 +92,7 @@ def run_ours(
 
 def _evaluate_file(path: Path, episodes: int, seed: int) -> float:
     """The best checkpoint re-evaluated on fresh seeds (what a user of best_model.pt gets)."""
-    from training_methods.reinforcement_learning.trainer import evaluate_checkpoint
+    from training_methods.reinforcement_learning.evaluation import evaluate_checkpoint
 
     return evaluate_checkpoint(path, episodes, seed + 7, "cpu")["mean_return"]
 
@@ -103,7 +103,7 @@ def run_sb3(algorithm: str, seed: int, steps: int, eval_every: int, episodes: in
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
-    from training_methods.reinforcement_learning.trainer import Evaluator
+    from training_methods.reinforcement_learning.evaluation import Evaluator
 
     evaluator = Evaluator(ENV_ID, episodes, seed, None, normalize_observations=False)
 

@@ -12,11 +12,12 @@ from torch.nn import functional as F
 from shared_utils.config import DQNConfig, PPOConfig
 from tests.test_rl_envs import one_torch_thread, register_test_envs  # noqa: F401
 from training_methods.reinforcement_learning import ppo_agent
+from training_methods.reinforcement_learning.agents import build_agent
 from training_methods.reinforcement_learning.buffers import compute_gae
 from training_methods.reinforcement_learning.dqn_agent import DQNAgent, DuelingDQNNetwork, QNetwork
 from training_methods.reinforcement_learning.envs import env_spaces, make_vector_env
 from training_methods.reinforcement_learning.ppo_agent import ActorCritic, PPOAgent
-from training_methods.reinforcement_learning.trainer import build_agent, collect_rollout
+from training_methods.reinforcement_learning.trainer import collect_rollout
 
 register_test_envs()
 
@@ -402,7 +403,8 @@ def test_dqn_observation_statistics_freeze_when_learning_starts(tmp_path) -> Non
     training begins; the checkpoint carries them to evaluation."""
     from shared_utils.config import ToolkitConfig
     from training_methods.reinforcement_learning.checkpoints import load_checkpoint
-    from training_methods.reinforcement_learning.trainer import evaluate_checkpoint, train
+    from training_methods.reinforcement_learning.evaluation import evaluate_checkpoint
+    from training_methods.reinforcement_learning.trainer import train
 
     config = ToolkitConfig()
     config.common.device = "cpu"

@@ -18,7 +18,7 @@ import torch
 from shared_utils.config import ToolkitConfig, config_from_dict
 from shared_utils.errors import ConfigurationError
 from tests.test_rl_envs import one_torch_thread  # noqa: F401
-from training_methods.reinforcement_learning import trainer
+from training_methods.reinforcement_learning import training_run
 from training_methods.reinforcement_learning.checkpoints import load_checkpoint
 from training_methods.reinforcement_learning.trainer import train
 
@@ -208,14 +208,14 @@ def test_async_vector_env_runs_the_same_episodes_in_subprocesses(
     import gymnasium as gym
 
     built: list[str] = []
-    original = trainer.make_vector_env
+    original = training_run.make_vector_env
 
     def spy(*args: Any, **kwargs: Any) -> gym.vector.VectorEnv:
         envs = original(*args, **kwargs)
         built.append(type(envs.unwrapped).__name__)
         return envs
 
-    monkeypatch.setattr(trainer, "make_vector_env", spy)
+    monkeypatch.setattr(training_run, "make_vector_env", spy)
     config = base_config()
     config.reinforcement_learning.training.vector_env = "async"
     assert fingerprint(config, "ppo", tmp_path / "async") == base_fingerprints["ppo"]

@@ -32,7 +32,7 @@ def test_ppo_solves_cartpole_within_50k_steps(tmp_path: Path) -> None:
     assert solved["step"] <= 50_000 and solved["mean_return"] >= 475
     assert summary["steps"] < 50_000  # stopped at the threshold
     # The saved best model plays as well when loaded again.
-    from training_methods.reinforcement_learning.trainer import evaluate_checkpoint
+    from training_methods.reinforcement_learning.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(tmp_path / "run" / "best_model.pt", 10, seed=0, device_name="cpu")
     assert result["mean_return"] >= 400, json.dumps(result)
@@ -59,7 +59,7 @@ def test_the_defaults_solve_cartpole(
     it over 20 episodes. One seed, stopping at 475; scripts/benchmark_rl.py --defaults measures
     5 seeds over the whole budget."""
     from shared_utils.config import ToolkitConfig
-    from training_methods.reinforcement_learning.trainer import evaluate_checkpoint
+    from training_methods.reinforcement_learning.evaluation import evaluate_checkpoint
 
     config = ToolkitConfig()
     config.common.seed = seed

@@ -9,6 +9,7 @@ clear error rather than a shape mismatch deep in torch.
 from __future__ import annotations
 
 import pickle
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,38 @@ def prune_checkpoints(folder: Path, keep: int) -> list[Path]:
     for path in old:
         path.unlink(missing_ok=True)
     return old
+
+
+# --------------------------------------------------------------------------------------------------
+# Random states and stored arrays
+# --------------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """The random states of Python, numpy and torch, saved with resumable checkpoints."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(legacy=False),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put back the random states `rng_state` saved, so a resumed run draws what it would have."""
+    random.setstate(_tuples(state["python"]))
+    np.random.set_state(numpy_tree(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+
+
+def _tuples(value: Any) -> Any:
+    """Lists back to tuples (random.setstate wants the tuples getstate gave)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def numpy_tree(value: Any) -> Any:
+    """Tensors (also inside dicts) back to numpy arrays."""
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {key: numpy_tree(item) for key, item in value.items()}
+    return value

@@ -181,7 +181,7 @@ def add_evaluate_rl_command(
 
 
 def run_evaluate_rl(args: argparse.Namespace, config: ToolkitConfig) -> int:
-    from training_methods.reinforcement_learning.trainer import evaluate_checkpoint
+    from training_methods.reinforcement_learning.evaluation import evaluate_checkpoint
 
     check_training_sections(config)
     episodes = args.episodes or config.reinforcement_learning.training.eval_episodes

@@ -85,6 +85,11 @@ def make_env(
     return thunk
 
 
+def flat_observations(obs: np.ndarray) -> np.ndarray:
+    """What the agents take: (num_envs, *obs_shape) -> (num_envs, state_dim) float32."""
+    return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+
+
 def make_vector_env(
     env_id: str,
     num_envs: int,
