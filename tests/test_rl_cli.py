@@ -459,3 +459,19 @@ def test_shipped_settings_train(run_main, tmp_path: Path, config: Path) -> None:
         assert status == 0, stderr
         assert f"{algorithm} on {env_id}" in stdout
         assert json.loads((out / "summary.json").read_text())["steps"] >= 3000
+
+
+def test_best_model_is_the_latest_of_equal_evaluations(run_main, tmp_path: Path) -> None:
+    """Every Counter-v0 episode returns 3, so every evaluation ties: best_model.pt is the last
+    one, which has trained longest."""
+    config = write_config(tmp_path, reinforcement_learning={"training": {"env_id": "Counter-v0"}})
+    out = tmp_path / "run"
+    status, _, stderr = run_main(
+        "train-rl", "--algorithm", "ppo", "--config", config, "--output-dir", out, "--no-progress"
+    )
+    assert status == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    steps = [e["step"] for e in summary["evaluations"]]
+    assert len(steps) >= 2 and {e["mean_return"] for e in summary["evaluations"]} == {3.0}
+    assert summary["best_eval"]["step"] == steps[-1]
+    assert load_checkpoint(out / "best_model.pt")["progress"]["global_step"] == steps[-1]

@@ -301,7 +301,8 @@ class TrainingRun:
         self._last_log_time, self._last_log_step = time.perf_counter(), self.progress.global_step
 
     def evaluate(self) -> dict[str, float]:
-        """Deterministic evaluation; saves best_model.pt when it beats every earlier one."""
+        """Deterministic evaluation; saves best_model.pt when it is at least as good as every
+        earlier one."""
         start = time.perf_counter()
         returns = self.evaluator(
             greedy_policy(self.agent, self.spaces), normalization_state(self.envs)
@@ -323,7 +324,9 @@ class TrainingRun:
         stop_at = self.rl.training.stop_at_reward
         if stop_at is not None and result["mean_return"] >= stop_at:
             self.reached_stop_reward = True
-        if progress.best_eval is None or result["mean_return"] > progress.best_eval:
+        # A tie goes to the later model: it has trained longer (CartPole's evaluations often
+        # reach the cap of 500 early, on a policy that holds less well over other episodes).
+        if progress.best_eval is None or result["mean_return"] >= progress.best_eval:
             progress.best_eval = result["mean_return"]
             progress.best_eval_step = progress.global_step
             self.save_model(self.output_dir / "best_model.pt")
