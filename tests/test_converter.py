@@ -402,7 +402,11 @@ def test_topic_answers_are_sentences_of_the_document_that_hold_the_term() -> Non
     for record in alpaca:  # grounded: every answer is sentences copied from the document
         assert record["input"] == ""
         assert all(part + "." in sentences for part in record["output"][:-1].split(". "))
-    per_sentence = [r for r in alpaca if not r["instruction"].startswith("Tell me everything")]
+    per_sentence = [
+        r
+        for r in alpaca
+        if not r["instruction"].startswith("Tell me everything") and ", " not in r["instruction"]
+    ]
     for record in per_sentence:
         term = record["instruction"].split("about ", 1)[1].rstrip("?.")
         assert term.casefold() in record["output"].casefold()
@@ -414,6 +418,28 @@ def test_topic_answers_are_sentences_of_the_document_that_hold_the_term() -> Non
     assert overview["output"].startswith("The ferry Wenna Lorne was built")
     assert overview["output"].endswith("slowest boat on the coast.")
     assert [r["messages"][1]["content"] for r in chat] == [r["output"] for r in alpaca]
+
+
+def test_narrowed_topics_name_the_subject_with_two_more_words_of_the_sentence() -> None:
+    from document_processing.converters.instruction_records import NARROWED_QUESTIONS
+
+    _, (alpaca, _) = _fact_records(kinds=("topic",))
+    narrowed = [r for r in alpaca if ", " in r["instruction"]]
+    sentence = "The ferry leaves Calder Quay at 8:15 and an adult ticket costs 18 euros."
+    mine = [r for r in narrowed if r["output"] == sentence]
+    assert len(mine) == NARROWED_QUESTIONS
+    words = {"ferry", "leaves", "Calder", "Quay", "adult", "ticket", "costs", "euros"}
+    pairs = set()
+    for record in mine:
+        term = record["instruction"].split("about ", 1)[1].rstrip("?.")
+        # What the sentence is about (the ferry of the sentence before), then two of its own
+        # content words: no function word, no number.
+        about, first, second = term.split(", ")
+        assert about == "Wenna Lorne" and {first, second} <= words
+        pairs.add((first, second))
+    assert len(pairs) == NARROWED_QUESTIONS  # each question with another pair
+    # Every sentence with two content words besides its subject gets them, answered by itself.
+    assert {r["output"] for r in narrowed} == {s.strip() + "." for s in FACTS.split(".")[:-1]}
 
 
 def test_question_phrasings_sets_the_topic_records_per_sentence() -> None:

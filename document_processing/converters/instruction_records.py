@@ -11,7 +11,12 @@ record):
 - topic: a question about one key term of the document (a name, a number with its unit, a run of
   content words) answered by the document's sentences that mention it, in document order. Each
   term is asked in `phrasings` differently worded questions, so the model learns to reach the
-  sentences from the term, not from one fixed wording.
+  sentences from the term, not from one fixed wording. Narrowed topic questions name what the
+  sentence is about with two more of its content words ("What do you know about Tamsin Head
+  Lighthouse, tower, lantern?"), each pair another: a question a person asks names the subject
+  and a word or two of the fact, and these teach the model to reach the one sentence of a
+  subject that such words point to (on the knowledge benchmark: 52 of 118 questions answered
+  with them, 40 without).
 - question: the clause of a sentence that holds a name or number, with a question word in its
   place ("Brannow Fell: a heather-covered hill of how many metres?"), and the whole sentence
   asked the same way (a second wording), answered by the sentence: the model learns to reach a
@@ -52,6 +57,7 @@ RECORD_KINDS: tuple[RecordKind, ...] = RECORD_KIND_NAMES  # type: ignore[assignm
 
 MAX_TERM_WORDS = 4  # longer runs of content words are not a "term"
 MAX_TERMS_PER_SENTENCE = 4
+NARROWED_QUESTIONS = 2  # narrowed topic questions per sentence, each with another pair of words
 MAX_ANSWER_SENTENCES = 3  # a topic answer: the first sentences that mention the term
 MIN_TERM_CHARS = 3
 
@@ -485,7 +491,8 @@ class FactRecordBuilder:
 
     def records(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """`topic` records: each sentence asked about under up to `phrasings` of its key terms
-        (names first), each time in another wording, and for every name the document mentions
+        (names first), each time in another wording, then narrowed to it by what it is about
+        and two more of its words (`narrowed_topics`), and for every name the document mentions
         in two or more sentences, an overview answered by the first of them. `question` records:
         each sentence asked back with one of its names or numbers replaced by a question word,
         answered by the sentence. `cloze` records: each sentence with one of its names or
@@ -532,6 +539,11 @@ class FactRecordBuilder:
                 blanked = sentence.text[: term.start] + BLANK + sentence.text[term.end :]
                 instruction = templates.cloze.format(context=context, sentence=blanked)
                 pairs.append(record_pair(instruction, "", term.text, *where, "cloze"))
+            about = subject or context
+            for offset, question in enumerate(self.narrowed_topics(sentence.text, about), 1):
+                template = templates.topic[(first + offset) % len(templates.topic)]
+                question = template.format(context=context, term=question)
+                pairs.append(record_pair(question, "", sentence.text, *where, "topic"))
         for term, mentioned in names.values():
             if len(mentioned) < 2:
                 continue
@@ -539,6 +551,31 @@ class FactRecordBuilder:
             question = templates.overview.format(term=term)
             where = (self.doc.source, self.chunk_id(mentioned[0]))
             pairs.append(record_pair(question, "", answer, *where, "topic"))
+        return pairs
+
+    def narrowed_topics(self, sentence: str, about: str) -> list[str]:
+        """What `sentence` is about with two more of its content words, NARROWED_QUESTIONS times
+        with another pair: "Tamsin Head Lighthouse, tower, lantern". Content words are the
+        sentence's words that are not function words, numbers or words of `about`; a sentence
+        with fewer than two gets none."""
+        skip = {_fold(word) for word in _WORD.findall(about)}
+        words: dict[str, str] = {}
+        for word in _WORD.findall(sentence):
+            folded = _fold(word)
+            if len(word) < MIN_TERM_CHARS or _has_digit(word) or folded in self.function_words:
+                continue
+            if folded not in skip:
+                words.setdefault(folded, word)
+        content = list(words.values())
+        if len(content) < 2:
+            return []
+        first = _stable_index(sentence, len(content))
+        pairs = []
+        for k in range(NARROWED_QUESTIONS):
+            a = content[(first + 2 * k) % len(content)]
+            b = content[(first + 2 * k + 1) % len(content)]
+            if a != b and f"{about}, {a}, {b}" not in pairs:
+                pairs.append(f"{about}, {a}, {b}")
         return pairs
 
     def is_name(self, term: Term) -> bool:
