@@ -112,11 +112,12 @@ class DocumentProcessingConfig:
     )
     record_kinds: list[str] = setting(
         "Kinds of instruction records: section (recite a section), continuation (continue a "
-        "passage), topic (questions about each sentence's names and key terms, answered by the "
-        "sentence), question (a sentence or its clause with a name or number replaced by a "
-        "question word, answered by the sentence), cloze (a sentence with a name or number "
-        "blanked, answered by it). Topic and question by default: on a small model they teach "
-        "the most facts per training minute (scripts/benchmark_knowledge.py).",
+        "passage), topic (questions about each sentence's names and key terms, and about its "
+        "subject with two more of its words, answered by the sentence), question (a sentence "
+        "or its clause with a name or number replaced by a question word, answered by the "
+        "sentence), cloze (a sentence with a name or number blanked, answered by it). Topic "
+        "and question by default: on a small model they teach the most facts per training "
+        "minute (scripts/benchmark_knowledge.py).",
         ["topic", "question"],
     )
     question_phrasings: int = setting(
