@@ -1,22 +1,28 @@
 #!/usr/bin/env python3
-"""Benchmark: our PPO and DQN against Stable-Baselines3 on CartPole-v1, measured in the same run.
+"""Benchmark train-rl: the shipped defaults, the environment presets, and Stable-Baselines3.
 
-SB3 uses the rl-baselines3-zoo CartPole-v1 settings (see ../shared/BASELINES.md); ours uses
+Three measurements, each a markdown table (median and range over seeds):
+
+    python scripts/benchmark_rl.py                 # ours vs SB3 on CartPole-v1, same run, 5 seeds
+    python scripts/benchmark_rl.py --defaults      # the defaults, no preset: PPO 100k, DQN 50k
+    python scripts/benchmark_rl.py --presets Acrobot-v1 MountainCar-v0 --seeds 3   # the presets
+    python scripts/benchmark_rl.py --seeds 1 --ppo-steps 30000 --dqn-steps 20000   # quick look
+
+Against SB3: SB3 uses the rl-baselines3-zoo CartPole-v1 settings; ours uses
 configs/rl/CartPole-v1.yaml. Both are evaluated by the same code: every --*-eval-every steps,
 10 deterministic episodes on the same seeds, with evaluation time left out of the wall times.
 Seeds alternate between the two libraries so that machine noise falls on both alike.
 
-    python scripts/benchmark_rl.py                      # 5 seeds, PPO 100k and DQN 50k steps
-    python scripts/benchmark_rl.py --seeds 1 --ppo-steps 30000 --dqn-steps 20000   # quick look
-    python scripts/benchmark_rl.py --algorithms ppo --lunar-lander   # also PPO on LunarLander-v3
-
-Prints a markdown table per algorithm (median and range over seeds) and the targets of the issue.
+--defaults and --presets measure ours only, with the evaluation cadence of the settings
+themselves (what a user's best_model.pt is chosen by), and re-evaluate best_model.pt on 20
+episodes of other seeds. The threshold is the environment's registered reward_threshold.
 Stable-Baselines3 is a benchmark-only dependency (requirements-dev.txt).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -28,12 +34,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared_utils.config import REPO_ROOT, load_config  # noqa: E402
+from shared_utils.config import (  # noqa: E402
+    REPO_ROOT,
+    ToolkitConfig,
+    config_from_dict,
+    load_config,
+    read_yaml,
+)
 
 ENV_ID = "CartPole-v1"
 THRESHOLD = 475.0
-LUNAR_ID = "LunarLander-v3"
-LUNAR_THRESHOLD = 200.0
+BEST_EPISODES = 20  # best_model.pt re-evaluated on this many episodes of other seeds
 
 # rl-baselines3-zoo hyperparams/ppo.yml and dqn.yml, "CartPole-v1".
 SB3_PPO = {
@@ -67,25 +78,24 @@ SB3_DQN = {
 # --------------------------------------------------------------------------------------------------
 
 
-def run_ours(
-    algorithm: str, seed: int, steps: int, eval_every: int, episodes: int, config_path: Path
-) -> dict[str, Any]:
+def run_ours(algorithm: str, seed: int, config: ToolkitConfig, best_episodes: int) -> dict:
+    """One train-rl run of `config` (its env, budget and evaluation cadence) on `seed`."""
     from training_methods.reinforcement_learning.trainer import train
 
-    config = load_config(config_path)
+    config = copy.deepcopy(config)
     config.common.seed = seed
     config.common.device = "cpu"
-    training = config.reinforcement_learning.training
-    training.eval_episodes = episodes
-    training.total_timesteps = steps
-    training.eval_every_steps = eval_every
+    config.logging.use_tensorboard = False
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-rl-") as folder:
         summary = train(config, algorithm, Path(folder) / "run", show_progress=False)
-        best = _evaluate_file(Path(folder) / "run" / "best_model.pt", episodes, seed)
+        wall_seconds = time.perf_counter() - started
+        best = _evaluate_file(Path(folder) / "run" / "best_model.pt", best_episodes, seed)
     return {
         "evaluations": summary["evaluations"],
         "steps": summary["steps"],
         "train_seconds": summary["train_seconds"],
+        "wall_seconds": wall_seconds,
         "best_model_eval": best,
     }
 
@@ -95,6 +105,17 @@ def _evaluate_file(path: Path, episodes: int, seed: int) -> float:
     from training_methods.reinforcement_learning.evaluation import evaluate_checkpoint
 
     return evaluate_checkpoint(path, episodes, seed + 7, "cpu")["mean_return"]
+
+
+def cartpole_config(config_path: Path, steps: int, eval_every: int, episodes: int) -> ToolkitConfig:
+    """Our settings for the comparison with SB3: the file's, with the comparison's budget and
+    evaluation cadence."""
+    config = load_config(config_path)
+    training = config.reinforcement_learning.training
+    training.eval_episodes = episodes
+    training.total_timesteps = steps
+    training.eval_every_steps = eval_every
+    return config
 
 
 def run_sb3(algorithm: str, seed: int, steps: int, eval_every: int, episodes: int) -> dict:
@@ -178,6 +199,7 @@ def measures(run: dict[str, Any], threshold: float = THRESHOLD) -> dict[str, Any
     later = evals[first + 1 :] if first is not None else []
     return {
         "train_seconds": run["train_seconds"],
+        "wall_seconds": run.get("wall_seconds"),
         "steps_per_second": run["steps"] / run["train_seconds"],
         "solved": first is not None,
         "steps_to_475": evals[first]["step"] if first is not None else None,
@@ -198,22 +220,23 @@ def _median_range(values: list[float], fmt: str) -> str:
     return text
 
 
-def _mean_std(values: list[float], fmt: str) -> str:
-    if len(values) < 2:
-        return format(values[0], fmt) if values else "n/a"
-    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
-
-
-def column(results: list[dict[str, Any]], threshold: float = THRESHOLD) -> dict[str, str]:
+def column(
+    results: list[dict[str, Any]], threshold: float = THRESHOLD, best_episodes: int = 10
+) -> dict[str, str]:
     at = f"{threshold:g}"
     solved = [r for r in results if r["solved"]]
     later = sum(r["later_evals"] for r in results)
     later_ok = sum(r["later_at_475"] for r in results)
     finals = [r["final_eval"] for r in results]
     bests = [r["best_model_eval"] for r in results if r["best_model_eval"] is not None]
-    return {
-        "training wall time (s)": _mean_std([r["train_seconds"] for r in results], ".1f"),
-        "env steps per second": _mean_std([r["steps_per_second"] for r in results], ",.0f"),
+    walls = [r["wall_seconds"] for r in results if r.get("wall_seconds") is not None]
+    rows = {
+        "training wall time (s), median (range)": _median_range(
+            [r["train_seconds"] for r in results], ".1f"
+        ),
+        "env steps per second, median (range)": _median_range(
+            [r["steps_per_second"] for r in results], ",.0f"
+        ),
         f"seeds reaching eval ≥ {at}": f"{len(solved)}/{len(results)}",
         f"steps to first eval ≥ {at}, median (range)": _median_range(
             [r["steps_to_475"] for r in solved], ",.0f"
@@ -224,10 +247,16 @@ def column(results: list[dict[str, Any]], threshold: float = THRESHOLD) -> dict[
         f"later evals still ≥ {at}": f"{100 * later_ok / later:.0f}%" if later else "n/a",
         f"final eval ≥ {at}": f"{sum(f >= threshold for f in finals)}/{len(finals)} "
         f"(values {', '.join(f'{f:.0f}' for f in finals)})",
-        f"best_model.pt re-evaluated ≥ {at}": (
-            f"{sum(b >= threshold for b in bests)}/{len(bests)}" if bests else "n/a"
+        f"`best_model.pt` re-evaluated ({best_episodes} episodes) ≥ {at}": (
+            f"{sum(b >= threshold for b in bests)}/{len(bests)} "
+            f"(values {', '.join(f'{b:.0f}' for b in bests)})"
+            if bests
+            else "—"
         ),
     }
+    if walls:
+        rows["wall time with evaluations (s), median (range)"] = _median_range(walls, ".1f")
+    return rows
 
 
 def ratio_lines(ours: list[dict[str, Any]], sb3: list[dict[str, Any]]) -> list[str]:
@@ -248,38 +277,169 @@ def ratio_lines(ours: list[dict[str, Any]], sb3: list[dict[str, Any]]) -> list[s
 
 
 def table(
-    algorithm: str,
-    steps: int,
+    title: str,
     ours: list[dict],
     sb3: list[dict],
-    env_id: str = ENV_ID,
     threshold: float = THRESHOLD,
+    best_episodes: int = 10,
 ) -> str:
-    ours_col = column(ours, threshold)
-    sb3_col = column(sb3, threshold) if sb3 else {}
-    lines = [
-        f"### {algorithm.upper()} on {env_id}, {steps:,} steps, {len(ours)} seeds",
-        "",
-        "| measure | ours | SB3 (zoo settings) |",
-        "|---|---:|---:|",
-    ]
-    for key, value in ours_col.items():
-        lines.append(f"| {key} | {value} | {sb3_col.get(key, 'not run')} |")
+    ours_col = column(ours, threshold, best_episodes)
+    lines = [f"### {title}, {len(ours)} seeds", ""]
     if sb3:
+        sb3_col = column(sb3, threshold, best_episodes)
+        lines += ["| measure | ours | SB3 (zoo settings) |", "|---|---:|---:|"]
+        lines += [
+            f"| {key} | {value} | {sb3_col.get(key, '—')} |" for key, value in ours_col.items()
+        ]
         lines += ["", *ratio_lines(ours, sb3)]
+    else:
+        lines += ["| measure | ours |", "|---|---:|"]
+        lines += [f"| {key} | {value} |" for key, value in ours_col.items()]
     return "\n".join(lines)
 
 
+def _report(label: str, seed: int, result: dict[str, Any], threshold: float) -> None:
+    best = result["best_model_eval"]
+    print(
+        f"{label} seed {seed}: {result['train_seconds']:.1f} s, "
+        f"{result['steps_per_second']:,.0f} steps/s, {threshold:g} at "
+        f"{result['steps_to_475']} steps / {result['seconds_to_475']} s, "
+        f"final {result['final_eval']:.0f}" + (f", best_model.pt {best:.0f}" if best else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The three measurements
+# --------------------------------------------------------------------------------------------------
+
+
+def against_sb3(args: argparse.Namespace, raw: dict[str, Any]) -> list[str]:
+    tables = []
+    for algorithm in args.algorithms:
+        steps = args.ppo_steps if algorithm == "ppo" else args.dqn_steps
+        every = args.ppo_eval_every if algorithm == "ppo" else args.dqn_eval_every
+        config = cartpole_config(args.config, steps, every, args.eval_episodes)
+        ours: list[dict] = []
+        sb3: list[dict] = []
+        for seed in args.seed_list:
+            # Alternate which library runs first so slow spells of a shared machine fall on both.
+            order = ["ours", "sb3"] if seed % 2 == 0 else ["sb3", "ours"]
+            for who in order:
+                if who == "sb3" and args.no_sb3:
+                    continue
+                if who == "ours":
+                    ours.append(measures(run_ours(algorithm, seed, config, args.eval_episodes)))
+                else:
+                    run = run_sb3(algorithm, seed, steps, every, args.eval_episodes)
+                    sb3.append(measures(run))
+                _report(f"{algorithm} {who:4s}", seed, (ours if who == "ours" else sb3)[-1], 475)
+        raw[algorithm] = {"ours": ours, "sb3": sb3}
+        title = f"{algorithm.upper()} on {ENV_ID}, {steps:,} steps"
+        tables.append(table(title, ours, sb3, best_episodes=args.eval_episodes))
+    return tables
+
+
+def shipped_defaults(args: argparse.Namespace, raw: dict[str, Any]) -> list[str]:
+    """The dataclass defaults alone (train-rl --no-preset) on CartPole-v1."""
+    tables = []
+    for algorithm in args.algorithms:
+        steps = args.ppo_steps if algorithm == "ppo" else args.dqn_steps
+        config = ToolkitConfig()
+        config.reinforcement_learning.training.env_id = ENV_ID
+        config.reinforcement_learning.training.total_timesteps = steps
+        results = []
+        for seed in args.seed_list:
+            results.append(measures(run_ours(algorithm, seed, config, BEST_EPISODES)))
+            _report(f"defaults {algorithm}", seed, results[-1], THRESHOLD)
+        raw[f"defaults-{algorithm}"] = results
+        every = config.reinforcement_learning.training.eval_every_steps
+        title = (
+            f"{algorithm.upper()} on {ENV_ID} with the defaults (`--no-preset`), {steps:,} steps, "
+            f"evaluated every {every:,}"
+        )
+        tables.append(table(title, results, [], THRESHOLD, BEST_EPISODES))
+    return tables
+
+
+def presets(args: argparse.Namespace, raw: dict[str, Any]) -> list[str]:
+    """Each configs/rl/<env>.yaml with its own budget and cadence, for each algorithm it has."""
+    import gymnasium as gym
+
+    from training_methods.reinforcement_learning.presets import find_preset
+
+    tables = []
+    for env_id in args.presets:
+        path = find_preset(env_id)
+        if path is None:
+            raise SystemExit(f"no preset for {env_id} in configs/rl/")
+        data = read_yaml(path)
+        threshold = gym.spec(env_id).reward_threshold
+        if threshold is None:
+            raise SystemExit(f"{env_id} has no reward_threshold to measure against")
+        for algorithm in args.algorithms:
+            if algorithm not in data["reinforcement_learning"]:
+                continue
+            config = config_from_dict(data)
+            training = config.reinforcement_learning.training
+            training.total_timesteps = args.preset_steps or training.total_timesteps
+            results = []
+            for seed in args.seed_list:
+                results.append(
+                    measures(run_ours(algorithm, seed, config, BEST_EPISODES), threshold)
+                )
+                _report(f"{env_id} {algorithm}", seed, results[-1], threshold)
+            raw[f"{env_id}-{algorithm}"] = results
+            title = (
+                f"{algorithm.upper()} on {env_id} (`configs/rl/{path.name}`), "
+                f"{training.total_timesteps:,} steps, evaluated every {training.eval_every_steps:,}"
+            )
+            tables.append(table(title, results, [], threshold, BEST_EPISODES))
+    return tables
+
+
+def render(raw: dict[str, Any]) -> str:
+    """The tables of an earlier run's --json file (the budgets are not in it)."""
+    import gymnasium as gym
+
+    tables = []
+    for key, runs in raw.items():
+        if isinstance(runs, dict):  # against SB3
+            tables.append(table(f"{key.upper()} on {ENV_ID}", runs["ours"], runs["sb3"]))
+            continue
+        if key.startswith("defaults-"):
+            env_id, algorithm, note = ENV_ID, key.removeprefix("defaults-"), " with the defaults"
+        else:
+            (env_id, algorithm), note = key.rsplit("-", 1), ""
+        threshold = gym.spec(env_id).reward_threshold
+        title = f"{algorithm.upper()} on {env_id}{note}"
+        tables.append(table(title, runs, [], threshold, BEST_EPISODES))
+    return "\n\n".join(tables)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument(
         "--algorithms",
         nargs="*",
         choices=["ppo", "dqn"],
         default=["ppo", "dqn"],
-        help="CartPole-v1 algorithms to measure (none: only --lunar-lander)",
+        help="algorithms to measure (default: both)",
     )
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--defaults",
+        action="store_true",
+        help="measure the shipped defaults (no preset) on CartPole-v1, ours only",
+    )
+    what.add_argument(
+        "--presets",
+        nargs="+",
+        metavar="ENV",
+        help="measure configs/rl/<ENV>.yaml with its own budget, for each algorithm it has",
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="seeds first..first+N-1 (default 5)")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--ppo-steps", type=int, default=100_000)
     parser.add_argument("--dqn-steps", type=int, default=50_000)
@@ -290,76 +450,32 @@ def main(argv: list[str] | None = None) -> int:
         "--config",
         type=Path,
         default=REPO_ROOT / "configs" / "rl" / f"{ENV_ID}.yaml",
-        help="our settings (default: configs/rl/CartPole-v1.yaml)",
+        help="our settings against SB3 (default: configs/rl/CartPole-v1.yaml)",
     )
     parser.add_argument("--no-sb3", action="store_true", help="measure ours only")
     parser.add_argument(
-        "--lunar-lander",
-        action="store_true",
-        help="also PPO on LunarLander-v3 with configs/rl/LunarLander-v3.yaml (ours only, "
-        "solved at a mean return of 200; needs gymnasium[box2d])",
+        "--preset-steps", type=int, help="--presets: train this many steps, not the preset's"
     )
-    parser.add_argument("--lunar-steps", type=int, default=1_000_000)
-    parser.add_argument(
-        "--lunar-config",
-        type=Path,
-        default=REPO_ROOT / "configs" / "rl" / f"{LUNAR_ID}.yaml",
-        help="our LunarLander settings (default: configs/rl/LunarLander-v3.yaml)",
-    )
-    parser.add_argument("--lunar-seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
     parser.add_argument("--json", type=Path, help="also write every run's measures here")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="print the tables of an earlier run's --json"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.render.read_text(encoding="utf-8"))))
+        return 0
+    args.seed_list = range(args.first_seed, args.first_seed + args.seeds)
 
     import logging
 
     logging.disable(logging.INFO)  # no per-run log lines between the tables
     raw: dict[str, Any] = {}
-    tables = []
-    for algorithm in args.algorithms:
-        steps = args.ppo_steps if algorithm == "ppo" else args.dqn_steps
-        every = args.ppo_eval_every if algorithm == "ppo" else args.dqn_eval_every
-        ours: list[dict] = []
-        sb3: list[dict] = []
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            # Alternate which library runs first so slow spells of a shared machine fall on both.
-            order = ["ours", "sb3"] if seed % 2 == 0 else ["sb3", "ours"]
-            for who in order:
-                if who == "sb3" and args.no_sb3:
-                    continue
-                if who == "ours":
-                    run = run_ours(algorithm, seed, steps, every, args.eval_episodes, args.config)
-                    ours.append(measures(run))
-                else:
-                    run = run_sb3(algorithm, seed, steps, every, args.eval_episodes)
-                    sb3.append(measures(run))
-                result = (ours if who == "ours" else sb3)[-1]
-                print(
-                    f"{algorithm} {who:4s} seed {seed}: {result['train_seconds']:.1f} s, "
-                    f"{result['steps_per_second']:,.0f} steps/s, 475 at "
-                    f"{result['steps_to_475']} steps / {result['seconds_to_475']} s, "
-                    f"final {result['final_eval']:.0f}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        raw[algorithm] = {"ours": ours, "sb3": sb3}
-        tables.append(table(algorithm, steps, ours, sb3))
-    if args.lunar_lander:
-        lunar = args.lunar_config
-        ours = []
-        for seed in range(args.lunar_seeds):
-            run = run_ours("ppo", seed, args.lunar_steps, 32_768, args.eval_episodes, lunar)
-            ours.append(measures(run, LUNAR_THRESHOLD))
-            result = ours[-1]
-            print(
-                f"lunar ppo seed {seed}: {result['train_seconds']:.1f} s, "
-                f"{result['steps_per_second']:,.0f} steps/s, 200 at {result['steps_to_475']} "
-                f"steps, final {result['final_eval']:.0f}, best_model.pt "
-                f"{result['best_model_eval']:.0f}",
-                file=sys.stderr,
-                flush=True,
-            )
-        raw["ppo-lunar-lander"] = {"ours": ours}
-        tables.append(table("ppo", args.lunar_steps, ours, [], LUNAR_ID, LUNAR_THRESHOLD))
+    if args.defaults:
+        tables = shipped_defaults(args, raw)
+    elif args.presets:
+        tables = presets(args, raw)
+    else:
+        tables = against_sb3(args, raw)
     print("\n\n".join(tables))
     if args.json:
         args.json.write_text(json.dumps(raw, indent=2), encoding="utf-8")
