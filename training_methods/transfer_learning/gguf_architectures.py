@@ -14,6 +14,14 @@ hyperparameter metadata. What differs between them:
 - Phi-3 (`Phi3ForCausalLM`, Phi-4-mini): the fused `qkv_proj` and `gate_up_proj` are written as
   they are (`attn_qkv`, `ffn_up`; llama.cpp splits them), NeoX rotary on the first
   `partial_rotary_factor` of each head, the sliding window as `phi3.attention.sliding_window`.
+  LongRoPE (Phi-3 128k, Phi-4-mini) divides each rotary frequency by a per-frequency factor, one
+  list for short and one for long contexts: both are written as the tensors
+  `rope_factors_short`/`rope_factors_long`, with `original_max_position_embeddings` as
+  `rope.scaling.original_context_length` and the cos/sin scale transformers computes
+  (`attention_factor`) as `rope.scaling.attn_factor`. The two choose between the lists
+  differently: transformers takes the long factors whenever the sequence in a forward pass is
+  longer than the original context, llama.cpp whenever the context it was opened with (`n_ctx`)
+  is; they agree when both are shorter, or both longer.
 - Gemma 2 (`Gemma2ForCausalLM`) and Gemma 3 text models (`Gemma3ForCausalLM`, with q/k norms):
   NeoX rotary, no permutation. Their RMS norms multiply by (1 + weight), llama.cpp's by weight, so
   every norm weight is written plus one. The embedding scale (sqrt(hidden_size)) and the
@@ -59,7 +67,7 @@ SUPPORTED_ROPE_TYPES: dict[str, tuple[str, ...]] = {
     "llama": ("default", "linear", "llama3"),
     "qwen2": ("default", "linear"),
     "qwen3": ("default", "linear"),
-    "phi3": ("default",),  # Phi-3's longrope (128k variants) needs factor tensors not written here
+    "phi3": ("default", "longrope"),  # longrope: Phi-3 128k, Phi-4-mini
 }
 GEMMA = ("gemma2", "gemma3")
 # llama.cpp fixes which Gemma layers use the sliding window: layer i does unless (i + 1) is a
@@ -113,6 +121,8 @@ def check_model_config(config: PretrainedConfig, where: str) -> str:
                 "the whole context, so its answers would differ — export a model trained without "
                 "the sliding window"
             )
+        if rope_type == "longrope":
+            check_longrope_config(config, hf_class, where)
         if arch == "qwen3" and getattr(config, "attention_bias", False):
             raise ConfigurationError(
                 f"{where}: Qwen3ForCausalLM with attention_bias=true; llama.cpp's qwen3 has no "
@@ -126,6 +136,27 @@ def check_model_config(config: PretrainedConfig, where: str) -> str:
                 "GELU (gelu_new) only"
             )
     return arch
+
+
+def check_longrope_config(config: PretrainedConfig, hf_class: str, where: str) -> None:
+    """ConfigurationError for LongRoPE settings llama.cpp cannot be given: a factor list per
+    rotary frequency, short and long, and the original context that chooses between them."""
+    params = rope_parameters(config)
+    frequencies = rotary_dimensions(config) // 2
+    problem = None
+    for key in ("short_factor", "long_factor"):
+        factors = params.get(key)
+        if not isinstance(factors, list) or len(factors) != frequencies:
+            count = len(factors) if isinstance(factors, list) else "no"
+            problem = f"{count} rope {key}s for {frequencies} rotary frequencies"
+            break
+    if problem is None and not isinstance(original_context_length(config), int):
+        problem = "longrope without original_max_position_embeddings"
+    if problem:
+        raise ConfigurationError(
+            f"{where}: {hf_class} with {problem} — fix rope_scaling in config.json, or convert "
+            "the merged folder with llama.cpp's convert_hf_to_gguf.py"
+        )
 
 
 def check_gemma_config(config: PretrainedConfig, arch: str, hf_class: str, where: str) -> None:
@@ -227,6 +258,36 @@ def attention_head_dim(config: PretrainedConfig) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def rotary_dimensions(config: PretrainedConfig) -> int:
+    """How many dimensions of each head the rotary embedding turns (`rope.dimension_count`)."""
+    return int(attention_head_dim(config) * partial_rotary_factor(config))
+
+
+def original_context_length(config: PretrainedConfig) -> int | None:
+    """The context a LongRoPE model was pretrained with: beyond it the long factors apply.
+    transformers 5 keeps it in `rope_parameters`, older configs beside them."""
+    value = rope_parameters(config).get("original_max_position_embeddings")
+    if value is None:
+        value = getattr(config, "original_max_position_embeddings", None)
+    return value
+
+
+def longrope_attention_factor(config: PretrainedConfig) -> float:
+    """The scale transformers' LongRoPE puts on cos and sin (`_compute_longrope_parameters`), in
+    both regimes: `attention_factor` when the config sets it, else sqrt(1 + ln s / ln L) for the
+    scaling s (`factor`, or max_position_embeddings / L) over the original context L, 1 when
+    s <= 1. llama.cpp multiplies its rotary by `rope.scaling.attn_factor` the same way."""
+    params = rope_parameters(config)
+    if params.get("attention_factor") is not None:
+        return float(params["attention_factor"])
+    original = int(original_context_length(config) or config.max_position_embeddings)
+    factor = params.get("factor")
+    scaling = float(factor) if factor is not None else config.max_position_embeddings / original
+    if scaling <= 1.0:
+        return 1.0
+    return math.sqrt(1 + math.log(scaling) / math.log(original))
+
+
 def llama3_rope_factors(params: Mapping[str, Any], head_dim: int) -> list[float]:
     """Per-frequency divisors of Llama 3.1+'s rope scaling, the `rope_freqs.weight` tensor
     llama.cpp applies (transformers computes the same inside `_compute_llama3_parameters`)."""
@@ -248,6 +309,29 @@ def llama3_rope_factors(params: Mapping[str, Any], head_dim: int) -> list[float]
             ramp = (old_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
             factors.append(1 / ((1 - ramp) / factor + ramp))
     return factors
+
+
+def rope_factor_tensors(arch: str, config: PretrainedConfig) -> dict[str, list[float]]:
+    """The rotary scaling llama.cpp reads from tensors rather than metadata, as llama.cpp's tensor
+    name → values: Llama 3.1's `rope_freqs`, LongRoPE's `rope_factors_long` and
+    `rope_factors_short` (one divisor per rotary frequency each)."""
+    if arch not in ("llama", "phi3"):
+        return {}
+    import gguf
+
+    def name(tensor: gguf.MODEL_TENSOR) -> str:
+        return gguf.TENSOR_NAMES[tensor] + ".weight"
+
+    params = rope_parameters(config)
+    if params["rope_type"] == "llama3":
+        factors = llama3_rope_factors(params, attention_head_dim(config))
+        return {name(gguf.MODEL_TENSOR.ROPE_FREQS): factors}
+    if params["rope_type"] == "longrope":
+        return {
+            name(gguf.MODEL_TENSOR.ROPE_FACTORS_LONG): [float(x) for x in params["long_factor"]],
+            name(gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT): [float(x) for x in params["short_factor"]],
+        }
+    return {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,14 +373,16 @@ def add_hyperparameters(
         writer.add_head_count_kv(config.num_key_value_heads or config.num_attention_heads)
         writer.add_rope_freq_base(float(params["rope_theta"]))
         writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-        writer.add_rope_dimension_count(int(head_dim * partial_rotary_factor(config)))
+        writer.add_rope_dimension_count(rotary_dimensions(config))
         if arch == "phi3":
             # Phi-3 mini's window (2047); 0 tells llama.cpp there is none (Phi-4-mini).
             writer.add_sliding_window(getattr(config, "sliding_window", None) or 0)
+            # With LongRoPE, llama.cpp takes the long factors when n_ctx exceeds this.
             writer.add_rope_scaling_orig_ctx_len(
-                getattr(config, "original_max_position_embeddings", None)
-                or config.max_position_embeddings
+                original_context_length(config) or config.max_position_embeddings
             )
+            if params["rope_type"] == "longrope":
+                writer.add_rope_scaling_attn_factors(longrope_attention_factor(config))
         if getattr(config, "head_dim", None):
             writer.add_key_length(head_dim)
             writer.add_value_length(head_dim)

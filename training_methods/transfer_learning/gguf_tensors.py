@@ -14,6 +14,7 @@ because every next-token choice goes through it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -24,10 +25,8 @@ from typing import TYPE_CHECKING, Literal
 from shared_utils.errors import ConfigurationError
 from training_methods.transfer_learning.gguf_architectures import (
     GEMMA,
-    attention_head_dim,
     gemma_query_scale,
-    llama3_rope_factors,
-    rope_parameters,
+    rope_factor_tensors,
 )
 
 if TYPE_CHECKING:
@@ -194,19 +193,16 @@ def plan_tensors(
             scale = query_scale  # the norm's output is the query, before rotary
         qtype = choose_qtype(name, shape, gguf_type, output_head=name == output_head)
         plans.append(TensorPlan(source, name, shape, qtype, transform, scale=scale))
-    if arch == "llama":
-        params = rope_parameters(config)
-        if params["rope_type"] == "llama3":
-            factors = llama3_rope_factors(params, attention_head_dim(config))
-            plans.append(
-                TensorPlan(
-                    "",
-                    gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
-                    (len(factors),),
-                    gguf.GGMLQuantizationType.F32,
-                    compute=lambda: _float32_array(factors),
-                )
+    for name, factors in rope_factor_tensors(arch, config).items():
+        plans.append(
+            TensorPlan(
+                "",
+                name,
+                (len(factors),),
+                gguf.GGMLQuantizationType.F32,
+                compute=functools.partial(_float32_array, factors),
             )
+        )
     return plans
 
 

@@ -11,8 +11,12 @@ vocabulary, merges, special tokens and chat template written as `tokenizer.*` me
 - A byte-level BPE tokenizer (`tokenizer.ggml.model = gpt2`): every token with its type,
   the merges, BOS/EOS/pad ids, whether BOS/EOS are added when encoding, and the name of the
   pre-tokenizer llama.cpp must use to split text before BPE, read from tokenizer.json (the GPT-2
-  regex → `gpt-2`, Llama 3's → `llama-bpe`, Qwen2's → `qwen2`). A wrong name still loads but
-  splits digits and spaces differently, so prompts become other token ids.
+  regex → `gpt-2`, Llama 3's → `llama-bpe`, Qwen2's → `qwen2`, the o200k one of GPT-4o and
+  Phi-4-mini → `gpt-4o`). A wrong name still loads but splits digits and spaces differently, so
+  prompts become other token ids. llama.cpp's `gpt-4o` splitter tells capitals from lower case
+  by ASCII only, so a run of capitals holding a non-ASCII one ("ÉCOLE", "ÜBER") is split
+  (É + COLE) where transformers keeps it whole; every Phi-4-mini GGUF llama.cpp's own converter
+  makes does the same, and the export warns (GPT4O_CAPITALS_WARNING).
 - The chat template (`tokenizer.chat_template`), so LM Studio shows the prompt format the model
   was trained with, and the EOS id, so generation stops where the model learned to stop.
 """
@@ -41,7 +45,23 @@ QWEN2_SPLIT_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
     r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-SPLIT_PRE_TOKENIZERS: dict[str, str] = {LLAMA3_SPLIT_REGEX: "llama-bpe", QWEN2_SPLIT_REGEX: "qwen2"}
+GPT4O_SPLIT_REGEX = (  # tiktoken's o200k: case-aware letter runs with trailing contractions
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+    r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SPLIT_PRE_TOKENIZERS: dict[str, str] = {
+    LLAMA3_SPLIT_REGEX: "llama-bpe",
+    QWEN2_SPLIT_REGEX: "qwen2",
+    GPT4O_SPLIT_REGEX: "gpt-4o",
+}
+GPT4O_CAPITALS_WARNING = (
+    "%s: llama.cpp's gpt-4o pre-tokenizer splits a run of capitals holding a non-ASCII one "
+    "(ÉCOLE → É + COLE) where transformers keeps it whole: there llama.cpp's prompts are other "
+    "token ids (as in every Phi-4-mini GGUF)"
+)
 # llama.cpp matches whole vocabulary words before merging for these (HF: `ignore_merges: true`).
 PRE_TOKENIZERS_IGNORING_MERGES = {"llama-bpe"}
 
@@ -70,9 +90,9 @@ def tokenizer_pre_name(spec: Mapping[str, Any], where: str) -> str:
         kind = "SentencePiece-style BPE" if model.get("byte_fallback") else model.get("type")
         raise ConfigurationError(
             f"{where}: a {kind} tokenizer; the GGUF export writes byte-level BPE tokenizers "
-            "(GPT-2, Llama 3, Qwen2 style) and SentencePiece BPE ones read from tokenizer.model "
-            "(Llama 2, Mistral) only — convert the merged folder with llama.cpp's "
-            "convert_hf_to_gguf.py"
+            "(GPT-2, Llama 3, Qwen2, GPT-4o/Phi-4-mini style) and SentencePiece BPE ones read "
+            "from tokenizer.model (Llama 2, Mistral, Phi-3, Gemma) only — convert the merged "
+            "folder with llama.cpp's convert_hf_to_gguf.py"
         )
     normalizer = spec.get("normalizer")
     if normalizer is not None and normalizer.get("type") != "NFC":
@@ -99,8 +119,8 @@ def tokenizer_pre_name(spec: Mapping[str, Any], where: str) -> str:
     if name is None:
         raise ConfigurationError(
             f"{where}: pre-tokenizer {' + '.join(map(str, kinds)) or 'none'} is not one llama.cpp "
-            "reproduces here (supported: ByteLevel with the GPT-2 regex, or the Llama 3 / Qwen2 "
-            "Split regex + ByteLevel) — convert the merged folder with llama.cpp's "
+            "reproduces here (supported: ByteLevel with the GPT-2 regex, or the Llama 3, Qwen2 "
+            "or GPT-4o Split regex + ByteLevel) — convert the merged folder with llama.cpp's "
             "convert_hf_to_gguf.py"
         )
     if (name in PRE_TOKENIZERS_IGNORING_MERGES) != bool(model.get("ignore_merges")):

@@ -54,6 +54,7 @@ from training_methods.transfer_learning.gguf_tensors import (
     plan_tensors,
 )
 from training_methods.transfer_learning.gguf_tokenizer import (
+    GPT4O_CAPITALS_WARNING,
     add_tokenizer,
     is_sentencepiece_bpe,
     tokenizer_pre_name,
@@ -144,6 +145,8 @@ class ExportableModel:
                 model_dir,
                 " and before ".join(sentencepiece.prefix_differences),
             )
+        if pre == "gpt-4o":
+            logger.warning(GPT4O_CAPITALS_WARNING, model_dir)
         return cls(model_dir, config, tokenizer, arch, pre, sentencepiece)
 
 
