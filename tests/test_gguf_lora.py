@@ -1,9 +1,11 @@
 """`export --format lora-gguf`: the adapter alone as a GGUF LoRA file, applied by llama.cpp
 (llama-cpp-python's `lora_path`, llama.cpp's `--lora`) on top of the base model's GGUF, checked
 against the merged model: a tiny Llama (rotary permutation of q/k, done to lora_b's rows), a
-tiny Gemma 2 (its query scalar folded into lora_b of q_proj) and a tiny GPT-2 (Conv1D weights,
-whose transposed storage the LoRA pair does not share), each fine-tuned with train-lora's LoRA
-on CHATS."""
+tiny Gemma 2 (its query scalar folded into lora_b of q_proj), a tiny GPT-2 (Conv1D weights,
+whose transposed storage the LoRA pair does not share), a tiny Qwen2 (q/k/v biases, which stay in
+the base's file) and a tiny Phi-4-mini shape (LoRA on the fused qkv_proj and gate_up_proj, which
+llama.cpp applies before it splits them; LongRoPE and tied embeddings in the base), each
+fine-tuned with train-lora's LoRA on CHATS."""
 
 from __future__ import annotations
 
@@ -32,13 +34,17 @@ from tests.test_gguf import (  # noqa: F401  (autouse fixtures imported)
     transformers_greedy,
 )
 from tests.test_gguf_gemma import GEMMA_LOGIT_ATOL, build_tiny_gemma
+from tests.test_gguf_phi3 import tiny_phi3
+from tests.test_gguf_qwen import build_tiny_qwen
 
-ARCHITECTURES = ["llama", "gemma2", "gpt2"]
+ARCHITECTURES = ["llama", "gemma2", "gpt2", "qwen2", "phi3"]
 # The adapter's module for the first layer's queries → its llama.cpp weight.
 QUERY_MODULES = {
     "llama": ("model.layers.0.self_attn.q_proj", "blk.0.attn_q.weight"),
     "gemma2": ("model.layers.0.self_attn.q_proj", "blk.0.attn_q.weight"),
     "gpt2": ("transformer.h.0.attn.c_attn", "blk.0.attn_qkv.weight"),
+    "qwen2": ("model.layers.0.self_attn.q_proj", "blk.0.attn_q.weight"),
+    "phi3": ("model.layers.0.self_attn.qkv_proj", "blk.0.attn_qkv.weight"),
 }
 _FILES: dict[tuple[Path, str], tuple[FineTuned, dict[str, Path]]] = {}
 
@@ -56,11 +62,17 @@ def lora_files(
     arch = request.param
     key = (tmp_path_factory.getbasetemp(), arch)
     if key not in _FILES:
+        overrides = {}
         if arch in ("llama", "gpt2"):
             base = request.getfixturevalue(f"tiny_{arch}")
+        elif arch == "qwen2":
+            base = build_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen2-lora"), arch)
+            overrides["max_length"] = 128  # Qwen2.5's template adds a default system turn
+        elif arch == "phi3":
+            base = tiny_phi3(tmp_path_factory, "phi4-mini")  # test_gguf_phi3's, fine-tuned once
         else:
             base = build_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma2-lora"), arch)
-        finetuned = finetune_on_chats(tmp_path_factory, base)
+        finetuned = finetune_on_chats(tmp_path_factory, base, **overrides)
         out = tmp_path_factory.mktemp(f"lora-{arch}")
         _export("--model", str(base), "--output", str(out / "base"), "--gguf-type", "f16,q8_0")
         _export(
@@ -114,8 +126,12 @@ def test_lora_file_holds_the_adapter_in_llama_cpp_layout(
         expected_b = permute_for_rope(b, 4).numpy()
     elif arch == "gemma2":  # the query scalar folded in like q_proj's: sqrt(head_dim 32 / 24)
         expected_b = b.numpy() * (32 / 24) ** 0.5
-    else:  # GPT-2: as peft stores it, (out, rank), though the Conv1D weight is stored (in, out)
+    else:  # as peft stores it, (out, rank): Qwen2's and Phi-3's rows need no reordering, and
+        # GPT-2's Conv1D weight is stored (in, out) but llama.cpp's lora_b is still (out, rank)
         expected_b = b.numpy()
+    if arch == "phi3":  # one pair for the fused q/k/v rows: 4 query heads + 2 + 2 of 16
+        assert expected_b.shape[0] == (4 + 2 + 2) * 16
+        assert written["blk.1.ffn_up.weight.lora_b"].shape[0] == 2 * 128  # gate and up rows
     np.testing.assert_allclose(written[f"{weight}.lora_b"], expected_b, rtol=1e-6)
 
 
@@ -154,9 +170,9 @@ def test_llama_cpp_base_plus_lora_gives_the_merged_models_tokens(
 def test_llama_cpp_chat_with_the_lora_answers_as_trained(
     lora_files: tuple[str, FineTuned, dict],
 ) -> None:
-    """LM Studio's path with `--lora`: the base's template, the merged file's replies; for Llama
-    and Gemma 2 those are the trained answers word for word, stopped at EOS (the 32-wide GPT-2
-    does not learn them in 30 steps)."""
+    """LM Studio's path with `--lora`: the base's template, the merged file's replies; for all but
+    GPT-2 those are the trained answers word for word, stopped at EOS (the 32-wide GPT-2 does not
+    learn them in 30 steps)."""
     import llama_cpp
 
     arch, _, files = lora_files
