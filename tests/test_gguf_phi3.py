@@ -241,6 +241,9 @@ def test_fused_projections_rotary_and_factors_follow_llama_cpp(exported: Exporte
         assert not any(name.startswith("rope_factors") for name in tensors)
     modelfile = (files["f16"].parent / "Modelfile").read_text()
     assert "<|assistant|>" in modelfile and 'PARAMETER stop "<|end|>"' in modelfile
+    # Ollama's template renders as the tokenizer's does: Phi-3 puts a newline after each role
+    # marker, Phi-4-mini none.
+    assert ("<|{{ .Role }}|>\n{{ .Content }}" in modelfile) == (variant != "phi4-mini")
 
 
 def test_llama_cpp_tokenizes_like_transformers(exported: Exported) -> None:

@@ -333,6 +333,9 @@ MISTRAL_GO_TEMPLATE = (
 PHI3_GO_TEMPLATE = (
     "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n"
 )
+PHI4_GO_TEMPLATE = (  # Phi-4-mini: Phi-3's markers with no newline after them
+    "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>"
+)
 GEMMA_GO_TEMPLATE = (  # Gemma has no system turn: a system message is sent as a user turn
     "{{- range .Messages }}<start_of_turn>"
     '{{ if eq .Role "assistant" }}model{{ else }}user{{ end }}\n{{ .Content }}<end_of_turn>\n'
@@ -344,6 +347,15 @@ DEFAULT_GO_TEMPLATE = (
     '{{ else if eq .Role "assistant" }}### Response:\n{{ .Content }}{EOS}\n\n'
     "{{ end }}{{ end }}### Response:\n"
 )
+
+
+def _renders_newline_after_role(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer's <|user|>-style template puts a newline after each role marker
+    (Phi-3) or not (Phi-4-mini), found by rendering one user turn."""
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+    )
+    return "<|user|>\nx" in str(rendered)
 
 
 def modelfile_text(gguf_name: str, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -363,7 +375,8 @@ def modelfile_text(gguf_name: str, tokenizer: PreTrainedTokenizerBase) -> str:
         lines.append(f'TEMPLATE """{CHATML_GO_TEMPLATE}"""')
         stops = ["<|im_end|>", eos]
     elif "<|assistant|>" in template_text and "<|end|>" in template_text:
-        lines.append(f'TEMPLATE """{PHI3_GO_TEMPLATE}"""')
+        phi3 = _renders_newline_after_role(tokenizer)
+        lines.append(f'TEMPLATE """{PHI3_GO_TEMPLATE if phi3 else PHI4_GO_TEMPLATE}"""')
         stops = ["<|end|>", eos]
     elif "<start_of_turn>" in template_text and "<end_of_turn>" in template_text:
         lines.append(f'TEMPLATE """{GEMMA_GO_TEMPLATE}"""')
