@@ -562,6 +562,25 @@ def test_a_language_without_a_list_falls_back_to_the_words_every_sentence_shares
     assert alpaca and all(r["output"] in finnish for r in alpaca)
 
 
+def test_a_sentence_cut_by_a_page_break_is_joined_again() -> None:
+    from document_processing.converters.instruction_records import document_sentences
+
+    def pdf(second: str, pages: tuple[int, int] = (1, 2)) -> ParsedDocument:
+        first = "The survey began in June. Silt washes off the Gallow plantation, which was planted"
+        sections = [Section(first, ["Causes"], [pages[0]]), Section(second, ["Causes"], [pages[1]])]
+        return ParsedDocument("report.pdf", "pdf", DocumentMetadata(title="Report"), sections)
+
+    texts = [s.text for s in document_sentences(pdf("in 1971, and it clogs the gravel. Trout went."))]
+    assert texts == [
+        "The survey began in June.",
+        "Silt washes off the Gallow plantation, which was planted in 1971, and it clogs the gravel.",
+        "Trout went.",
+    ]
+    # A new sentence on the next page, or a section that is not on the next page, stays apart.
+    assert len(document_sentences(pdf("In 1971 it was planted."))) == 3
+    assert len(document_sentences(pdf("in 1971, and it clogs.", pages=(1, 3)))) == 3
+
+
 def test_record_kinds_come_from_the_config_and_are_range_checked() -> None:
     from shared_utils.errors import ConfigurationError
 
