@@ -95,7 +95,7 @@ def prepare_model(args: argparse.Namespace, work: Path) -> Path:
 
 
 def prompt_ids(tokenizer: Any) -> list[int]:
-    from shared_utils.data_loader import ensure_chat_template
+    from shared_utils.chat_templates import ensure_chat_template
 
     ensure_chat_template(tokenizer)
     text = tokenizer.apply_chat_template(

@@ -570,10 +570,10 @@ def test_a_sentence_cut_by_a_page_break_is_joined_again() -> None:
         sections = [Section(first, ["Causes"], [pages[0]]), Section(second, ["Causes"], [pages[1]])]
         return ParsedDocument("report.pdf", "pdf", DocumentMetadata(title="Report"), sections)
 
-    texts = [s.text for s in document_sentences(pdf("in 1971, and it clogs the gravel. Trout went."))]
+    texts = [s.text for s in document_sentences(pdf("in 1971, and clogs the gravel. Trout went."))]
     assert texts == [
         "The survey began in June.",
-        "Silt washes off the Gallow plantation, which was planted in 1971, and it clogs the gravel.",
+        "Silt washes off the Gallow plantation, which was planted in 1971, and clogs the gravel.",
         "Trout went.",
     ]
     # A new sentence on the next page, or a section that is not on the next page, stays apart.

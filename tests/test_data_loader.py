@@ -7,17 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from shared_utils.data_loader import (
-    DEFAULT_CHAT_TEMPLATE,
-    IGNORE_INDEX,
-    CausalLMCollator,
-    DataLoaderFactory,
-    ExampleTokenizer,
-    detect_format,
-    pack_rows,
-    read_records,
-)
+from shared_utils.chat_templates import DEFAULT_CHAT_TEMPLATE
+from shared_utils.data_loader import CausalLMCollator, DataLoaderFactory
 from shared_utils.errors import DataValidationError
+from shared_utils.training_records import detect_format, read_records
+from shared_utils.training_tokens import IGNORE_INDEX, ExampleTokenizer, pack_rows
 
 
 def write_jsonl(path: Path, records: list) -> Path:

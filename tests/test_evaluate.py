@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from shared_utils.errors import ConfigurationError, DataValidationError
+from shared_utils.word_tokens import answer_tokens, normalize_text
 from tests.test_gguf import (  # noqa: F401
     CHATS,
     FineTuned,
@@ -21,14 +22,14 @@ from tests.test_gguf import (  # noqa: F401
     gguf_files,
     one_torch_thread,
 )
-from training_methods.transfer_learning.evaluate import (
+from training_methods.transfer_learning.evaluate_question_files import (
     Question,
-    answer_tokens,
-    contains_reference,
-    normalize_text,
     prompt_messages,
     question_text,
     read_questions,
+)
+from training_methods.transfer_learning.evaluate_scoring import (
+    contains_reference,
     token_f1,
     word_count,
 )
@@ -275,7 +276,10 @@ def test_batched_greedy_answers_equal_one_by_one(
     import torch
 
     from training_methods.transfer_learning.chat import load_chat_model
-    from training_methods.transfer_learning.evaluate import greedy_answers, prompt_token_ids
+    from training_methods.transfer_learning.evaluate_generation import (
+        greedy_answers,
+        prompt_token_ids,
+    )
 
     if which == "gpt2":
         model_dir, adapter = request.getfixturevalue("tiny_gpt2"), None
@@ -404,7 +408,10 @@ def test_system_prompt_is_asked_with_every_question(
     import torch
 
     from training_methods.transfer_learning.chat import load_chat_model
-    from training_methods.transfer_learning.evaluate import greedy_answers, prompt_token_ids
+    from training_methods.transfer_learning.evaluate_generation import (
+        greedy_answers,
+        prompt_token_ids,
+    )
 
     questions = chats_file(tmp_path / "questions.jsonl")
     out = tmp_path / "out"

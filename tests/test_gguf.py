@@ -341,7 +341,7 @@ def test_metadata_carries_chat_template_eos_and_hyperparameters(
 def test_template_less_tokenizer_gets_the_default_template_gpt2(
     tmp_path: Path, tiny_gpt2: Path
 ) -> None:
-    from shared_utils.data_loader import DEFAULT_CHAT_TEMPLATE
+    from shared_utils.chat_templates import DEFAULT_CHAT_TEMPLATE
     from training_methods.transfer_learning.gguf_writer import write_gguf
 
     summary = write_gguf(tiny_gpt2, tmp_path / "gpt2.gguf", "f16", progress=False)

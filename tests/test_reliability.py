@@ -157,8 +157,8 @@ def test_a_cut_record_tokenises_like_the_uncut_one(tiny_tokenizer: Path) -> None
     guess of characters per token is far too low (the cut is then made again, longer)."""
     from transformers import AutoTokenizer
 
-    from shared_utils import data_loader
-    from shared_utils.data_loader import ExampleTokenizer
+    from shared_utils import training_tokens
+    from shared_utils.training_tokens import ExampleTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer)
     text = "The quick brown fox jumps over the lazy dog. " * 200
@@ -172,12 +172,12 @@ def test_a_cut_record_tokenises_like_the_uncut_one(tiny_tokenizer: Path) -> None
     }
 
     def tokenise(batch: dict, guess: int) -> dict:
-        original = data_loader.CHARS_PER_TOKEN_GUESS
-        data_loader.CHARS_PER_TOKEN_GUESS = guess
+        original = training_tokens.CHARS_PER_TOKEN_GUESS
+        training_tokens.CHARS_PER_TOKEN_GUESS = guess
         try:
             return ExampleTokenizer(tokenizer, max_length=64)(batch)
         finally:
-            data_loader.CHARS_PER_TOKEN_GUESS = original
+            training_tokens.CHARS_PER_TOKEN_GUESS = original
 
     for batch in (rows, chat):
         uncut = tokenise(batch, 10**9)
@@ -251,9 +251,9 @@ def _with_chat_template(model: Path, folder: Path, template: str) -> Path:
 def test_a_chat_template_that_loops_for_ever_is_stopped(
     run_main, tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared_utils import data_loader
+    from shared_utils import chat_templates
 
-    monkeypatch.setattr(data_loader, "CHAT_TEMPLATE_SECONDS", 1.0)
+    monkeypatch.setattr(chat_templates, "CHAT_TEMPLATE_SECONDS", 1.0)
     loops = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
     model = _with_chat_template(tiny_llama, tmp_path, loops)
     started = time.monotonic()
@@ -326,7 +326,7 @@ def test_render_chat_template_needs_no_signal_outside_the_main_thread(
 
     from transformers import AutoTokenizer
 
-    from shared_utils.data_loader import ensure_chat_template, render_chat_template
+    from shared_utils.chat_templates import ensure_chat_template, render_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer)
     ensure_chat_template(tokenizer)
@@ -572,7 +572,7 @@ def test_unreadable_training_data_is_one_line_naming_the_line(
 
 
 def test_a_utf8_bom_is_read(tmp_path: Path) -> None:
-    from shared_utils.data_loader import iter_normalized_records
+    from shared_utils.training_records import iter_normalized_records
 
     data = tmp_path / "train.jsonl"
     data.write_bytes(b'\xef\xbb\xbf{"text": "caf\xc3\xa9"}\n')

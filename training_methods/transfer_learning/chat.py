@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from shared_utils.data_loader import render_chat_template
+from shared_utils.chat_templates import render_chat_template
 from shared_utils.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def load_chat_model(
     model: str | None, adapter: str | Path | None, device: torch.device
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model to chat with (adapter merged in) and the tokenizer it was trained with."""
-    from shared_utils.data_loader import ensure_chat_template
+    from shared_utils.chat_templates import ensure_chat_template
     from training_methods.transfer_learning.export import resolve_source, tokenizer_source
     from training_methods.transfer_learning.lora_model import autocast_dtype
     from training_methods.transfer_learning.model_loading import (

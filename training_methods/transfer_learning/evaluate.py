@@ -17,30 +17,9 @@ asks every question of each row, greedily, and scores the answers against refere
   sampling settings of the model's generation config: plain argmax, like llama.cpp at
   temperature 0.
 
-Question files are JSON Lines, one question a line, in either form (they may be mixed):
-
-    {"question": "How often should I turn the pile?", "answers": ["every one to two weeks"]}
-    {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
-
-In a `messages` record the last turn is the assistant's reference answer and the turns before it
-are the prompt (an `answers` list, when present, adds further references). `--system` is added to
-questions without a system turn of their own.
-
-Scores are language-neutral small pure functions (no English article or stop-word removal); the
-first two come from `shared_utils.word_tokens`, which generate-qa's filters use too:
-
-- `normalize_text`: Unicode NFKC, casefold, whitespace collapsed. Accents are kept: "café" is
-  not "cafe".
-- `answer_tokens`: the normalised text without punctuation (Unicode categories P*), split at
-  whitespace; every character of a script written without spaces between words (Chinese,
-  Japanese kana, Thai, Lao, Khmer, Myanmar) is a token of its own, so Chinese and Japanese are
-  scored by characters, also when mixed with spaced words.
-- `contains_reference` (a hit): the normalised answer contains a normalised reference as a whole
-  word sequence: a match glued to letters or digits of a spaced script does not count, so "4" is
-  not found in "14" nor "no" in "not" (but neither is "cat" in "cats"); in Chinese or Japanese
-  any occurrence counts.
-- `token_f1`: SQuAD's token F1 over `answer_tokens`, the best over the references.
-- `word_count`: the number of `answer_tokens` (a Chinese character counts as one word).
+Question files are JSON Lines of `{"question", "answers"}` or `{"messages"}` records
+(`evaluate_question_files`); the answers come from `evaluate_generation` and are scored by
+`evaluate_scoring` (whether an answer holds a reference, token F1, answer length).
 
 Outputs, in `output_dir`: `answers.jsonl` (one line per question per row) and `evaluation.json`
 (per row: questions, hits, hit_rate, mean_f1, mean_words, seconds, load_seconds; and the inputs),
@@ -50,23 +29,36 @@ both rewritten atomically after every row, so an interrupted run keeps the rows 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import time
-import unicodedata
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-from shared_utils.errors import ConfigurationError, DataValidationError
+from shared_utils.errors import ConfigurationError
 from shared_utils.llama_cpp_runtime import import_llama_cpp
-from shared_utils.word_tokens import answer_tokens, is_unspaced, normalize_text
+from training_methods.transfer_learning.evaluate_generation import (
+    gguf_answers,
+    gguf_context,
+    greedy_answers,
+    load_gguf,
+    prompt_token_ids,
+)
+from training_methods.transfer_learning.evaluate_question_files import (
+    Question,
+    prompt_messages,
+    question_text,
+    read_questions,
+)
+from training_methods.transfer_learning.evaluate_scoring import (
+    contains_reference,
+    token_f1,
+    word_count,
+)
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from training_methods.transfer_learning.export import ExportSource
 
@@ -77,315 +69,6 @@ SUMMARY_FILE = "evaluation.json"
 DEFAULT_OUTPUT_DIR = Path("outputs/evaluation")
 ADAPTER_OUTPUT_SUBDIR = "evaluation"
 ROW_BASE, ROW_FINE_TUNED, ROW_GGUF = "base", "fine-tuned", "gguf"
-QUESTION_FORMS = '{"question": ..., "answers": [...]} or {"messages": [...]} records'
-
-Messages = list[dict[str, str]]
-
-# --------------------------------------------------------------------------------------------------
-# Scoring: small pure functions
-# --------------------------------------------------------------------------------------------------
-
-
-def _is_word_char(char: str) -> bool:
-    """A letter, digit or combining mark of a script written with spaces between words."""
-    return (char.isalnum() or unicodedata.category(char).startswith("M")) and not is_unspaced(char)
-
-
-def word_count(text: str) -> int:
-    return len(answer_tokens(text))
-
-
-def _occurs_as_words(text: str, needle: str) -> bool:
-    """Whether `needle` occurs in `text` not glued to a letter or digit on either side."""
-    start = text.find(needle)
-    while start != -1:
-        end = start + len(needle)
-        glued_left = start > 0 and _is_word_char(text[start - 1]) and _is_word_char(needle[0])
-        glued_right = end < len(text) and _is_word_char(text[end]) and _is_word_char(needle[-1])
-        if not (glued_left or glued_right):
-            return True
-        start = text.find(needle, start + 1)
-    return False
-
-
-def contains_reference(answer: str, references: Iterable[str]) -> bool:
-    """A hit: the normalised answer contains one of the normalised references as whole words."""
-    text = normalize_text(answer)
-    return any(
-        _occurs_as_words(text, needle)
-        for needle in (normalize_text(reference) for reference in references)
-        if needle
-    )
-
-
-def _f1(predicted: list[str], reference: list[str]) -> float:
-    if not predicted or not reference:
-        return float(predicted == reference)  # SQuAD: two empty answers agree
-    common = sum((Counter(predicted) & Counter(reference)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(reference)
-    return 2 * precision * recall / (precision + recall)
-
-
-def token_f1(answer: str, references: Iterable[str]) -> float:
-    """SQuAD's token F1 between the answer and its closest reference."""
-    predicted = answer_tokens(answer)
-    return max((_f1(predicted, answer_tokens(reference)) for reference in references), default=0.0)
-
-
-# --------------------------------------------------------------------------------------------------
-# Question files
-# --------------------------------------------------------------------------------------------------
-
-
-class Question(NamedTuple):
-    """A question (its text, or a conversation ending with a user turn) and its references."""
-
-    prompt: str | Messages
-    references: list[str]
-
-
-def question_text(question: Question) -> str:
-    """The text asked: the question, or the last user turn of a conversation."""
-    if isinstance(question.prompt, str):
-        return question.prompt
-    return next(m["content"] for m in reversed(question.prompt) if m["role"] == "user")
-
-
-def prompt_messages(question: Question, system: str | None = None) -> Messages:
-    """The conversation to answer: `system` first unless the question has its own system turn."""
-    if isinstance(question.prompt, str):
-        messages = [{"role": "user", "content": question.prompt}]
-    else:
-        messages = [dict(m) for m in question.prompt]
-    if system and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system})
-    return messages
-
-
-def read_questions(path: str | Path) -> list[Question]:
-    """Every question of a JSONL file (see the module docstring); a bad line raises
-    DataValidationError naming `FILE:LINE`, a missing file ConfigurationError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigurationError(
-            f"--questions {path}: no such file — give a JSONL file of {QUESTION_FORMS}"
-        )
-    questions = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise DataValidationError(
-                    f"{where}: not UTF-8 text — save the file as UTF-8"
-                ) from None
-            if line.strip():
-                questions.append(parse_question(line, where))
-    if not questions:
-        raise DataValidationError(f"{path}: no questions — write one of {QUESTION_FORMS} a line")
-    return questions
-
-
-def parse_question(line: str, where: str) -> Question:
-    """One line of a question file; `where` (FILE:LINE) starts every error message."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataValidationError(
-            f"{where}: not valid JSON ({exc.msg}, column {exc.colno}) — fix or remove the line"
-        ) from None
-    if not isinstance(record, dict):
-        raise DataValidationError(
-            f"{where}: each line must be a JSON object, got {type(record).__name__}"
-        )
-    if "messages" in record:
-        return _conversation_question(record, where)
-    if "question" in record:
-        question = record["question"]
-        if not isinstance(question, str) or not question.strip():
-            raise DataValidationError(f"{where}: `question` must be a non-empty string")
-        return Question(question, _references(record, where, required=True))
-    keys = ", ".join(sorted(record)) or "none"
-    raise DataValidationError(
-        f"{where}: no `question` or `messages` (keys: {keys}) — write {QUESTION_FORMS}"
-    )
-
-
-def _references(record: dict[str, Any], where: str, *, required: bool) -> list[str]:
-    if "answers" not in record:
-        if required:
-            raise DataValidationError(
-                f'{where}: no `answers` — give the reference answers, e.g. "answers": ["Paris"]'
-            )
-        return []
-    answers = record["answers"]
-    if not isinstance(answers, list) or not answers:
-        raise DataValidationError(
-            f"{where}: `answers` must be a non-empty list of strings, got "
-            f"{json.dumps(answers, ensure_ascii=False)[:40]}"
-        )
-    for index, answer in enumerate(answers):
-        if not isinstance(answer, str) or not answer.strip():
-            raise DataValidationError(
-                f"{where}: answers[{index}] must be a non-empty string, got "
-                f"{json.dumps(answer, ensure_ascii=False)[:40]}"
-            )
-    return list(answers)
-
-
-def _conversation_question(record: dict[str, Any], where: str) -> Question:
-    from shared_utils.data_loader import normalize_record
-
-    row = normalize_record(record, "chat", where)  # validates roles and contents
-    if row is None:
-        raise DataValidationError(
-            f"{where}: `messages` has no assistant answer — end the conversation with the "
-            "assistant's reference answer"
-        )
-    messages = row["messages"]
-    last = messages[-1]
-    if last["role"] != "assistant":
-        raise DataValidationError(
-            f"{where}: the last turn of `messages` is the {last['role']}'s, not the assistant's — "
-            "end the conversation with the reference answer"
-        )
-    if not last["content"].strip():
-        raise DataValidationError(f"{where}: the last assistant turn (the reference) is empty")
-    prompt = messages[:-1]
-    if not any(m["role"] == "user" for m in prompt):
-        raise DataValidationError(f"{where}: `messages` has no user turn before the answer")
-    return Question(prompt, [last["content"], *_references(record, where, required=False)])
-
-
-# --------------------------------------------------------------------------------------------------
-# Answering
-# --------------------------------------------------------------------------------------------------
-
-
-def prompt_token_ids(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[Messages],
-    max_new_tokens: int,
-) -> list[list[int]]:
-    """Each conversation rendered with the chat template and tokenised as `chat` does it."""
-    from training_methods.transfer_learning.chat import ChatSession
-
-    session = ChatSession(model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0)
-    ids = []
-    for index, messages in enumerate(prompts):
-        session.messages = list(messages)
-        ids.append(session.prompt_ids())
-        if len(session.messages) != len(messages):  # ChatSession dropped turns to make it fit
-            raise DataValidationError(
-                f"question {index}: the conversation and --max-new-tokens {max_new_tokens} do not "
-                "fit the model's context — shorten the conversation or lower --max-new-tokens"
-            )
-    return ids
-
-
-def greedy_answers(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompt_ids: Sequence[list[int]],
-    *,
-    max_new_tokens: int = 96,
-    batch_size: int = 8,
-    progress: bool = False,
-    description: str = "answering",
-) -> list[str]:
-    """Greedy answers to tokenised prompts, `batch_size` at a time with left padding, cut at the
-    first stop id (EOS, end of turn) and decoded without special tokens, as `chat` shows them."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from training_methods.transfer_learning.chat import ChatSession
-
-    stops = ChatSession(model, tokenizer).stop_ids()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    # Similar lengths batched together: less padding, the same answers.
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    answers: list[str] = [""] * len(prompt_ids)
-    with tqdm(total=len(order), desc=description, unit="q", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(prompt_ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (batch, width)
-            attention_mask = torch.zeros_like(input_ids)
-            for row, index in enumerate(batch):
-                ids = prompt_ids[index]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention_mask[row, width - len(ids) :] = 1
-            with torch.inference_mode():
-                output = model.generate(
-                    input_ids=input_ids.to(model.device),
-                    attention_mask=attention_mask.to(model.device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    repetition_penalty=1.0,  # plain argmax, whatever the model's config says
-                    eos_token_id=stops,
-                    pad_token_id=pad_id,
-                )  # (batch, width + generated)
-            for row, index in enumerate(batch):
-                new_tokens = output[row, width:].tolist()
-                end = next((i for i, t in enumerate(new_tokens) if t in stops), len(new_tokens))
-                answers[index] = tokenizer.decode(
-                    new_tokens[:end], skip_special_tokens=True
-                ).strip()
-            bar.update(len(batch))
-    return answers
-
-
-def load_gguf(
-    gguf: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, gpu: bool = False
-) -> Any:
-    """A `llama_cpp.Llama` for the file; one-line ConfigurationError when llama.cpp refuses it."""
-    llama_cpp = import_llama_cpp("--gguf runs the file in llama.cpp")
-    try:
-        return llama_cpp.Llama(
-            model_path=str(gguf),
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_gpu_layers=-1 if gpu and llama_cpp.llama_supports_gpu_offload() else 0,
-            verbose=False,
-        )
-    except (ValueError, RuntimeError) as exc:
-        raise ConfigurationError(
-            f"--gguf {gguf}: llama.cpp cannot load it ({exc}) — give a GGUF file written by "
-            "`export` or another llama.cpp-compatible tool"
-        ) from None
-
-
-def gguf_answers(
-    llm: Any,
-    prompts: Sequence[Messages],
-    *,
-    max_new_tokens: int = 96,
-    progress: bool = False,
-) -> list[str]:
-    """Greedy answers of a llama.cpp model (`load_gguf`), through the chat template stored in
-    its file, stopped at the EOS stored there."""
-    from tqdm.auto import tqdm
-
-    answers = []
-    for index, messages in enumerate(tqdm(prompts, desc=ROW_GGUF, unit="q", disable=not progress)):
-        try:
-            reply = llm.create_chat_completion(
-                messages=messages, temperature=0.0, max_tokens=max_new_tokens
-            )
-        except ValueError as exc:  # e.g. the prompt does not fit the context
-            raise DataValidationError(f"question {index}: llama.cpp refused it ({exc})") from None
-        answers.append((reply["choices"][0]["message"]["content"] or "").strip())
-    return answers
-
-
-# --------------------------------------------------------------------------------------------------
-# The evaluation
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -530,14 +213,6 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def gguf_context(prompt_ids: Sequence[list[int]], max_new_tokens: int) -> int:
-    """llama.cpp's context: the longest prompt (as the toolkit's tokenizer counts it; an export's
-    own tokenizer counts alike, another file's may differ, hence the margin) plus the answer."""
-    longest = max(len(ids) for ids in prompt_ids)
-    needed = 2 * longest + max_new_tokens + 64
-    return max(512, -(-needed // 256) * 256)
-
-
 def evaluate_questions(
     questions_path: str | Path,
     *,
@@ -626,7 +301,7 @@ def _evaluate_rows(
     progress: bool,
 ) -> EvaluationReport:
     """The rows of `evaluate_questions`, once its inputs are checked."""
-    from shared_utils.data_loader import ensure_chat_template
+    from shared_utils.chat_templates import ensure_chat_template
     from shared_utils.file_utils import atomic_write_json, atomic_write_jsonl
     from training_methods.transfer_learning.chat import load_chat_model
     from training_methods.transfer_learning.export import tokenizer_source
@@ -689,7 +364,13 @@ def _evaluate_rows(
         load_seconds = time.perf_counter() - started
         try:
             started = time.perf_counter()
-            answers = gguf_answers(llm, prompts, max_new_tokens=max_new_tokens, progress=progress)
+            answers = gguf_answers(
+                llm,
+                prompts,
+                max_new_tokens=max_new_tokens,
+                progress=progress,
+                description=ROW_GGUF,
+            )
             seconds = time.perf_counter() - started
         finally:
             llm.close()

@@ -315,7 +315,7 @@ def refuse_existing(paths: list[Path], force: bool) -> None:
 # Ollama renders prompts with Go templates, not Jinja; these are the formats of the families the
 # GGUF export writes: ChatML (the tiny model, SmolLM2, Qwen), Llama 2's and Mistral's [INST],
 # Phi-3's <|user|>/<|assistant|>/<|end|>, Gemma's <start_of_turn>/<end_of_turn>, and the
-# toolkit's default for tokenizers without a template (shared_utils.data_loader's
+# toolkit's default for tokenizers without a template (shared_utils.chat_templates'
 # DEFAULT_CHAT_TEMPLATE). Ollama writes the first BOS itself.
 CHATML_GO_TEMPLATE = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
@@ -369,7 +369,7 @@ def modelfile_text(gguf_name: str, tokenizer: PreTrainedTokenizerBase) -> str:
         "# Ollama: ollama create NAME -f Modelfile && ollama run NAME",
         f"FROM ./{gguf_name}",
     ]
-    from shared_utils.data_loader import DEFAULT_CHAT_TEMPLATE
+    from shared_utils.chat_templates import DEFAULT_CHAT_TEMPLATE
 
     if "<|im_start|>" in template_text and "<|im_end|>" in template_text:
         lines.append(f'TEMPLATE """{CHATML_GO_TEMPLATE}"""')

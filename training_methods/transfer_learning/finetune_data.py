@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from shared_utils.data_loader import DataLoaderFactory, detect_format, normalize_record
+from shared_utils.data_loader import DataLoaderFactory
 from shared_utils.errors import DataValidationError
+from shared_utils.training_records import detect_format, normalize_record
 
 if TYPE_CHECKING:
     import datasets

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared_utils.data_loader import CHARS_PER_TOKEN_GUESS, render_chat_template
+from shared_utils.chat_templates import render_chat_template
 from shared_utils.file_utils import atomic_write_json, atomic_write_text
+from shared_utils.training_tokens import CHARS_PER_TOKEN_GUESS
 from training_methods.transfer_learning.finetune_trainer import perplexity
 
 if TYPE_CHECKING:

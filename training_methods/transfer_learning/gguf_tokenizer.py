@@ -210,8 +210,8 @@ def special_tokens_added(tokenizer: PreTrainedTokenizerBase) -> tuple[bool, bool
 
 def chat_template_of(tokenizer: PreTrainedTokenizerBase) -> str | list[dict[str, str]]:
     """The tokenizer's chat template, else the toolkit's default, which training gave the model
-    (shared_utils.data_loader.ensure_chat_template), so LM Studio prompts it the same way."""
-    from shared_utils.data_loader import DEFAULT_CHAT_TEMPLATE
+    (shared_utils.chat_templates.ensure_chat_template), so LM Studio prompts it the same way."""
+    from shared_utils.chat_templates import DEFAULT_CHAT_TEMPLATE
 
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, Mapping):  # several named templates: "default" is the one LM Studio
