@@ -376,7 +376,8 @@ def _fact_records(kinds=("topic", "cloze"), text: str = FACTS, phrasings: int = 
 
 
 def test_key_terms_are_names_numbers_with_units_and_repeated_content_words() -> None:
-    from document_processing.converters.instruction_records import FUNCTION_WORDS, key_terms
+    from document_processing.converters.instruction_records import key_terms
+    from document_processing.converters.languages import FUNCTION_WORDS
 
     sentence = "The ferry Wenna Lorne leaves Calder Quay at 8:15 and a ticket costs 18 euros."
     terms = [
@@ -541,9 +542,9 @@ def test_records_are_worded_in_the_document_language() -> None:
 
 
 def test_a_language_without_a_list_falls_back_to_the_words_every_sentence_shares() -> None:
-    from document_processing.converters.instruction_records import (
+    from document_processing.converters.instruction_records import document_sentences
+    from document_processing.converters.languages import (
         detect_language,
-        document_sentences,
         statistical_function_words,
     )
 
@@ -556,7 +557,7 @@ def test_a_language_without_a_list_falls_back_to_the_words_every_sentence_shares
     doc = fact_document(finnish)
     sentences = document_sentences(doc)
     assert detect_language([w for s in sentences for w in s.text.split()]) is None
-    common = statistical_function_words(sentences)
+    common = statistical_function_words([s.text for s in sentences])
     assert {"on", "ja", "se"} <= common and not {"lautta", "majakka"} & common
     _, (alpaca, _) = _fact_records(kinds=("topic",), text=finnish)
     assert alpaca and all(r["output"] in finnish for r in alpaca)

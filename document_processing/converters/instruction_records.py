@@ -34,20 +34,27 @@ capitalised words, and runs of content words. Function words come from a short l
 (the language is the one whose list covers most of the document's words); for a language without
 a list, the words that occur in the largest share of the document's sentences stand in for them.
 The questions of `topic`, `question` and `cloze` records are worded in the document's language
-when it has a template below, else in English.
+when `languages.py` has templates for it, else in English.
 """
 
 from __future__ import annotations
 
-import math
 import re
-import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from document_processing.converters.languages import (
+    DEFAULT_LANGUAGE,
+    FUNCTION_WORDS,
+    TEMPLATES,
+    WORD,
+    detect_language,
+    fold,
+    statistical_function_words,
+)
 from document_processing.records import ParsedDocument
 from shared_utils.config import RECORD_KIND_NAMES
 
@@ -61,179 +68,6 @@ NARROWED_QUESTIONS = 2  # narrowed topic questions per sentence, each with anoth
 MAX_ANSWER_SENTENCES = 3  # a topic answer: the first sentences that mention the term
 MIN_TERM_CHARS = 3
 
-# Words of a sentence: letters/digits, joined by inner punctuation ("7:40", "1,200", "re-entry").
-_WORD = re.compile(r"\w+(?:[’'.,:/-]\w+)*")
-
-# Function words of the languages with templates; enough to find them in running text.
-FUNCTION_WORDS: dict[str, frozenset[str]] = {
-    "en": frozenset(
-        """a about above after again against all also although am an and any are as at be
-        because been before being below between both but by can could did do does doing down
-        during each either every few for from further had has have having he her here hers
-        herself him himself his how however i if in into is it its itself just may me might more
-        most much must my myself neither no nor not now of off on once only or other our ours
-        ourselves out over own same shall she should so some such than that the their theirs them
-        themselves then there these they this those through to too under until up upon us very
-        was we were what when where whether which while who whom whose why will with within
-        without would yet you your yours yourself yourselves one two three""".split()
-    ),
-    "de": frozenset(
-        """aber alle als also am an auch auf aus bei bin bis bist da damit dann das dass dem den
-        der des die dies diese dieser dieses doch dort du durch ein eine einem einen einer eines
-        er es für hat hatte ich ihr im in ist ja jede jeder jedes kann kein keine man mit muss
-        nach nicht noch nur ob oder ohne sehr sein seine sich sie sind so über um und uns unter
-        vom von vor war waren was wenn wer wie wir wird wo zu zum zur""".split()
-    ),
-    "fr": frozenset(
-        """à au aux avec ce ces cet cette dans de des du elle elles en est et été être il ils
-        je la le les leur leurs lui mais me même mes moi mon ne nos notre nous on ont ou où par
-        pas pour qu que qui sa sans se ses son sont sur ta te tes toi ton tu un une vos votre
-        vous y était sont l d qu c n s j""".split()
-    ),
-    "es": frozenset(
-        """a al algo como con cual de del desde donde el ella ellas ellos en entre era es esa
-        ese eso esta este esto está están fue ha hay la las le les lo los más me mi muy no nos o
-        para pero por que quien se ser si sin sobre son su sus también te tu un una uno y
-        ya""".split()
-    ),
-    "it": frozenset(
-        """a ad al alla alle anche che chi ci come con da dal dalla dei del della delle di e è
-        era gli ha hanno i il in io la le lei lo loro lui ma mi ne nel nella non o per più quale
-        quando questa questo se si sono su sua sue suo suoi tra un una uno""".split()
-    ),
-    "pt": frozenset(
-        """a ao aos as com como da das de do dos e é ela ele eles em entre era essa esse esta
-        este foi há isso mais mas me muito na nas não no nos o os ou para pela pelo por que quem
-        se sem ser seu sua são também te um uma""".split()
-    ),
-    "nl": frozenset(
-        """aan al als bij dat de den der deze die dit door een en er had heb heeft het hij hoe
-        ik in is je kan maar met na naar niet nog of om ook op over te tot uit van voor was wat
-        we wel werd wie wij worden zal ze zich zijn zo""".split()
-    ),
-}
-
-
-# Per language: topic question phrasings ({term}, {context}: the heading of the sentence's section,
-# or the document's title), the overview question ({term}), the cloze instruction ({context},
-# {sentence}) and the question words of `question` records: for a count ({unit} follows), a year,
-# a date, a clock time and a name.
-@dataclass(frozen=True)
-class LanguageTemplates:
-    topic: tuple[str, ...]
-    overview: str
-    cloze: str
-    count: str
-    year: str
-    date: str  # a number and a capitalised word: "1 March"
-    time: str
-    name: str
-    question_mark: tuple[str, str] = ("", "?")  # what opens and closes a question
-
-
-TEMPLATES: dict[str, LanguageTemplates] = {
-    "en": LanguageTemplates(
-        topic=(
-            "What does the text say about {term}?",
-            'What does "{context}" say about {term}?',
-            "What do you know about {term}?",
-        ),
-        overview="Tell me everything about {term}.",
-        cloze='Fill in the blank ("{context}"): {sentence}',
-        count="how many {unit}",
-        year="which year",
-        date="which date",
-        time="what time",
-        name="what",
-    ),
-    "de": LanguageTemplates(
-        topic=(
-            "Was sagt der Text über {term}?",
-            "Was steht in „{context}“ über {term}?",
-            "Was weißt du über {term}?",
-        ),
-        overview="Erzähl mir alles über {term}.",
-        cloze="Ergänze die Lücke („{context}“): {sentence}",
-        count="wie viele {unit}",
-        year="welchem Jahr",
-        date="welchem Datum",
-        time="wie viel Uhr",
-        name="was",
-    ),
-    "fr": LanguageTemplates(
-        topic=(
-            "Que dit le texte à propos de {term} ?",
-            "Que dit « {context} » à propos de {term} ?",
-            "Que sais-tu de {term} ?",
-        ),
-        overview="Dis-moi tout sur {term}.",
-        cloze="Complète le blanc (« {context} ») : {sentence}",
-        count="combien de {unit}",
-        year="quelle année",
-        date="quelle date",
-        time="quelle heure",
-        name="quoi",
-        question_mark=("", " ?"),
-    ),
-    "es": LanguageTemplates(
-        topic=(
-            "¿Qué dice el texto sobre {term}?",
-            "¿Qué dice «{context}» sobre {term}?",
-            "¿Qué sabes de {term}?",
-        ),
-        overview="Cuéntame todo sobre {term}.",
-        cloze="Completa el espacio en blanco («{context}»): {sentence}",
-        count="cuántos {unit}",
-        year="qué año",
-        date="qué fecha",
-        time="qué hora",
-        name="qué",
-        question_mark=("¿", "?"),
-    ),
-    "it": LanguageTemplates(
-        topic=(
-            "Che cosa dice il testo su {term}?",
-            "Che cosa dice «{context}» su {term}?",
-            "Che cosa sai di {term}?",
-        ),
-        overview="Dimmi tutto su {term}.",
-        cloze="Completa lo spazio vuoto («{context}»): {sentence}",
-        count="quanti {unit}",
-        year="quale anno",
-        date="quale data",
-        time="che ora",
-        name="che cosa",
-    ),
-    "pt": LanguageTemplates(
-        topic=(
-            "O que diz o texto sobre {term}?",
-            "O que diz «{context}» sobre {term}?",
-            "O que sabes sobre {term}?",
-        ),
-        overview="Conta-me tudo sobre {term}.",
-        cloze="Preenche o espaço em branco («{context}»): {sentence}",
-        count="quantos {unit}",
-        year="que ano",
-        date="que data",
-        time="que horas",
-        name="o quê",
-    ),
-    "nl": LanguageTemplates(
-        topic=(
-            "Wat zegt de tekst over {term}?",
-            "Wat zegt „{context}” over {term}?",
-            "Wat weet je over {term}?",
-        ),
-        overview="Vertel me alles over {term}.",
-        cloze="Vul de lege plek in („{context}”): {sentence}",
-        count="hoeveel {unit}",
-        year="welk jaar",
-        date="welke datum",
-        time="hoe laat",
-        name="wat",
-    ),
-}
-DEFAULT_LANGUAGE = "en"
 BLANK = "_____"
 
 
@@ -320,36 +154,6 @@ def _lines(text: str, start: int, end: int) -> list[Span]:
     return spans
 
 
-def _fold(word: str) -> str:
-    return unicodedata.normalize("NFKC", word).casefold()
-
-
-def detect_language(words: Sequence[str]) -> str | None:
-    """The language whose function words make up most of `words`: at least 15% of them, and
-    at least four different ones (a single shared short word such as "on" proves nothing)."""
-    if not words:
-        return None
-    folded = Counter(_fold(word) for word in words)
-    total = sum(folded.values())
-    best, best_share = None, 0.15
-    for language, function_words in FUNCTION_WORDS.items():
-        found = [word for word in folded if word in function_words]
-        share = sum(folded[word] for word in found) / total
-        if len(found) >= 4 and share > best_share:
-            best, best_share = language, share
-    return best
-
-
-def statistical_function_words(sentences: Sequence[Sentence]) -> frozenset[str]:
-    """For a language without a list: the words found in 30% or more of the sentences (and in
-    three at least); in running text these are articles, prepositions and auxiliaries."""
-    spread: Counter[str] = Counter()
-    for sentence in sentences:
-        spread.update({_fold(m.group()) for m in _WORD.finditer(sentence.text)})
-    floor = max(3, math.ceil(0.3 * len(sentences)))
-    return frozenset(word for word, count in spread.items() if count >= floor)
-
-
 def _is_capitalised(word: str) -> bool:
     return word[:1].isupper()
 
@@ -365,7 +169,7 @@ def key_terms(
     `mid_sentence_capitals` holds the folded words the document capitalises inside sentences: a
     capitalised first word counts as a name only when it is one of them.
     """
-    words = list(_WORD.finditer(sentence))
+    words = list(WORD.finditer(sentence))
     terms: list[Term] = []
     taken = [False] * len(words)
 
@@ -378,13 +182,13 @@ def key_terms(
             taken[k] = True
 
     def is_function(k: int) -> bool:
-        return _fold(words[k].group()) in function_words
+        return fold(words[k].group()) in function_words
 
     def is_name(k: int) -> bool:
         word = words[k].group()
         if not _is_capitalised(word) or is_function(k) and k == 0:
             return False
-        return k > 0 or _fold(word) in mid_sentence_capitals
+        return k > 0 or fold(word) in mid_sentence_capitals
 
     # Numbers, with the word after them when it is a content word ("12 euros", "1893").
     for k, match in enumerate(words):
@@ -428,7 +232,7 @@ def key_terms(
             last += 1
         first = max(k, last - MAX_TERM_WORDS + 1)  # a long run: its last words
         # A topic is a word the document comes back to; a one-off word is most often a verb.
-        if any(_fold(words[j].group()) in repeated for j in range(first, last + 1)):
+        if any(fold(words[j].group()) in repeated for j in range(first, last + 1)):
             add(first, last)
         k = last + 1
     terms.sort(key=lambda term: term.start)
@@ -489,20 +293,20 @@ class FactRecordBuilder:
         self.chunks = chunks
         self.phrasings = phrasings
         self.sentences = document_sentences(doc)
-        words = [m.group() for s in self.sentences for m in _WORD.finditer(s.text)]
+        words = [m.group() for s in self.sentences for m in WORD.finditer(s.text)]
         self.language = detect_language(words)
         self.function_words = (
             FUNCTION_WORDS[self.language]
             if self.language
-            else statistical_function_words(self.sentences)
+            else statistical_function_words([s.text for s in self.sentences])
         )
         self.templates = TEMPLATES[self.language or DEFAULT_LANGUAGE]
-        counts = Counter(_fold(word) for word in words)
+        counts = Counter(fold(word) for word in words)
         self.repeated = frozenset(word for word, count in counts.items() if count >= 2)
         self.mid_capitals = frozenset(
-            _fold(m.group())
+            fold(m.group())
             for s in self.sentences
-            for k, m in enumerate(_WORD.finditer(s.text))
+            for k, m in enumerate(WORD.finditer(s.text))
             if k > 0 and _is_capitalised(m.group())
         )
 
@@ -522,7 +326,7 @@ class FactRecordBuilder:
         "the tower" of a sentence is), or the document's title for text before any heading."""
         path = self.doc.sections[sentence.section_index].heading_path
         heading = path[-1] if path else ""
-        return heading if heading and _fold(heading) != _fold(self.title) else self.title
+        return heading if heading and fold(heading) != fold(self.title) else self.title
 
     def records(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """`topic` records: each sentence asked about under up to `phrasings` of its key terms
@@ -553,22 +357,22 @@ class FactRecordBuilder:
                 pairs.append(record_pair(question, "", sentence.text, *where, "topic"))
             for term in keys:
                 if _is_capitalised(term.text):
-                    entry = names.setdefault(_fold(term.text), (term.text, []))
+                    entry = names.setdefault(fold(term.text), (term.text, []))
                     if sentence not in entry[1]:
                         entry[1].append(sentence)
             own = [t for t in keys if self.is_name(t)]
-            words = _WORD.findall(sentence.text)
-            opening = words and _fold(words[0]) in self.function_words
+            words = WORD.findall(sentence.text)
+            opening = words and fold(words[0]) in self.function_words
             # "She crosses from Calder Quay": about the subject before, not its own first name.
             continues = opening and not (
-                own and len(_WORD.findall(sentence.text, 0, own[0].start)) < SUBJECT_WORDS
+                own and len(WORD.findall(sentence.text, 0, own[0].start)) < SUBJECT_WORDS
             )
             if sentence.section_index != subject_section:
                 subject, subject_section = None, sentence.section_index
             if own and (subject is None or not continues):
                 subject = own[0].text
             for term in facts:
-                about = subject if subject and _fold(subject) != _fold(term.text) else context
+                about = subject if subject and fold(subject) != fold(term.text) else context
                 for question in self.fact_questions(sentence.text, term, about):
                     pairs.append(record_pair(question, "", sentence.text, *where, "question"))
                 blanked = sentence.text[: term.start] + BLANK + sentence.text[term.end :]
@@ -593,10 +397,10 @@ class FactRecordBuilder:
         with another pair: "Tamsin Head Lighthouse, tower, lantern". Content words are the
         sentence's words that are not function words, numbers or words of `about`; a sentence
         with fewer than two gets none."""
-        skip = {_fold(word) for word in _WORD.findall(about)}
+        skip = {fold(word) for word in WORD.findall(about)}
         words: dict[str, str] = {}
-        for word in _WORD.findall(sentence):
-            folded = _fold(word)
+        for word in WORD.findall(sentence):
+            folded = fold(word)
             if len(word) < MIN_TERM_CHARS or _has_digit(word) or folded in self.function_words:
                 continue
             if folded not in skip:
@@ -618,9 +422,9 @@ class FactRecordBuilder:
         sentence only when the document capitalises it mid-sentence too ("Nobody may ..." is not
         a name)."""
         words = term.text.split()
-        if term.start == 0 and _fold(words[0]) not in self.mid_capitals:
+        if term.start == 0 and fold(words[0]) not in self.mid_capitals:
             return False
-        return all(_is_capitalised(w) or _fold(w) in self.function_words for w in words)
+        return all(_is_capitalised(w) or fold(w) in self.function_words for w in words)
 
     def fact_questions(self, sentence: str, term: Term, about: str) -> list[str]:
         """The questions whose answer is `term`, in two wordings: its clause of `sentence`
@@ -637,7 +441,7 @@ class FactRecordBuilder:
         start, end = span
         text = sentence[start : term.start] + self.question_word(term) + sentence[term.end : end]
         text = text.strip(" .!;:,")
-        if _fold(about) not in _fold(text):
+        if fold(about) not in fold(text):
             text = f"{about}: {text}"
         elif not text[:1].isupper() and start == 0:
             text = text[:1].upper() + text[1:]
@@ -666,8 +470,8 @@ def _clause(sentence: str, term: Term) -> Span:
     start = max((m.end() for m in _CLAUSE_MARK.finditer(sentence, 0, term.start)), default=0)
     following = _CLAUSE_MARK.search(sentence, term.end)
     end = following.start() if following else len(sentence)
-    before = list(_WORD.finditer(sentence, start, term.start))
-    after = list(_WORD.finditer(sentence, term.end, end))
+    before = list(WORD.finditer(sentence, start, term.start))
+    after = list(WORD.finditer(sentence, term.end, end))
     if len(before) + len(after) < MIN_CLAUSE_WORDS:
         return 0, len(sentence)
     if len(before) > CLAUSE_WORDS:
@@ -699,7 +503,6 @@ __all__ = [
     "RECORD_KINDS",
     "FactRecordBuilder",
     "RecordKind",
-    "detect_language",
     "document_sentences",
     "key_terms",
     "record_pair",

@@ -35,7 +35,7 @@ def words(text: str) -> list[str]:
 
 
 def function_words(language: str | None) -> frozenset[str]:
-    from document_processing.converters.instruction_records import FUNCTION_WORDS
+    from document_processing.converters.languages import FUNCTION_WORDS
 
     return FUNCTION_WORDS.get(language or "", frozenset())
 
@@ -134,7 +134,7 @@ def wrong_language(question: str, answer: str, language: str | None) -> bool:
     """Whether the pair is confidently in another language than the document's."""
     if language is None:
         return False
-    from document_processing.converters.instruction_records import detect_language
+    from document_processing.converters.languages import detect_language
 
     found = detect_language(words(f"{question} {answer}"))
     return found is not None and found != language

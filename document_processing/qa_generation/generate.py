@@ -116,7 +116,7 @@ def _chunk(raw: bytes, where: str) -> Chunk:
 
 def document_languages(chunks: list[Chunk]) -> dict[str, str | None]:
     """Each document's language (instruction_records' detection over all its chunks)."""
-    from document_processing.converters.instruction_records import detect_language
+    from document_processing.converters.languages import detect_language
 
     text_by_source: dict[str, list[str]] = defaultdict(list)
     for chunk in chunks:
