@@ -1,9 +1,10 @@
 """The record types every parser produces and the converter consumes.
 
 A parser turns one file into a `ParsedDocument`: document metadata plus a list of `Section`s. A
-section is the unit chunking never crosses (a Markdown section under one heading path, one PDF page
-when `extract_by_page` is on, a whole text file). Its text is already cleaned; `protected` lists the
-character spans (code blocks, tables) that chunking keeps whole and cleaning left verbatim.
+section is the unit chunking never crosses (a Markdown section under one heading path, a PDF
+section under one heading path and, when `extract_by_page` is on, on one page; a whole text
+file). Its text is already cleaned; `protected` lists the character spans (code blocks, tables)
+that chunking keeps whole and cleaning left verbatim.
 
 These objects cross process boundaries (workers pickle them back), so they hold plain data only.
 """
@@ -16,6 +17,15 @@ from typing import Any, Literal
 DocType = Literal["pdf", "markdown", "text", "docx", "html", "epub", "image"]
 
 
+@dataclass(frozen=True)
+class LineFont:
+    """The type of one line of a page's text, from the characters the engine placed on it."""
+
+    size: float  # points (0.1 pt): the size at least 80% of its non-space characters reach
+    bold: bool  # at least 80% of its non-space characters are in a bold font
+    chars: int  # its non-space characters
+
+
 @dataclass
 class PageText:
     """Raw text of one PDF page as an engine returned it, before document-level cleaning."""
@@ -26,6 +36,8 @@ class PageText:
     needs_ocr: bool = False  # no text layer and no OCR: the page is an image
     warnings: list[str] = field(default_factory=list)
     ocr: dict[str, Any] | None = None  # the OCR engine, its confidence and dpi, when OCR read it
+    # One per line of `text` (pdfplumber only; None from other engines): headings are found by it.
+    line_fonts: list[LineFont] | None = None
 
 
 @dataclass

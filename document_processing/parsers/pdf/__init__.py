@@ -2,7 +2,8 @@
 
 The extract pipeline splits a large PDF into page ranges that run in parallel, so the work is three
 functions: `probe_pdf` (page count and metadata, fast), `extract_pages` (raw text of pages
-`first..last`) and `assemble_pdf_document` (running lines removed, text cleaned, sections built).
+`first..last`) and `assemble_pdf_document` (running lines removed, text cleaned, sections built
+under the headings found from the fonts).
 `PDFParser.parse` chains the three for callers that want one call.
 
     probe.py       `probe_pdf`: page count and metadata (pypdfium2; pypdf when pypdfium2 cannot
@@ -14,7 +15,9 @@ functions: `probe_pdf` (page count and metadata, fast), `extract_pages` (raw tex
                    open for a file's next page range
     glyph_scan.py  `UnmappedGlyphScan`: the pages pdfplumber would fill with "(cid:NN)", from their
                    fonts and content streams
-    assemble.py    `assemble_pdf_document`: the pages into one document
+    line_fonts.py  `line_fonts`: the size and weight of each line of a pdfplumber page's text
+    headings.py    `find_headings`: headings from the line fonts of the whole document
+    assemble.py    `assemble_pdf_document`: the pages into one document, sections by heading
 """
 
 from __future__ import annotations

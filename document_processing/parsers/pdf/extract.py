@@ -39,7 +39,7 @@ from document_processing.parsers.pdf.quality import (
     page_quality_problem,
     remove_glyph_names,
 )
-from document_processing.records import PageText
+from document_processing.records import LineFont, PageText
 from shared_utils.config import DocumentProcessingConfig, PdfConfig
 from shared_utils.errors import DocumentProcessingError
 
@@ -62,7 +62,8 @@ def extract_pages(
     get the file's next range too) pdfplumber and pypdf keep it open for the next call. Pages that
     pass the quality check are extracted once; the others are re-extracted with pypdf (when
     `pdf.fallback_to_pypdf` is on and the primary engine is not pypdf already). Text is returned
-    with "\\n" line ends and otherwise as the engine gave it: cleaning is done per document in
+    with "\\n" line ends and otherwise as the engine gave it, pdfplumber's with the font of each
+    line (`PageText.line_fonts`): cleaning and heading detection are done per document in
     `assemble_pdf_document`.
     """
     if first < 1 or last < first:
@@ -143,6 +144,7 @@ def read_pages_by_ocr(path: Path, pages: list[PageText], pdf: PdfConfig, force: 
                 continue
             if page.needs_ocr or result.text.strip():
                 page.text, page.engine, page.needs_ocr = result.text, engine.name, False
+                page.line_fonts = None  # the fonts were the text layer's
                 page.ocr = result.metadata(RENDER_DPI)
     finally:
         document.close()
@@ -183,6 +185,9 @@ class _LazyEngine:
     def page_text(self, number: int) -> str:
         return self.open().page_text(number)
 
+    def line_fonts(self, number: int) -> list[LineFont] | None:
+        return self.open().line_fonts(number)
+
     def expected_problem(self, number: int) -> str | None:
         return None  # only the primary engine's problems are predicted
 
@@ -217,7 +222,7 @@ def _extract_page(
     assert engine is not None  # extract_pages opens at least one of them
     if primary is None or fallback is None:
         text, problem = _read_page(engine, number, limit)
-        return _keep(number, text, engine.name, problem)
+        return _keep(number, text, engine.name, problem, fonts=engine.line_fonts(number))
     expected = primary.expected_problem(number)
     if expected is not None:
         # The primary's text would be thrown away: ask the fallback first, and run the primary
@@ -227,15 +232,18 @@ def _extract_page(
         if other_problem in (None, LIGATURE_PROBLEM):
             return _fell_back(number, other_text, fallback.name, other_problem, expected)
     text, problem = _read_page(primary, number, limit)
+    fonts = primary.line_fonts(number)
     if problem is None:
-        return PageText(number=number, text=text, engine=primary.name)
+        return PageText(number=number, text=text, engine=primary.name, line_fonts=fonts)
     if expected is None:
         other_text, other_problem = _read_page(fallback, number, limit)
     if other_problem is None or (
         damaged_word_share(other_text, limit) < damaged_word_share(text, limit)
     ):
         return _fell_back(number, other_text, fallback.name, other_problem, problem)
-    return _keep(number, text, primary.name, problem, note=f"{fallback.name} did no better")
+    return _keep(
+        number, text, primary.name, problem, note=f"{fallback.name} did no better", fonts=fonts
+    )
 
 
 def _fell_back(
@@ -261,12 +269,20 @@ def _open_fallback_or_fail(
         ) from None
 
 
-def _keep(number: int, text: str, engine: str, problem: str | None, note: str = "") -> PageText:
+def _keep(
+    number: int,
+    text: str,
+    engine: str,
+    problem: str | None,
+    note: str = "",
+    fonts: list[LineFont] | None = None,
+) -> PageText:
     """The page with the text we keep; a page without any text needs OCR."""
     if problem == GLYPH_PROBLEM:
         # Names like "s101" would be learned as words: the characters they stand for are lost
         # either way, so the names go (and a page of nothing else is left for OCR).
         text, removed = remove_glyph_names(text)
+        fonts = None  # no longer the lines the fonts were read from
         note = f"{removed} removed" + (f"; {note}" if note else "")
     if not text.strip():
         # "no text" is what a scanned page looks like: pages_needing_ocr reports it, no warning.
@@ -276,4 +292,4 @@ def _keep(number: int, text: str, engine: str, problem: str | None, note: str = 
     # Ligatures left in are expanded by cleaning's NFKC: worth a retry, not a warning.
     if problem not in (None, LIGATURE_PROBLEM):
         warnings.append(f"page {number}: {problem}" + (f"; {note}" if note else ""))
-    return PageText(number=number, text=text, engine=engine, warnings=warnings)
+    return PageText(number=number, text=text, engine=engine, warnings=warnings, line_fonts=fonts)
