@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from document_processing.qa_generation import filters, prompts, teachers
-from document_processing.qa_generation.generate import split_documents
+from document_processing.qa_generation.outputs import split_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECONDS = 60  # every test here is stopped after this long
