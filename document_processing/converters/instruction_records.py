@@ -286,7 +286,7 @@ class FactRecordBuilder:
     """The `topic` and `cloze` records of one document."""
 
     def __init__(
-        self, doc: ParsedDocument, chunks: Sequence[dict[str, Any]], phrasings: int = 2
+        self, doc: ParsedDocument, chunks: Sequence[dict[str, Any]], phrasings: int
     ) -> None:
         self.doc = doc
         self.title = doc.metadata.title or doc.source

@@ -12,9 +12,9 @@ arguments and callbacks are in `finetune_trainer.py`, the checkpoints of the run
 `finetune_checkpoints.py`, and what a run writes besides them in `finetune_outputs.py`.
 
 Why the Hugging Face Trainer and not TRL's SFTTrainer: the data side (chat templates, response-only
-labels, packing without cross-example attention) lives in `shared_utils/data_loader.py` where it is
-tested token by token, so the plain Trainer is all that is left to need, and it is one dependency
-fewer with a stable checkpoint/resume format.
+labels, packing without cross-example attention) lives in `shared_utils/` (`chat_templates.py`,
+`training_tokens.py`, `data_loader.py`) where it is tested token by token, so the plain Trainer is
+all that is left to need, and it is one dependency fewer with a stable checkpoint/resume format.
 """
 
 from __future__ import annotations
