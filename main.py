@@ -28,14 +28,17 @@ from document_processing.cli import add_extract_command
 from document_processing.qa_generation.cli import add_generate_qa_command
 from shared_utils.errors import EXIT_FAILURE, EXIT_INTERRUPTED, LLMToolkitError
 from training_methods.reinforcement_learning.cli import register_commands as register_rl_commands
-from training_methods.transfer_learning.export_cli import (
-    register_commands as register_export_commands,
+from training_methods.transfer_learning.evaluation.cli import (
+    register_commands as register_evaluation_commands,
 )
-from training_methods.transfer_learning.finetune_cli import (
+from training_methods.transfer_learning.finetuning.cli import (
     add_create_samples_command,
 )
-from training_methods.transfer_learning.finetune_cli import (
+from training_methods.transfer_learning.finetuning.cli import (
     register_commands as register_finetune_commands,
+)
+from training_methods.transfer_learning.serving.cli import (
+    register_commands as register_serving_commands,
 )
 
 
@@ -82,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_create_samples_command,  # documents and the tiny model: wired on the training side
         add_generate_qa_command,
         register_finetune_commands,
-        register_export_commands,
+        register_serving_commands,
+        register_evaluation_commands,
         register_rl_commands,
     ):
         register(subparsers, _global_options(suppress_defaults=True))

@@ -192,11 +192,11 @@ def next_token_agreement(
 
 def lora_files(adapter: Path, work: Path) -> tuple[Path, Path, float]:
     """(base GGUF, f16 LoRA GGUF, seconds to write the LoRA file) for the adapter's row."""
-    from training_methods.transfer_learning.export import local_model_dir
-    from training_methods.transfer_learning.gguf_lora import write_lora_gguf
-    from training_methods.transfer_learning.gguf_writer import write_gguf
     from training_methods.transfer_learning.merge import read_adapter_config
     from training_methods.transfer_learning.model_loading import is_gguf, load_model_config
+    from training_methods.transfer_learning.serving.export import local_model_dir
+    from training_methods.transfer_learning.serving.gguf.lora import write_lora_gguf
+    from training_methods.transfer_learning.serving.gguf.writer import write_gguf
 
     base = str(read_adapter_config(adapter)["base_model_name_or_path"])
     if is_gguf(base):
@@ -225,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from shared_utils.llama_cpp_runtime import avoid_llama_cpp_amx_crash
-    from training_methods.transfer_learning.export import parse_gguf_types
-    from training_methods.transfer_learning.gguf_writer import write_ggufs
+    from training_methods.transfer_learning.serving.export import parse_gguf_types
+    from training_methods.transfer_learning.serving.gguf.writer import write_ggufs
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)

@@ -348,7 +348,7 @@ def child_baseline(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def child_lora(args: argparse.Namespace, work: Path, packing: bool) -> dict[str, Any]:
     """(b) and (c): our train-lora path, exactly as `train_from_config` drives it."""
     from shared_utils.data_loader import DataLoaderFactory
-    from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
+    from training_methods.transfer_learning.finetuning.lora_finetuner import LoRAFineTuner
 
     config = benchmark_config(args, "lora", work / "models" / "tiny")
     apply_overrides(config, {"transfer_learning.lora.packing": packing})
@@ -430,8 +430,8 @@ def child_weights(args: argparse.Namespace, work: Path, quantized: bool) -> dict
     import torch
     import transformers  # noqa: F401
 
-    from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
-    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
+    from training_methods.transfer_learning.finetuning.lora_finetuner import LoRAFineTuner
+    from training_methods.transfer_learning.finetuning.qlora_finetuner import QLoRAFineTuner
 
     section = "qlora" if quantized else "lora"
     config = benchmark_config(args, section, work / "models" / "large")

@@ -34,7 +34,7 @@ class RecordingStream(io.StringIO):
 def session(finetuned: FineTuned):
     import torch
 
-    from training_methods.transfer_learning.chat import ChatSession, load_chat_model
+    from training_methods.transfer_learning.serving.chat import ChatSession, load_chat_model
 
     model, tokenizer = load_chat_model(None, finetuned.adapter, torch.device("cpu"))
     return ChatSession(model, tokenizer, max_new_tokens=24, temperature=0.0)
@@ -79,7 +79,7 @@ def test_tokens_are_streamed(session) -> None:
 
 
 def test_interactive_loop_keeps_history_resets_and_exits(session) -> None:
-    from training_methods.transfer_learning.chat import interactive
+    from training_methods.transfer_learning.serving.chat import interactive
 
     session.messages = []
     out = io.StringIO()
@@ -103,7 +103,7 @@ def test_prompt_longer_than_the_context_is_refused(session) -> None:
 def test_template_less_model_chats_with_the_default_template(tiny_gpt2: Path) -> None:
     import torch
 
-    from training_methods.transfer_learning.chat import ChatSession, load_chat_model
+    from training_methods.transfer_learning.serving.chat import ChatSession, load_chat_model
 
     model, tokenizer = load_chat_model(str(tiny_gpt2), None, torch.device("cpu"))
     chat = ChatSession(model, tokenizer, max_new_tokens=5, temperature=1.0)

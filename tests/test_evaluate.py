@@ -22,13 +22,13 @@ from tests.test_gguf import (  # noqa: F401
     gguf_files,
     one_torch_thread,
 )
-from training_methods.transfer_learning.evaluate_question_files import (
+from training_methods.transfer_learning.evaluation.question_files import (
     Question,
     prompt_messages,
     question_text,
     read_questions,
 )
-from training_methods.transfer_learning.evaluate_scoring import (
+from training_methods.transfer_learning.evaluation.scoring import (
     contains_reference,
     token_f1,
     word_count,
@@ -275,11 +275,11 @@ def test_batched_greedy_answers_equal_one_by_one(
     (they must start at each prompt's first token, not at the padding) and no pad token."""
     import torch
 
-    from training_methods.transfer_learning.chat import load_chat_model
-    from training_methods.transfer_learning.evaluate_generation import (
+    from training_methods.transfer_learning.evaluation.generation import (
         greedy_answers,
         prompt_token_ids,
     )
+    from training_methods.transfer_learning.serving.chat import load_chat_model
 
     if which == "gpt2":
         model_dir, adapter = request.getfixturevalue("tiny_gpt2"), None
@@ -407,11 +407,11 @@ def test_system_prompt_is_asked_with_every_question(
     the one to the question after the system prompt, not to the question alone."""
     import torch
 
-    from training_methods.transfer_learning.chat import load_chat_model
-    from training_methods.transfer_learning.evaluate_generation import (
+    from training_methods.transfer_learning.evaluation.generation import (
         greedy_answers,
         prompt_token_ids,
     )
+    from training_methods.transfer_learning.serving.chat import load_chat_model
 
     questions = chats_file(tmp_path / "questions.jsonl")
     out = tmp_path / "out"

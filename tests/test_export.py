@@ -175,7 +175,7 @@ def test_interrupted_write_leaves_nothing_under_the_final_name(
 ) -> None:
     """Disk full or Ctrl-C in the middle of the tensors: the earlier file survives intact and
     no temporary file is left."""
-    from training_methods.transfer_learning import gguf_file
+    from training_methods.transfer_learning.serving.gguf import file as gguf_file
 
     out = tmp_path / "export"
     args = ["export", "--model", finetuned.merged, "--output", out, "--no-progress", "--force"]
@@ -205,7 +205,7 @@ def test_interrupted_write_leaves_nothing_under_the_final_name(
 def test_first_write_interrupted_leaves_no_file(
     tmp_path: Path, finetuned: FineTuned, run_main, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training_methods.transfer_learning import gguf_file
+    from training_methods.transfer_learning.serving.gguf import file as gguf_file
 
     def full_disk(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise OSError(errno.ENOSPC, "No space left on device")

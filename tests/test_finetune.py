@@ -55,7 +55,7 @@ def train_losses(run: Path) -> dict[int, float]:
 
 
 def lora_tuner(config):
-    from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
+    from training_methods.transfer_learning.finetuning.lora_finetuner import LoRAFineTuner
 
     return LoRAFineTuner.from_config(config)
 
@@ -309,7 +309,7 @@ def test_qlora_trains_lora_on_4bit_layers_on_cpu(tmp_path: Path, tiny_llama: Pat
     import bitsandbytes as bnb
     import torch
 
-    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
+    from training_methods.transfer_learning.finetuning.qlora_finetuner import QLoRAFineTuner
 
     config = make_config(tmp_path, tiny_llama, "qlora", **{"training.max_steps": 4})
     tuner = QLoRAFineTuner.from_config(config)
@@ -331,7 +331,7 @@ def test_qlora_quantization_keys_change_the_layers(tmp_path: Path, tiny_llama: P
     import bitsandbytes as bnb
     import torch
 
-    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
+    from training_methods.transfer_learning.finetuning.qlora_finetuner import QLoRAFineTuner
 
     config = make_config(
         tmp_path,
@@ -361,7 +361,7 @@ def test_qlora_without_bitsandbytes_says_so(
 ) -> None:
     import sys
 
-    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
+    from training_methods.transfer_learning.finetuning.qlora_finetuner import QLoRAFineTuner
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     config = make_config(tmp_path, tiny_llama, "qlora")
@@ -370,7 +370,7 @@ def test_qlora_without_bitsandbytes_says_so(
 
 
 def test_paged_8bit_optimizer_needs_cuda(tmp_path: Path, tiny_llama: Path) -> None:
-    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
+    from training_methods.transfer_learning.finetuning.qlora_finetuner import QLoRAFineTuner
 
     tuner = QLoRAFineTuner.from_config(make_config(tmp_path, tiny_llama, "qlora"))
     assert tuner.optimizer_name() == "adamw_torch"  # auto on CPU

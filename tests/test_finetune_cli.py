@@ -118,7 +118,7 @@ def test_text_records_from_extract_train(
 def test_training_keys_reach_the_trainer(tmp_path: Path, tiny_llama: Path) -> None:
     """Each key of transfer_learning.lora.training changes the arguments the Trainer runs
     with."""
-    from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
+    from training_methods.transfer_learning.finetuning.lora_finetuner import LoRAFineTuner
 
     cases = {
         "training.num_epochs": (7.0, "num_train_epochs", 7.0),
@@ -152,7 +152,7 @@ def test_training_keys_reach_the_trainer(tmp_path: Path, tiny_llama: Path) -> No
 
 
 def test_lora_keys_shape_the_adapter_and_data(tmp_path: Path, tiny_llama: Path) -> None:
-    from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
+    from training_methods.transfer_learning.finetuning.lora_finetuner import LoRAFineTuner
 
     config = make_config(
         tmp_path,
@@ -183,7 +183,7 @@ def test_early_stopping_and_restore_best_weights(tmp_path: Path, tiny_llama: Pat
     from safetensors.torch import load_file
 
     from tests.test_finetune import MEMORISE
-    from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
+    from training_methods.transfer_learning.finetuning.lora_finetuner import LoRAFineTuner
 
     def run(name: str, **overrides):
         config = make_config(

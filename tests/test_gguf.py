@@ -50,7 +50,7 @@ def finetune_on_chats(
         import torch
 
         from tests.test_finetune import make_config
-        from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
+        from training_methods.transfer_learning.finetuning.lora_finetuner import LoRAFineTuner
         from training_methods.transfer_learning.merge import merge_adapter
 
         root = tmp_path_factory.mktemp(f"finetuned-{base.name}")
@@ -121,7 +121,7 @@ def llama_cpp_without_amx_repacking() -> None:
 def test_rope_permutation_interleaves_the_two_halves_of_each_head() -> None:
     import torch
 
-    from training_methods.transfer_learning.gguf_tensors import permute_for_rope
+    from training_methods.transfer_learning.serving.gguf.tensors import permute_for_rope
 
     # 2 heads of head_dim 4: HF rotates rows (0, 2) and (1, 3) of a head; llama.cpp (0, 1), (2, 3)
     rows = torch.arange(8.0).reshape(8, 1)
@@ -135,7 +135,7 @@ def test_rope_permutation_turns_hf_rotary_into_interleaved_rotary() -> None:
     (GPT-J style, llama.cpp's) rotary on the permuted rows: why the permutation is needed."""
     import torch
 
-    from training_methods.transfer_learning.gguf_tensors import permute_for_rope
+    from training_methods.transfer_learning.serving.gguf.tensors import permute_for_rope
 
     torch.manual_seed(0)
     n_head, head_dim, hidden = 2, 8, 16
@@ -181,7 +181,7 @@ def _split(pattern: str) -> dict[str, Any]:
 
 
 def test_pre_tokenizer_names_match_llama_cpp() -> None:
-    from training_methods.transfer_learning.gguf_tokenizer import (
+    from training_methods.transfer_learning.serving.gguf.tokenizer import (
         LLAMA3_SPLIT_REGEX,
         QWEN2_SPLIT_REGEX,
         tokenizer_pre_name,
@@ -210,7 +210,7 @@ def test_pre_tokenizer_names_match_llama_cpp() -> None:
 def test_tokenizers_llama_cpp_would_split_differently_are_refused(
     spec: dict[str, Any], message: str
 ) -> None:
-    from training_methods.transfer_learning.gguf_tokenizer import tokenizer_pre_name
+    from training_methods.transfer_learning.serving.gguf.tokenizer import tokenizer_pre_name
 
     with pytest.raises(ConfigurationError, match="convert_hf_to_gguf|llama.cpp") as info:
         tokenizer_pre_name(spec, "models/x")
@@ -218,7 +218,7 @@ def test_tokenizers_llama_cpp_would_split_differently_are_refused(
 
 
 def test_merges_in_both_tokenizer_json_formats() -> None:
-    from training_methods.transfer_learning.gguf_tokenizer import bpe_merges
+    from training_methods.transfer_learning.serving.gguf.tokenizer import bpe_merges
 
     assert bpe_merges({"model": {"merges": ["Ġ t", "h e"]}}) == ["Ġ t", "h e"]
     assert bpe_merges({"model": {"merges": [["Ġ", "t"], ["a b", "c"]]}}) == ["Ġ t", "aĠb c"]
@@ -227,7 +227,7 @@ def test_merges_in_both_tokenizer_json_formats() -> None:
 def test_tensor_types_follow_llama_cpp_rules() -> None:
     from gguf import GGMLQuantizationType as Q
 
-    from training_methods.transfer_learning.gguf_tensors import choose_qtype
+    from training_methods.transfer_learning.serving.gguf.tensors import choose_qtype
 
     assert choose_qtype("blk.0.attn_q.weight", (64, 64), "q8_0") == Q.Q8_0
     assert choose_qtype("blk.0.ffn_down.weight", (64, 688), "q8_0") == Q.F16  # 688 % 32 != 0
@@ -241,7 +241,7 @@ def test_tensor_types_follow_llama_cpp_rules() -> None:
 def test_unsupported_architecture_names_it_and_the_supported_ones() -> None:
     from transformers import GPTNeoXConfig, LlamaConfig
 
-    from training_methods.transfer_learning.gguf_architectures import check_model_config
+    from training_methods.transfer_learning.serving.gguf.architectures import check_model_config
 
     with pytest.raises(ConfigurationError) as info:
         check_model_config(GPTNeoXConfig(architectures=["GPTNeoXForCausalLM"]), "models/neox")
@@ -261,7 +261,7 @@ def test_vocabulary_types_and_padding_rows(tiny_llama: Path) -> None:
     from gguf import TokenType
     from transformers import AutoTokenizer
 
-    from training_methods.transfer_learning.gguf_tokenizer import vocabulary
+    from training_methods.transfer_learning.serving.gguf.tokenizer import vocabulary
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     tokens, types = vocabulary(tokenizer, len(tokenizer) + 2)
@@ -285,8 +285,8 @@ _GGUF_FILES: dict[Path, dict[str, Path]] = {}
 @pytest.fixture(scope="session")
 def gguf_files(tmp_path_factory: pytest.TempPathFactory, finetuned: FineTuned) -> dict[str, Path]:
     """The merged fine-tuned model as f32, f16 and q8_0 GGUF files."""
-    from training_methods.transfer_learning.gguf_tensors import GGUF_TYPES
-    from training_methods.transfer_learning.gguf_writer import write_gguf
+    from training_methods.transfer_learning.serving.gguf.tensors import GGUF_TYPES
+    from training_methods.transfer_learning.serving.gguf.writer import write_gguf
 
     key = tmp_path_factory.getbasetemp()
     if key not in _GGUF_FILES:
@@ -342,7 +342,7 @@ def test_template_less_tokenizer_gets_the_default_template_gpt2(
     tmp_path: Path, tiny_gpt2: Path
 ) -> None:
     from shared_utils.chat_templates import DEFAULT_CHAT_TEMPLATE
-    from training_methods.transfer_learning.gguf_writer import write_gguf
+    from training_methods.transfer_learning.serving.gguf.writer import write_gguf
 
     summary = write_gguf(tiny_gpt2, tmp_path / "gpt2.gguf", "f16", progress=False)
     fields, tensors = _fields(summary.path)
@@ -555,11 +555,11 @@ def test_llama_cpp_tokenizes_llama3_and_qwen2_style_tokenizers_alike(
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from training_methods.transfer_learning.gguf_tokenizer import (
+    from training_methods.transfer_learning.serving.gguf.tokenizer import (
         LLAMA3_SPLIT_REGEX,
         QWEN2_SPLIT_REGEX,
     )
-    from training_methods.transfer_learning.gguf_writer import write_gguf
+    from training_methods.transfer_learning.serving.gguf.writer import write_gguf
     from training_methods.transfer_learning.tiny_model import build_tiny_model, sample_corpus_texts
 
     pattern = LLAMA3_SPLIT_REGEX if pre == "llama-bpe" else QWEN2_SPLIT_REGEX
@@ -615,7 +615,7 @@ def test_llama_cpp_applies_rope_scaling_like_transformers(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training_methods.transfer_learning.gguf_writer import write_gguf
+    from training_methods.transfer_learning.serving.gguf.writer import write_gguf
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     model.config.rope_parameters = {"rope_theta": 10000.0, **rope}
@@ -641,7 +641,7 @@ def test_llama_cpp_runs_an_exported_gpt2_like_transformers(tmp_path: Path, tiny_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training_methods.transfer_learning.gguf_writer import write_gguf
+    from training_methods.transfer_learning.serving.gguf.writer import write_gguf
 
     summary = write_gguf(tiny_gpt2, tmp_path / "gpt2.gguf", "f32", progress=False)
     ids = list(range(1, 41))

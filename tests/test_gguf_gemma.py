@@ -316,7 +316,7 @@ def test_query_scale_folded_in_follows_llama_cpps_rule() -> None:
     counts; the factor folded into the queries makes that 1/sqrt(query_pre_attn_scalar)."""
     from transformers import Gemma2Config, Gemma3TextConfig
 
-    from training_methods.transfer_learning.gguf_architectures import gemma_query_scale
+    from training_methods.transfer_learning.serving.gguf.architectures import gemma_query_scale
 
     shape = dict(hidden_size=4608, num_attention_heads=32, head_dim=128, query_pre_attn_scalar=144)
     assert gemma_query_scale("gemma2", Gemma2Config(num_hidden_layers=46, **shape)) == 1.0

@@ -100,7 +100,7 @@ def test_lora_file_holds_the_adapter_in_llama_cpp_layout(
     from gguf import GGUFReader
     from safetensors import safe_open
 
-    from training_methods.transfer_learning.gguf_tensors import permute_for_rope
+    from training_methods.transfer_learning.serving.gguf.tensors import permute_for_rope
 
     arch, finetuned, files = lora_files
     adapter_config = json.loads((finetuned.adapter / "adapter_config.json").read_text())
@@ -254,7 +254,7 @@ def test_lora_gguf_without_an_adapter_is_refused(
 def test_lora_alpha_gives_llama_cpp_peft_scale() -> None:
     """llama.cpp scales by alpha / rank; peft by lora_alpha / r, or lora_alpha / sqrt(r) with
     rsLoRA, which the written alpha must reproduce."""
-    from training_methods.transfer_learning.gguf_lora import lora_alpha_for_llama_cpp
+    from training_methods.transfer_learning.serving.gguf.lora import lora_alpha_for_llama_cpp
 
     assert lora_alpha_for_llama_cpp({"lora_alpha": 32, "r": 16}, "a") == 32.0
     rslora = lora_alpha_for_llama_cpp({"lora_alpha": 16, "r": 4, "use_rslora": True}, "a")

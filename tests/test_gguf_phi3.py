@@ -62,7 +62,7 @@ def phi4_mini_tokenizer() -> Any:
     from tokenizers import pre_tokenizers as pre
     from transformers import PreTrainedTokenizerFast
 
-    from training_methods.transfer_learning.gguf_tokenizer import GPT4O_SPLIT_REGEX
+    from training_methods.transfer_learning.serving.gguf.tokenizer import GPT4O_SPLIT_REGEX
     from training_methods.transfer_learning.tiny_model import sample_corpus_texts
 
     backend = Tokenizer(models.BPE())
@@ -285,8 +285,8 @@ def test_export_warns_where_llama_cpps_gpt4o_split_differs(
     from tokenizers import pre_tokenizers as pre
     from transformers import PreTrainedTokenizerFast
 
-    from training_methods.transfer_learning.gguf_tokenizer import GPT4O_SPLIT_REGEX
-    from training_methods.transfer_learning.gguf_writer import write_gguf
+    from training_methods.transfer_learning.serving.gguf.tokenizer import GPT4O_SPLIT_REGEX
+    from training_methods.transfer_learning.serving.gguf.writer import write_gguf
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre.Sequence(
@@ -363,7 +363,7 @@ def test_llama_cpp_chooses_the_factors_by_context_size_transformers_by_sequence_
     import torch
     from transformers import AutoModelForCausalLM
 
-    from training_methods.transfer_learning.gguf_writer import write_gguf
+    from training_methods.transfer_learning.serving.gguf.writer import write_gguf
 
     model_dir = build_tiny_phi3(tmp_path / "model", "phi4-mini")
     summary = write_gguf(model_dir, tmp_path / "phi4-mini.gguf", "f32", progress=False)
@@ -411,7 +411,7 @@ def test_longrope_llama_cpp_cannot_be_given_is_refused_in_one_line(
     from transformers import Phi3Config
 
     from shared_utils.errors import ConfigurationError
-    from training_methods.transfer_learning.gguf_architectures import check_model_config
+    from training_methods.transfer_learning.serving.gguf.architectures import check_model_config
 
     config = Phi3Config(
         hidden_size=64, num_attention_heads=4, architectures=["Phi3ForCausalLM"],

@@ -65,7 +65,7 @@ _FILES: dict[Path, dict[str, Any]] = {}
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory: pytest.TempPathFactory, finetuned_256: FineTuned) -> dict[str, Any]:
     """type → GGUFSummary, every type but f32 written from the merged fine-tune in one call."""
-    from training_methods.transfer_learning.gguf_writer import write_ggufs
+    from training_methods.transfer_learning.serving.gguf.writer import write_ggufs
 
     key = tmp_path_factory.getbasetemp()
     if key not in _FILES:
@@ -85,7 +85,7 @@ def quantized(tmp_path_factory: pytest.TempPathFactory, finetuned_256: FineTuned
 def test_block_types_follow_llama_cpp_rules() -> None:
     from gguf import GGMLQuantizationType as Q
 
-    from training_methods.transfer_learning.gguf_tensors import choose_qtype
+    from training_methods.transfer_learning.serving.gguf.tensors import choose_qtype
 
     for kind in BLOCK_TYPES:
         assert choose_qtype("blk.0.attn_q.weight", (64, 64), kind) == Q[kind.upper()]
@@ -101,7 +101,7 @@ def test_block_types_follow_llama_cpp_rules() -> None:
 
 
 def test_type_lists() -> None:
-    from training_methods.transfer_learning.export import parse_gguf_types
+    from training_methods.transfer_learning.serving.export import parse_gguf_types
 
     assert parse_gguf_types("f16, Q4_K_M,f16") == ["f16", "q4_k_m"]
     assert parse_gguf_types(["q6_k"]) == ["q6_k"]

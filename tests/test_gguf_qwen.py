@@ -63,7 +63,7 @@ def qwen_tokenizer(think_tokens: bool):
     from tokenizers import pre_tokenizers as pre
     from transformers import PreTrainedTokenizerFast
 
-    from training_methods.transfer_learning.gguf_tokenizer import QWEN2_SPLIT_REGEX
+    from training_methods.transfer_learning.serving.gguf.tokenizer import QWEN2_SPLIT_REGEX
     from training_methods.transfer_learning.tiny_model import sample_corpus_texts
 
     backend = Tokenizer(models.BPE())

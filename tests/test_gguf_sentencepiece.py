@@ -266,7 +266,9 @@ def test_sentencepiece_models_llama_cpp_would_split_differently_are_refused(
     from sentencepiece import sentencepiece_model_pb2
 
     from shared_utils.errors import ConfigurationError
-    from training_methods.transfer_learning.gguf_sentencepiece import check_sentencepiece_model
+    from training_methods.transfer_learning.serving.gguf.sentencepiece import (
+        check_sentencepiece_model,
+    )
 
     path = train_sentencepiece(tmp_path / "tokenizer.model")
     proto = sentencepiece_model_pb2.ModelProto()

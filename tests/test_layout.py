@@ -39,7 +39,7 @@ def test_document_processing_does_not_import_training_methods() -> None:
     # What both sides need lives in shared_utils: the sample texts (sample_corpus), the words
     # answers and questions are compared by (word_tokens), the llama.cpp import
     # (llama_cpp_runtime). create-samples, which writes documents and the tiny model, is wired in
-    # training_methods' finetune_cli.
+    # training_methods' finetuning/cli.py.
     assert _importers("document_processing", "training_methods") == {}
 
 

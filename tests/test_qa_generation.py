@@ -441,7 +441,7 @@ def test_llama_cpp_style_server_falls_back_to_json_object_once_and_writes_pairs(
 
     # What train-lora and evaluate read.
     from shared_utils.training_records import iter_normalized_records
-    from training_methods.transfer_learning.evaluate_question_files import read_questions
+    from training_methods.transfer_learning.evaluation.question_files import read_questions
 
     assert len(read_questions(tmp_path / "out" / "qa" / "train.jsonl")) == SENTENCES
     rows = list(iter_normalized_records(tmp_path / "out" / "qa" / "train.jsonl"))

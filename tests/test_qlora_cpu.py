@@ -65,7 +65,9 @@ def odd_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_packed_kernel_shape_rule(
     out_features: int, in_features: int, blocksize: int, expected: bool
 ) -> None:
-    from training_methods.transfer_learning.qlora_finetuner import cpu_packed_kernel_supports
+    from training_methods.transfer_learning.finetuning.qlora_finetuner import (
+        cpu_packed_kernel_supports,
+    )
 
     assert cpu_packed_kernel_supports(out_features, in_features, blocksize) is expected
 
@@ -77,7 +79,9 @@ def test_shape_rule_is_what_bitsandbytes_packs() -> None:
     import bitsandbytes as bnb
     import torch
 
-    from training_methods.transfer_learning.qlora_finetuner import cpu_packed_kernel_supports
+    from training_methods.transfer_learning.finetuning.qlora_finetuner import (
+        cpu_packed_kernel_supports,
+    )
 
     def layer(out_features: int, in_features: int) -> bnb.nn.Linear4bit:
         torch.manual_seed(0)
@@ -120,7 +124,7 @@ def test_training_after_evaluation_is_exact(
     import bitsandbytes as bnb
     import torch
 
-    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
+    from training_methods.transfer_learning.finetuning.qlora_finetuner import QLoRAFineTuner
 
     config = make_config(
         tmp_path,

@@ -14,12 +14,14 @@ Every command that takes a model (`train-lora`, `train-qlora`, `merge`, `export`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -244,3 +246,17 @@ def damaged_weights(what: str, exc: Exception) -> ConfigurationError:
     return ConfigurationError(
         f"{what} has a damaged .safetensors weights file ({detail}) — copy or save it again"
     )
+
+
+@contextlib.contextmanager
+def no_loading_bars() -> Iterator[None]:
+    """transformers' weight-loading progress bars off for the block (they are global state)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -1,6 +1,6 @@
 """SentencePiece vocabularies (Llama 2, Mistral, Phi-3, Gemma) for the GGUF export, read from
 tokenizer.model as llama.cpp's converter reads them and checked against transformers' tokenizer
-before anything is written (`gguf_tokenizer` writes them)."""
+before anything is written (`tokenizer` writes them)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared_utils.errors import ConfigurationError
-from training_methods.transfer_learning.gguf_tokenizer import looks_special
+from training_methods.transfer_learning.serving.gguf.tokenizer import looks_special
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from gguf import GGUFWriter, LlamaFileType
     from transformers import PretrainedConfig
 
-    from training_methods.transfer_learning.gguf_tensors import GGUFType
+    from training_methods.transfer_learning.serving.gguf.tensors import GGUFType
 
 # Hugging Face class → llama.cpp architecture name (`general.architecture`).
 SUPPORTED_ARCHITECTURES: dict[str, str] = {

@@ -13,19 +13,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared_utils.errors import ConfigurationError
-from training_methods.transfer_learning.gguf_architectures import (
+from training_methods.transfer_learning.serving.gguf.architectures import (
     GEMMA,
     check_model_config,
     gemma_query_scale,
 )
-from training_methods.transfer_learning.gguf_file import (
+from training_methods.transfer_learning.serving.gguf.file import (
     GGUFSummary,
     atomic_path,
     check_free_space,
     declare_tensors,
     stream_tensors,
 )
-from training_methods.transfer_learning.gguf_tensors import (
+from training_methods.transfer_learning.serving.gguf.tensors import (
     CheckpointTensors,
     GGUFType,
     TensorPlan,

@@ -1,4 +1,4 @@
-"""Command-line commands of fine-tuning: `train-lora`, `train-qlora` and `merge`, and
+"""Command-line commands of fine-tuning: `train-lora` and `train-qlora`, and
 `create-samples`, which writes the sample corpus (`document_processing.samples`) and the tiny
 model the default config fine-tunes (`tiny_model`); it is wired here because it needs both sides,
 and the training side may import the document side but not the other way round.
@@ -29,7 +29,6 @@ def register_commands(
         ("qlora", "train-qlora", "fine-tune a causal LM with LoRA on a 4-bit base (QLoRA)"),
     ):
         add_train_command(subparsers, parent, section, name, summary)
-    add_merge_command(subparsers, parent)
 
 
 def add_train_command(
@@ -102,7 +101,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace, config: ToolkitConfig) -> int:
     apply_overrides(config, _overrides(args))
-    from training_methods.transfer_learning.finetune_trainer import world_rank
+    from training_methods.transfer_learning.finetuning.trainer import world_rank
 
     result = train_from_config(config, args.section, resume=args.resume, merge=args.merge)
     if world_rank() != 0:  # under accelerate/torchrun only rank 0 reports
@@ -138,9 +137,9 @@ def train_from_config(
     from accelerate import PartialState
     from transformers.utils import logging as hf_logging
 
-    from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
+    from training_methods.transfer_learning.finetuning.lora_finetuner import LoRAFineTuner
+    from training_methods.transfer_learning.finetuning.qlora_finetuner import QLoRAFineTuner
     from training_methods.transfer_learning.merge import merge_adapter
-    from training_methods.transfer_learning.qlora_finetuner import QLoRAFineTuner
 
     hf_logging.set_verbosity_error()
     tuner_class = QLoRAFineTuner if section == "qlora" else LoRAFineTuner
@@ -173,43 +172,6 @@ def train_from_config(
         merged = merge_adapter(output_dir, output_dir / "merged", force=True)
         print(f"merged model: {merged}")
     return result
-
-
-def add_merge_command(
-    subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
-) -> None:
-    parser = subparsers.add_parser(
-        "merge",
-        parents=[parent],
-        help="merge a LoRA/QLoRA adapter into its base model",
-        description="Merge an adapter into its base (reloaded in 16/32 bits, never 4 bits) and "
-        "save a model plain AutoModelForCausalLM.from_pretrained loads.",
-    )
-    parser.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder")
-    parser.add_argument("--output", required=True, metavar="DIR", help="merged model folder")
-    parser.add_argument(
-        "--base-model",
-        metavar="ID_OR_PATH",
-        help="base model (default: the one named in adapter_config.json)",
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=["float32", "float16", "bfloat16"],
-        default="float32",
-        help="weight dtype of the merged model (default: float32)",
-    )
-    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
-    parser.set_defaults(handler=run_merge)
-
-
-def run_merge(args: argparse.Namespace, config: ToolkitConfig) -> int:
-    from training_methods.transfer_learning.merge import merge_adapter
-
-    merged = merge_adapter(
-        args.adapter, args.output, base_model=args.base_model, dtype=args.dtype, force=args.force
-    )
-    print(f"merge: wrote {merged}")
-    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ writes, under the output folder:
 - `merged/` (`--format merged|both`): the adapter merged into its base reloaded in 32 bits
   (`merge.merge_adapter`), loadable by plain `from_pretrained`.
 - `NAME-TYPE.gguf` (`--format gguf|both`): one file per type llama.cpp, LM Studio and Ollama
-  run (`gguf_writer`; several types, comma-separated, come from one merge), and `Modelfile`, an
+  run (`gguf.writer`; several types, comma-separated, come from one merge), and `Modelfile`, an
   Ollama recipe that points at the last type listed.
 - `NAME-TYPE-lora.gguf` (`--format lora-gguf`): the adapter alone, unmerged, as a GGUF LoRA file
-  (f32 or f16, `gguf_lora`) that llama.cpp applies on top of any GGUF of the base model
+  (f32 or f16, `gguf.lora`) that llama.cpp applies on top of any GGUF of the base model
   (`--lora FILE`).
 
 Every check that can fail runs before anything large is written: the adapter folder, the base
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Literal
 
 from shared_utils.errors import ConfigurationError
 from shared_utils.file_utils import atomic_write_text
-from training_methods.transfer_learning.gguf_file import GGUFSummary
-from training_methods.transfer_learning.gguf_tensors import GGUF_TYPES, GGUFType
+from training_methods.transfer_learning.serving.gguf.file import GGUFSummary
+from training_methods.transfer_learning.serving.gguf.tensors import GGUF_TYPES, GGUFType
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -144,7 +144,7 @@ def export_model(
             "(use --format gguf)"
         )
     if want_gguf:
-        from training_methods.transfer_learning.gguf_writer import check_gguf_types
+        from training_methods.transfer_learning.serving.gguf.writer import check_gguf_types
 
         check_gguf_types(gguf_types)  # a k-quant without llama-cpp-python stops here
         check_gguf_source(source)
@@ -176,7 +176,7 @@ def export_model(
         else:
             model_dir = local_model_dir(source.model)
         if want_gguf:
-            from training_methods.transfer_learning.gguf_writer import write_ggufs
+            from training_methods.transfer_learning.serving.gguf.writer import write_ggufs
 
             result.ggufs = write_ggufs(
                 model_dir,
@@ -209,14 +209,14 @@ def export_lora_gguf(
 ) -> ExportResult:
     """`--format lora-gguf`: one LoRA file per type, no merge. Everything is checked (adapter,
     base config, types, existing files) before the first file is written."""
-    from training_methods.transfer_learning.gguf_architectures import check_model_config
-    from training_methods.transfer_learning.gguf_lora import (
+    from training_methods.transfer_learning.merge import read_adapter_config
+    from training_methods.transfer_learning.model_loading import load_model_config
+    from training_methods.transfer_learning.serving.gguf.architectures import check_model_config
+    from training_methods.transfer_learning.serving.gguf.lora import (
         LORA_GGUF_TYPES,
         lora_alpha_for_llama_cpp,
         write_lora_gguf,
     )
-    from training_methods.transfer_learning.merge import read_adapter_config
-    from training_methods.transfer_learning.model_loading import load_model_config
 
     if source.adapter is None:
         raise ConfigurationError(
@@ -268,9 +268,9 @@ def local_model_dir(model: str) -> Path:
 def check_gguf_source(source: ExportSource) -> None:
     """Refuse, from configs alone, a model the GGUF writer cannot convert: runs before the merge
     and before any large file is written."""
-    from training_methods.transfer_learning.gguf_architectures import check_model_config
-    from training_methods.transfer_learning.gguf_writer import check_exportable
     from training_methods.transfer_learning.model_loading import load_model_config, load_tokenizer
+    from training_methods.transfer_learning.serving.gguf.architectures import check_model_config
+    from training_methods.transfer_learning.serving.gguf.writer import check_exportable
 
     config = load_model_config(source.model)
     check_model_config(config, source.model)  # the architecture first: it needs no tokenizer
@@ -360,7 +360,7 @@ def _renders_newline_after_role(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 def modelfile_text(gguf_name: str, tokenizer: PreTrainedTokenizerBase) -> str:
     """An Ollama Modelfile for the GGUF file `gguf_name` in the same folder."""
-    from training_methods.transfer_learning.gguf_tokenizer import chat_template_of
+    from training_methods.transfer_learning.serving.gguf.tokenizer import chat_template_of
 
     template = chat_template_of(tokenizer)
     template_text = template if isinstance(template, str) else ""

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared_utils.config import ToolkitConfig
 from shared_utils.errors import ConfigurationError
-from training_methods.transfer_learning.lora_finetuner import LoRAFineTuner
+from training_methods.transfer_learning.finetuning.lora_finetuner import LoRAFineTuner
 from training_methods.transfer_learning.lora_model import autocast_dtype
 from training_methods.transfer_learning.model_loading import load_causal_lm
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from shared_utils.errors import LLMToolkitError
-from training_methods.transfer_learning.gguf_tensors import (
+from training_methods.transfer_learning.serving.gguf.tensors import (
     CheckpointTensors,
     TensorPlan,
     convert_tensor,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from shared_utils.chat_templates import render_chat_template
 from shared_utils.file_utils import atomic_write_json, atomic_write_text
 from shared_utils.training_tokens import CHARS_PER_TOKEN_GUESS
-from training_methods.transfer_learning.finetune_trainer import perplexity
+from training_methods.transfer_learning.finetuning.trainer import perplexity
 
 if TYPE_CHECKING:
     import datasets

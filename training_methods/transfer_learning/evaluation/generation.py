@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from shared_utils.errors import ConfigurationError, DataValidationError
 from shared_utils.llama_cpp_runtime import import_llama_cpp
-from training_methods.transfer_learning.evaluate_question_files import Messages
+from training_methods.transfer_learning.evaluation.question_files import Messages
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MAX_NEW_TOKENS = 96  # the longest answer, in tokens
+DEFAULT_BATCH_SIZE = 8  # questions answered at once by transformers
 
 
 def prompt_token_ids(
@@ -30,7 +33,7 @@ def prompt_token_ids(
     max_new_tokens: int,
 ) -> list[list[int]]:
     """Each conversation rendered with the chat template and tokenised as `chat` does it."""
-    from training_methods.transfer_learning.chat import ChatSession
+    from training_methods.transfer_learning.serving.chat import ChatSession
 
     session = ChatSession(model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0)
     ids = []
@@ -50,8 +53,8 @@ def greedy_answers(
     tokenizer: PreTrainedTokenizerBase,
     prompt_ids: Sequence[list[int]],
     *,
-    max_new_tokens: int = 96,
-    batch_size: int = 8,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
     description: str = "answering",
 ) -> list[str]:
@@ -60,7 +63,7 @@ def greedy_answers(
     import torch
     from tqdm.auto import tqdm
 
-    from training_methods.transfer_learning.chat import ChatSession
+    from training_methods.transfer_learning.serving.chat import ChatSession
 
     stops = ChatSession(model, tokenizer).stop_ids()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
@@ -122,7 +125,7 @@ def gguf_answers(
     llm: Any,
     prompts: Sequence[Messages],
     *,
-    max_new_tokens: int = 96,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     progress: bool = False,
     description: str = "gguf",
 ) -> list[str]:

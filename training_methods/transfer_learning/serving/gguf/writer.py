@@ -1,10 +1,10 @@
 """A Hugging Face causal-LM folder → one GGUF file, the format llama.cpp, LM Studio and Ollama run.
 
 Written with `gguf`, the llama.cpp project's own GGUF writer, doing what llama.cpp's
-`convert_hf_to_gguf.py` does for the architectures the toolkit fine-tunes (`gguf_architectures`).
-The tensors and their types are planned in `gguf_tensors`, the tokenizer metadata comes from
-`gguf_tokenizer` (`gguf_sentencepiece` for tokenizer.model), and `gguf_lora` writes an adapter
-alone. The file itself is written by `gguf_file`.
+`convert_hf_to_gguf.py` does for the architectures the toolkit fine-tunes (`architectures`).
+The tensors and their types are planned in `tensors`, the tokenizer metadata comes from
+`tokenizer` (`sentencepiece` for tokenizer.model), and `lora` writes an adapter
+alone. The file itself is written by `file`.
 
 The k-quants `q4_k_m`, `q5_k_m` and `q6_k` (256-value super-blocks with quantised per-block
 scales; `_m` mixes in 6-bit tensors where they matter most) are made by llama.cpp's own quantiser
@@ -29,22 +29,22 @@ from typing import TYPE_CHECKING, Any
 
 from shared_utils.errors import ConfigurationError, LLMToolkitError
 from shared_utils.llama_cpp_runtime import import_llama_cpp, llama_cpp_log
-from training_methods.transfer_learning.gguf_architectures import (
+from training_methods.transfer_learning.serving.gguf.architectures import (
     add_hyperparameters,
     check_model_config,
 )
-from training_methods.transfer_learning.gguf_file import (
+from training_methods.transfer_learning.serving.gguf.file import (
     GGUFSummary,
     atomic_path,
     check_free_space,
     declare_tensors,
     stream_tensors,
 )
-from training_methods.transfer_learning.gguf_sentencepiece import (
+from training_methods.transfer_learning.serving.gguf.sentencepiece import (
     SentencePieceVocab,
     read_sentencepiece,
 )
-from training_methods.transfer_learning.gguf_tensors import (
+from training_methods.transfer_learning.serving.gguf.tensors import (
     GGUF_TYPES,
     LLAMA_CPP_TYPES,
     NUMPY_TYPES,
@@ -53,7 +53,7 @@ from training_methods.transfer_learning.gguf_tensors import (
     TensorPlan,
     plan_tensors,
 )
-from training_methods.transfer_learning.gguf_tokenizer import (
+from training_methods.transfer_learning.serving.gguf.tokenizer import (
     GPT4O_CAPITALS_WARNING,
     add_tokenizer,
     is_sentencepiece_bpe,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared_utils.errors import ConfigurationError, TrainingError
 from shared_utils.file_utils import atomic_write_json
-from training_methods.transfer_learning.finetune_checkpoints import (
+from training_methods.transfer_learning.finetuning.checkpoints import (
     BEST_ADAPTER_DIR,
     CHECKPOINT_PREFIX,
     EARLY_STOPPING_STATE,

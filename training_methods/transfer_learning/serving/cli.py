@@ -1,4 +1,5 @@
-"""Command-line commands `export` (merged folder and/or GGUF file), `chat` and `evaluate`.
+"""Command-line commands that take a trained adapter to a model people run: `merge`, `export`
+(merged folder and/or GGUF file) and `chat`.
 
 Heavy libraries are imported inside the handlers, so `python main.py --help` stays instant.
 """
@@ -6,9 +7,7 @@ Heavy libraries are imported inside the handlers, so `python main.py --help` sta
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-from collections.abc import Iterator
 
 from shared_utils.arg_types import non_negative_float, positive_int
 from shared_utils.config import ToolkitConfig
@@ -16,8 +15,8 @@ from shared_utils.errors import EXIT_OK
 
 logger = logging.getLogger(__name__)
 
-# The same as gguf_tensors.GGUF_TYPES and export.EXPORT_FORMATS
-# (training_methods.transfer_learning), repeated so that `--help` imports neither.
+# The same as gguf.tensors.GGUF_TYPES and export.EXPORT_FORMATS
+# (training_methods.transfer_learning.serving), repeated so that `--help` imports neither.
 GGUF_TYPE_CHOICES = (
     "f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k",
 )  # fmt: skip
@@ -27,9 +26,9 @@ FORMAT_CHOICES = ("merged", "gguf", "both", "lora-gguf")
 def register_commands(
     subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
 ) -> None:
+    add_merge_command(subparsers, parent)
     add_export_command(subparsers, parent)
     add_chat_command(subparsers, parent)
-    add_evaluate_command(subparsers, parent)
 
 
 def _gguf_types(text: str) -> str:
@@ -96,11 +95,12 @@ def add_export_command(
 def run_export(args: argparse.Namespace, config: ToolkitConfig) -> int:
     from transformers.utils import logging as hf_logging
 
-    from training_methods.transfer_learning.export import export_model
+    from training_methods.transfer_learning.model_loading import no_loading_bars
+    from training_methods.transfer_learning.serving.export import export_model
 
     hf_logging.set_verbosity_error()
     logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lines repeat our summary
-    with _no_loading_bars():  # the GGUF writer shows its own
+    with no_loading_bars():  # the GGUF writer shows its own
         result = export_model(
             args.output,
             adapter=args.adapter,
@@ -174,10 +174,11 @@ def run_chat(args: argparse.Namespace, config: ToolkitConfig) -> int:
     from transformers.utils import logging as hf_logging
 
     from shared_utils.training_utils import resolve_device
-    from training_methods.transfer_learning.chat import run_chat as chat
+    from training_methods.transfer_learning.model_loading import no_loading_bars
+    from training_methods.transfer_learning.serving.chat import run_chat as chat
 
     hf_logging.set_verbosity_error()
-    with _no_loading_bars():  # the answer only, no bars in the terminal
+    with no_loading_bars():  # the answer only, no bars in the terminal
         chat(
             model=args.model,
             adapter=args.adapter,
@@ -190,111 +191,38 @@ def run_chat(args: argparse.Namespace, config: ToolkitConfig) -> int:
     return EXIT_OK
 
 
-def add_evaluate_command(
+def add_merge_command(
     subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser
 ) -> None:
     parser = subparsers.add_parser(
-        "evaluate",
+        "merge",
         parents=[parent],
-        help="did it learn: base, fine-tuned (and GGUF) answers to your questions side by side",
-        description="Ask each question of the base model, the base with the adapter merged in, "
-        "and a GGUF file run by llama.cpp (--gguf), greedily, in the chat template the adapter "
-        "was trained with; report per model the answers that contain a reference answer, token "
-        "F1 and mean answer length. Writes answers.jsonl and evaluation.json, prints a table.",
-        epilog='Question file: JSON Lines, {"question": "...", "answers": ["...", ...]} or '
-        '{"messages": [...]} whose last (assistant) turn is the reference. A hit: the answer '
-        "contains a reference as whole words, after Unicode NFKC, casefolding and whitespace "
-        "collapsing. Exit status 2 for a bad option or missing file, 1 for a bad question line.",
+        help="merge a LoRA/QLoRA adapter into its base model",
+        description="Merge an adapter into its base (reloaded in 16/32 bits, never 4 bits) and "
+        "save a model plain AutoModelForCausalLM.from_pretrained loads.",
+    )
+    parser.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder")
+    parser.add_argument("--output", required=True, metavar="DIR", help="merged model folder")
+    parser.add_argument(
+        "--base-model",
+        metavar="ID_OR_PATH",
+        help="base model (default: the one named in adapter_config.json)",
     )
     parser.add_argument(
-        "--questions",
-        required=True,
-        metavar="FILE",
-        help='JSONL questions: {"question", "answers"} or {"messages"} records',
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="weight dtype of the merged model (default: float32)",
     )
-    parser.add_argument(
-        "--model",
-        metavar="DIR_OR_ID",
-        help="base model folder, hub id or .gguf file (default with --adapter: the base named "
-        "in adapter_config.json)",
-    )
-    parser.add_argument("--adapter", metavar="DIR", help="adapter folder: adds the fine-tuned row")
-    parser.add_argument(
-        "--gguf", metavar="FILE", help="a GGUF file (e.g. from export): adds a llama.cpp row"
-    )
-    parser.add_argument(
-        "--output-dir",
-        metavar="DIR",
-        help="where answers.jsonl and evaluation.json go (default: ADAPTER/evaluation with "
-        "--adapter, else outputs/evaluation)",
-    )
-    parser.add_argument(
-        "--max-new-tokens",
-        type=positive_int,
-        default=96,
-        metavar="N",
-        help="longest answer in tokens (default: 96)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=8,
-        metavar="N",
-        help="questions answered at once by transformers (default: 8)",
-    )
-    parser.add_argument("--system", metavar="PROMPT", help="a system prompt for every question")
-    parser.add_argument(
-        "--limit", type=positive_int, metavar="N", help="only the first N questions"
-    )
-    parser.add_argument(
-        "--show",
-        type=positive_int,
-        metavar="N",
-        help="also print the answers of every row to the first N questions, side by side",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=run_evaluate)
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.set_defaults(handler=run_merge)
 
 
-def run_evaluate(args: argparse.Namespace, config: ToolkitConfig) -> int:
-    from transformers.utils import logging as hf_logging
+def run_merge(args: argparse.Namespace, config: ToolkitConfig) -> int:
+    from training_methods.transfer_learning.merge import merge_adapter
 
-    from training_methods.transfer_learning.evaluate import evaluate_questions
-
-    hf_logging.set_verbosity_error()
-    with _no_loading_bars():  # the progress of the answers only
-        report = evaluate_questions(
-            args.questions,
-            model=args.model,
-            adapter=args.adapter,
-            gguf=args.gguf,
-            output_dir=args.output_dir,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            system=args.system,
-            limit=args.limit,
-            device=config.common.device,
-            progress=not args.no_progress,
-        )
-    if args.show:
-        print(report.side_by_side(args.show))
-    print(report.table())
-    print(
-        f"evaluate: {report.inputs['question_count']} questions, {len(report.rows)} rows; "
-        f"answers in {report.answers_path}, summary in {report.summary_path}"
+    merged = merge_adapter(
+        args.adapter, args.output, base_model=args.base_model, dtype=args.dtype, force=args.force
     )
+    print(f"merge: wrote {merged}")
     return EXIT_OK
-
-
-@contextlib.contextmanager
-def _no_loading_bars() -> Iterator[None]:
-    """transformers' weight-loading progress bars off for the block (they are global state)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from shared_utils.errors import ConfigurationError
-from training_methods.transfer_learning.gguf_architectures import (
+from training_methods.transfer_learning.serving.gguf.architectures import (
     GEMMA,
     gemma_query_scale,
     rope_factor_tensors,

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from gguf import GGUFWriter
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-    from training_methods.transfer_learning.gguf_sentencepiece import SentencePieceVocab
+    from training_methods.transfer_learning.serving.gguf.sentencepiece import SentencePieceVocab
 
 # Pre-tokenizer regexes of tokenizer.json `Split` steps → llama.cpp's `tokenizer.ggml.pre` name.
 # The GPT-2 regex is built into the `ByteLevel` step (use_regex=true) and has no pattern here.

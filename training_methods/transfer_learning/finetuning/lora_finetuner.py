@@ -8,8 +8,8 @@
     result = tuner.train(train, eval_dataset, output_dir="outputs/lora")
 
 This module holds the model (base, LoRA wrapping) and the data it is given; the Trainer, its
-arguments and callbacks are in `finetune_trainer.py`, the checkpoints of the run folder in
-`finetune_checkpoints.py`, and what a run writes besides them in `finetune_outputs.py`.
+arguments and callbacks are in `trainer.py`, the checkpoints of the run folder in
+`checkpoints.py`, and what a run writes besides them in `outputs.py`.
 
 Why the Hugging Face Trainer and not TRL's SFTTrainer: the data side (chat templates, response-only
 labels, packing without cross-example attention) lives in `shared_utils/` (`chat_templates.py`,
@@ -34,7 +34,7 @@ from shared_utils.config import (
     dump_config,
 )
 from shared_utils.data_loader import DataLoaderFactory
-from training_methods.transfer_learning.finetune_checkpoints import (
+from training_methods.transfer_learning.finetuning.checkpoints import (
     BEST_ADAPTER_DIR,
     checkpoint_step,
     checkpoint_to_resume,
@@ -42,12 +42,12 @@ from training_methods.transfer_learning.finetune_checkpoints import (
     restore_adapter,
     save_files_atomically,
 )
-from training_methods.transfer_learning.finetune_data import (
+from training_methods.transfer_learning.finetuning.data import (
     dataset_from_rows,
     instruction_rows,
     text_rows,
 )
-from training_methods.transfer_learning.finetune_outputs import (
+from training_methods.transfer_learning.finetuning.outputs import (
     SAMPLE_MAX_NEW_TOKENS,
     TrainResult,
     greedy_generate,
@@ -56,7 +56,7 @@ from training_methods.transfer_learning.finetune_outputs import (
     write_samples,
     write_summary_files,
 )
-from training_methods.transfer_learning.finetune_trainer import (
+from training_methods.transfer_learning.finetuning.trainer import (
     NullLogger,
     build_trainer,
     metrics_and_stopping_callbacks,
@@ -427,7 +427,7 @@ class LoRAFineTuner:
     # ---------------------------------------------------------------------------- generation
 
     def sample_prompts(self, rows: datasets.Dataset | None, count: int) -> list[tuple[str, str]]:
-        """Up to `count` (prompt, reference) pairs from normalised rows (`finetune_outputs`)."""
+        """Up to `count` (prompt, reference) pairs from normalised rows (`outputs`)."""
         return sample_prompts(self.tokenizer, rows, count, self.max_length)
 
     def generate(

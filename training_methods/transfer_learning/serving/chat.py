@@ -35,13 +35,13 @@ def load_chat_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model to chat with (adapter merged in) and the tokenizer it was trained with."""
     from shared_utils.chat_templates import ensure_chat_template
-    from training_methods.transfer_learning.export import resolve_source, tokenizer_source
     from training_methods.transfer_learning.lora_model import autocast_dtype
     from training_methods.transfer_learning.model_loading import (
         load_causal_lm,
         load_tokenizer,
         merge_adapter_weights,
     )
+    from training_methods.transfer_learning.serving.export import resolve_source, tokenizer_source
 
     source = resolve_source(model, adapter)
     loaded = load_causal_lm(source.model, dtype=autocast_dtype(device))

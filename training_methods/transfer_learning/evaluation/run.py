@@ -18,8 +18,8 @@ asks every question of each row, greedily, and scores the answers against refere
   temperature 0.
 
 Question files are JSON Lines of `{"question", "answers"}` or `{"messages"}` records
-(`evaluate_question_files`); the answers come from `evaluate_generation` and are scored by
-`evaluate_scoring` (whether an answer holds a reference, token F1, answer length).
+(`question_files`); the answers come from `generation` and are scored by
+`scoring` (whether an answer holds a reference, token F1, answer length).
 
 Outputs, in `output_dir`: `answers.jsonl` (one line per question per row) and `evaluation.json`
 (per row: questions, hits, hit_rate, mean_f1, mean_words, seconds, load_seconds; and the inputs),
@@ -38,20 +38,22 @@ from typing import TYPE_CHECKING, Any
 
 from shared_utils.errors import ConfigurationError
 from shared_utils.llama_cpp_runtime import import_llama_cpp
-from training_methods.transfer_learning.evaluate_generation import (
+from training_methods.transfer_learning.evaluation.generation import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_NEW_TOKENS,
     gguf_answers,
     gguf_context,
     greedy_answers,
     load_gguf,
     prompt_token_ids,
 )
-from training_methods.transfer_learning.evaluate_question_files import (
+from training_methods.transfer_learning.evaluation.question_files import (
     Question,
     prompt_messages,
     question_text,
     read_questions,
 )
-from training_methods.transfer_learning.evaluate_scoring import (
+from training_methods.transfer_learning.evaluation.scoring import (
     contains_reference,
     token_f1,
     word_count,
@@ -60,7 +62,7 @@ from training_methods.transfer_learning.evaluate_scoring import (
 if TYPE_CHECKING:
     import torch
 
-    from training_methods.transfer_learning.export import ExportSource
+    from training_methods.transfer_learning.serving.export import ExportSource
 
 logger = logging.getLogger(__name__)
 
@@ -220,8 +222,8 @@ def evaluate_questions(
     adapter: str | Path | None = None,
     gguf: str | Path | None = None,
     output_dir: str | Path | None = None,
-    max_new_tokens: int = 96,
-    batch_size: int = 8,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     system: str | None = None,
     limit: int | None = None,
     device: str | torch.device = "auto",
@@ -231,7 +233,7 @@ def evaluate_questions(
     and write answers.jsonl and evaluation.json to `output_dir` (default: `<adapter>/evaluation`
     with an adapter, else outputs/evaluation). See the module docstring."""
     from shared_utils.training_utils import resolve_device
-    from training_methods.transfer_learning.export import resolve_source, tokenizer_source
+    from training_methods.transfer_learning.serving.export import resolve_source, tokenizer_source
 
     # Every check that can fail runs before the first model loads.
     for name, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
@@ -303,9 +305,9 @@ def _evaluate_rows(
     """The rows of `evaluate_questions`, once its inputs are checked."""
     from shared_utils.chat_templates import ensure_chat_template
     from shared_utils.file_utils import atomic_write_json, atomic_write_jsonl
-    from training_methods.transfer_learning.chat import load_chat_model
-    from training_methods.transfer_learning.export import tokenizer_source
     from training_methods.transfer_learning.model_loading import load_tokenizer
+    from training_methods.transfer_learning.serving.chat import load_chat_model
+    from training_methods.transfer_learning.serving.export import tokenizer_source
 
     tokenizer_from = tokenizer_source(source)
     tokenizer = load_tokenizer(tokenizer_from)
