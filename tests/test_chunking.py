@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from document_processing.converters.chunking import Chunk, Chunker, sentence_spans
+from document_processing.converters.chunking import Chunk, Chunker
+from document_processing.converters.sentences import sentence_spans
 from shared_utils.config import DocumentProcessingConfig
 from shared_utils.errors import ConfigurationError
 from tests.conftest import TOKENIZER_TRAINING_SENTENCES

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +175,23 @@ def test_scripts_are_thin_wrappers(
     else:
         assert (tmp_path / "o" / "train.jsonl").stat().st_size > 0
         assert (tmp_path / "o" / "resolved_config.yaml").exists()
+
+
+def test_every_command_has_its_script() -> None:
+    """scripts/ holds one thin wrapper per command (the README says so): each calls main with it."""
+    from main import build_parser
+
+    subparsers = next(
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    wrapped = {
+        match.group(1)
+        for script in (REPO / "scripts").glob("*.py")
+        if (match := re.search(r'main\(\["([a-z-]+)", \*sys\.argv', script.read_text()))
+    }
+    assert wrapped == set(subparsers.choices)
 
 
 def _numeric_flags() -> list[tuple[str, str, bool]]:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from document_processing.converters.chunking import Chunker, chunk_features, sentence_spans
+from document_processing.converters.chunking import Chunker
+from document_processing.converters.sentences import sentence_spans
 from document_processing.converters.structure_records import document_instruction_records
 from document_processing.records import DocumentMetadata, ParsedDocument, Section
 from shared_utils.config import DocumentProcessingConfig
@@ -288,9 +289,9 @@ def load_json(tmp_path: Path):
     datasets = pytest.importorskip("datasets")
     datasets.disable_progress_bars()
 
-    def load(files: list[str], **kwargs: Any):
+    def load(files: list[str]):
         return datasets.load_dataset(
-            "json", data_files=files, split="train", cache_dir=str(tmp_path / "cache"), **kwargs
+            "json", data_files=files, split="train", cache_dir=str(tmp_path / "cache")
         )
 
     return load
@@ -312,10 +313,9 @@ def test_chunk_files_of_every_type_load_together(
         _write_jsonl(tmp_path / f"{n}.jsonl", records)
         for n, records in enumerate(reversed(per_doc))
     ]
-    for features in (None, chunk_features()):
-        loaded = load_json(files, features=features)
-        assert len(loaded) == sum(len(records) for records in per_doc)
-        assert {row["metadata"]["author"] for row in loaded} == {"", "A. Writer"}
+    loaded = load_json(files)
+    assert len(loaded) == sum(len(records) for records in per_doc)
+    assert {row["metadata"]["author"] for row in loaded} == {"", "A. Writer"}
 
 
 def test_instruction_files_load(

@@ -181,6 +181,9 @@ class FakeServer:
         self.most_in_flight = 0
         self.lock = threading.Lock()
         self.die_after: int | None = None  # chat replies before the server goes away
+        self.hold_after: int | None = None  # replies given before the rest wait for `release`
+        self.release = threading.Event()
+        self.replies_started = 0
         self.dead = False
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
@@ -274,6 +277,11 @@ class FakeServer:
                     )
                     return
                 time.sleep(server.delay)
+                with server.lock:
+                    slot = server.replies_started
+                    server.replies_started += 1
+                if server.hold_after is not None and slot >= server.hold_after:
+                    server.release.wait(timeout=60)
                 reply = server.reply(body)
                 status, text = reply if isinstance(reply, tuple) else (200, reply)
                 if status != 200:
@@ -621,7 +629,8 @@ def test_a_killed_or_interrupted_run_loses_no_finished_reply(tmp_path, run_main,
     data = write_chunks(tmp_path / "data")
     config = write_config(tmp_path / "qa.yaml", structured_output="json_schema")
     cache = tmp_path / "out" / ".qa_cache" / "replies.jsonl"
-    with fake_server(delay=0.3) as server:
+    with fake_server() as server:
+        server.hold_after = 3  # the run cannot finish before it is stopped, however slow the host
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "main.py"), "generate-qa", str(data),
              str(tmp_path / "out"), "--teacher", server.url, "--config", str(config),
@@ -636,6 +645,7 @@ def test_a_killed_or_interrupted_run_loses_no_finished_reply(tmp_path, run_main,
                 time.sleep(0.05)
             os.kill(process.pid, signal_number)
         finally:
+            server.release.set()  # replies in flight may still finish and be kept
             returncode = process.wait(timeout=10)
         assert returncode == (130 if signal_number == signal.SIGINT else -signal.SIGKILL)
         cached = cache.read_bytes().count(b"\n")

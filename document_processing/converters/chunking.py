@@ -1,12 +1,12 @@
 """Chunking: the sections of parsed documents cut into chunk records for training.
 
 Chunking works on one `Section` at a time, so a chunk never mixes two documents or two sections.
-A section's text is first cut into *units*: sentences (end punctuation, optional closing quotes or
-brackets, then whitespace), lines and paragraphs (any whitespace holding a newline), and the
-protected spans (code blocks, tables) the parser marked, each kept whole. A unit larger than the
-limit is split at line breaks, then at whitespace, then cut hard. Units are then packed greedily
-into chunks of at most `chunk_size` characters, or tokens of a local Hugging Face tokenizer. The
-next chunk repeats whole trailing units of the previous one, up to `overlap_size`.
+A section's text is first cut into *units* by `sentences.sentence_spans`: sentences, lines and
+paragraphs, and the protected spans (code blocks, tables) the parser marked, each kept whole. A
+unit larger than the limit is split at line breaks, then at whitespace, then cut hard. Units are
+then packed greedily into chunks of at most `chunk_size` characters, or tokens of a local Hugging
+Face tokenizer. The next chunk repeats whole trailing units of the previous one, up to
+`overlap_size`.
 
 Every chunk is an exact slice of its section text (`text[start:end]`), starts and ends on a
 non-space character, and no chunk is ever larger than the limit: in token mode each chunk is
@@ -21,22 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from document_processing.converters.sentences import Span, segments, sentence_spans
 from document_processing.records import ParsedDocument
 from shared_utils.config import DocumentProcessingConfig
 from shared_utils.errors import ConfigurationError
 
-Span = tuple[int, int]  # [start, end) character offsets
-
-# A sentence ends at [.!?…], then optional closing quotes/brackets, then whitespace (group 1 is
-# the gap between sentences). Any whitespace run that holds a newline is a boundary too: lines,
-# list items and paragraphs of cleaned text are separate units. Possessive quantifiers keep the
-# scan linear on long runs of punctuation or spaces.
-_SENTENCE_BREAK = re.compile(r"[.!?…][\"'”’»)\]]*+(\s++)|[^\S\n]*+\n\s*+")
+# How an oversize unit is split, coarsest first: at whitespace runs that hold a newline, then at
+# any whitespace; below the last level it is cut hard. Possessive quantifiers keep the scan linear.
 _LINE_BREAK = re.compile(r"[^\S\n]*+\n\s*+")
 _WORD_BREAK = re.compile(r"\s++")
-_NON_SPACE = re.compile(r"\S")
-
-# How an oversize unit is split, coarsest first; below the last level it is cut hard.
 _SPLIT_LEVELS: tuple[re.Pattern[str], ...] = (_LINE_BREAK, _WORD_BREAK)
 
 
@@ -47,72 +40,6 @@ class Chunk:
     text: str
     start: int
     end: int
-
-
-# --------------------------------------------------------------------------------------------------
-# Units: sentences, lines and protected blocks
-# --------------------------------------------------------------------------------------------------
-
-
-def _trimmed(text: str, start: int, end: int) -> Span | None:
-    """`[start, end)` without leading and trailing whitespace, or None when only space is left."""
-    first = _NON_SPACE.search(text, start, end)
-    if first is None:
-        return None
-    start = first.start()
-    return start, start + len(text[start:end].rstrip())
-
-
-def _segments(text: str, start: int, end: int, pattern: re.Pattern[str]) -> list[Span]:
-    """The trimmed, non-empty pieces of `text[start:end]` between matches of `pattern`.
-
-    The whitespace a match separates on is its group 1 when that took part, else the whole match.
-    """
-    bounds = _trimmed(text, start, end)
-    if bounds is None:
-        return []
-    pos, end = bounds
-    spans: list[Span] = []
-    for match in pattern.finditer(text, pos, end):
-        gap_start = match.start(1) if match.lastindex else match.start()
-        if gap_start > pos:
-            spans.append((pos, gap_start))
-        pos = match.end()
-    if pos < end:
-        spans.append((pos, end))  # `end` is trimmed, and every match ends before a non-space
-    return spans
-
-
-def normalise_spans(spans: Sequence[Sequence[int]], length: int) -> list[Span]:
-    """Protected spans clipped to the text, sorted, with overlapping ones merged."""
-    clipped = sorted(
-        (max(0, int(s)), min(length, int(e))) for s, e in spans if min(length, e) > max(0, s)
-    )
-    merged: list[Span] = []
-    for start, end in clipped:
-        if merged and start < merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def sentence_spans(text: str, protected: Sequence[Sequence[int]] = ()) -> list[Span]:
-    """The units chunking packs: sentences, lines, and each protected span as one unit.
-
-    Units are in order, do not overlap, start and end on non-space characters, and together cover
-    every non-space character of `text`.
-    """
-    spans: list[Span] = []
-    pos = 0
-    for start, end in normalise_spans(protected, len(text)):
-        spans.extend(_segments(text, pos, start, _SENTENCE_BREAK))
-        block = _trimmed(text, start, end)
-        if block is not None:
-            spans.append(block)
-        pos = end
-    spans.extend(_segments(text, pos, len(text), _SENTENCE_BREAK))
-    return spans
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,7 +171,7 @@ class _SectionChunker:
         """Pieces of an oversize span, each within the limit, cut at the coarsest level that
         separates it (lines, then words), packed back together as far as the limit allows."""
         for depth, pattern in enumerate(levels):
-            parts = _segments(self.text, start, end, pattern)
+            parts = segments(self.text, start, end, pattern)
             if len(parts) > 1:
                 parts = self.split_oversize(parts, self.sizes(parts), levels[depth + 1 :])
                 return self.pack(parts, self.costs(parts), overlap=0)
@@ -480,46 +407,4 @@ class Chunker:
         return records
 
 
-def chunk_features() -> Any:
-    """`datasets.Features` of chunk records, for `load_dataset("json", features=...)`.
-
-    Records never hold nulls or empty lists, so plain inference gets these types too; passing
-    them explicitly also pins the integer and string widths.
-    """
-    from datasets import Features, List, Value  # heavy: imported only when asked for
-
-    text = Value("string")
-    return Features(
-        {
-            "text": text,
-            "source": text,
-            "title": text,
-            "type": text,
-            "chunk_id": text,
-            "metadata": {
-                "chunk_index": Value("int64"),
-                "total_chunks": Value("int64"),
-                "section_path": List(text),
-                "page_start": Value("int64"),
-                "page_end": Value("int64"),
-                "engine": text,
-                "char_start": Value("int64"),
-                "char_end": Value("int64"),
-                "section_index": Value("int64"),
-                "author": text,
-                "created": text,
-                "modified": text,
-                "page_count": Value("int64"),
-                "encoding": text,
-            },
-        }
-    )
-
-
-__all__ = [
-    "Chunk",
-    "Chunker",
-    "chunk_features",
-    "normalise_spans",
-    "sentence_spans",
-]
+__all__ = ["Chunk", "Chunker"]

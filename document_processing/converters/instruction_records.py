@@ -55,10 +55,10 @@ from document_processing.converters.languages import (
     fold,
     statistical_function_words,
 )
+from document_processing.converters.sentences import Span, sentence_spans
 from document_processing.records import ParsedDocument
 from shared_utils.config import RECORD_KIND_NAMES
 
-Span = tuple[int, int]
 RecordKind = Literal["section", "continuation", "topic", "question", "cloze"]
 RECORD_KINDS: tuple[RecordKind, ...] = RECORD_KIND_NAMES  # type: ignore[assignment]
 
@@ -97,8 +97,6 @@ def document_sentences(doc: ParsedDocument) -> list[Sentence]:
 
     A sentence that a page break cut in two (a PDF section ends mid-sentence and the one on the
     next page goes on in lower case) is joined again: half a sentence teaches half a fact."""
-    from document_processing.converters.chunking import sentence_spans
-
     sentences: list[Sentence] = []
     for index, section in enumerate(doc.sections):
         protected = {tuple(span) for span in section.protected}

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from document_processing.converters.chunking import Span, normalise_spans, sentence_spans
 from document_processing.converters.instruction_records import FactRecordBuilder, record_pair
+from document_processing.converters.sentences import Span, normalise_spans, sentence_spans
 from document_processing.records import ParsedDocument
 from shared_utils.config import DocumentProcessingConfig
 

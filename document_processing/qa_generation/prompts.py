@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from document_processing.converters.sentences import sentence_spans
+
 # Bump when a prompt, the schema or the window rule changes: cached replies of another version are
 # not reused.
 PROMPT_VERSION = 2
@@ -75,8 +77,6 @@ class Window:
 def chunk_windows(text: str, sentences_per_window: int) -> list[Window]:
     """The chunk's sentences in consecutive groups of `sentences_per_window`; a last group shorter
     than half a window joins the one before, so no window is a stray fragment."""
-    from document_processing.converters.chunking import sentence_spans
-
     sentences = [
         " ".join(text[start:end].split())
         for start, end in sentence_spans(text)
