@@ -24,6 +24,7 @@ class LineFont:
     size: float  # points (0.1 pt): the size at least 80% of its non-space characters reach
     bold: bool  # at least 80% of its non-space characters are in a bold font
     chars: int  # its non-space characters
+    cells: int = 1  # runs of text set apart by wide gaps: table cells or columns side by side
 
 
 @dataclass

@@ -264,17 +264,25 @@ def test_a_heading_at_the_page_edge_on_most_pages_is_a_running_line() -> None:
     ]
 
 
-def test_line_fonts_take_the_type_of_nearly_all_characters() -> None:
-    def chars(text: str, size: float, fontname: str) -> list[tuple[str, dict]]:
-        return [(c, {"size": size, "fontname": fontname}) for c in text]
+def chars(text: str, size: float, fontname: str, x: float = 0.0) -> list[tuple[str, dict]]:
+    """pdfplumber's (character, char) pairs for `text` set from `x` on, each half its size wide."""
+    pairs = []
+    for char in text:
+        pairs.append(
+            (char, {"text": char, "size": size, "fontname": fontname, "x0": x, "x1": x + size / 2})
+        )
+        x += size / 2
+    return pairs
 
+
+def test_line_fonts_take_the_type_of_nearly_all_characters() -> None:
     pairs = [
         *chars("Results", 12.0, "Helvetica-Bold"),
-        ("1", {"size": 7.0, "fontname": "Helvetica"}),  # a footnote mark
+        *chars("1", 7.0, "Helvetica", x=42.0),  # a footnote mark
         ("\n", None),
         *chars("Body", 10.5, "ABCDEF+TimesNewRoman"),
         (" ", None),
-        *chars("X", 10.5, "ABCDEF+TimesNewRoman-Bold"),
+        *chars("X", 10.5, "ABCDEF+TimesNewRoman-Bold", x=24.0),
         ("\n", None),
     ]
     assert line_fonts(pairs) == [
@@ -282,3 +290,48 @@ def test_line_fonts_take_the_type_of_nearly_all_characters() -> None:
         LineFont(size=10.5, bold=False, chars=5),
         LineFont(size=0.0, bold=False, chars=0),
     ]
+
+
+def test_line_fonts_count_the_cells_wide_gaps_set_apart() -> None:
+    bold = "Helvetica-Bold"
+    row = [*chars("Station", 10, bold), *chars("Live", 10, bold, 80), *chars("Dead", 10, bold, 160)]
+    numbered = [*chars("2.1", 12, bold), *chars("Methods", 12, bold, 15 + 1.6 * 12)]
+    two_columns = [*chars("Body", 10, "Times"), *chars("Other", 10, "Times", 20 + 2 * 10)]
+    spaced = [*chars("Body", 10, "Times"), (" ", None), *chars("text", 10, "Times", 22.5)]
+    fonts = line_fonts([*row, ("\n", None), *numbered, ("\n", None), *two_columns,
+                        ("\n", None), *spaced])  # fmt: skip
+    assert [font.cells for font in fonts] == [3, 1, 2, 1]
+
+
+def test_a_line_of_cells_is_never_a_heading() -> None:
+    lines = ["Counts", "Station Live Dead", "Upper 14 2", "Body text."]
+    header_row = LineFont(size=10.5, bold=True, chars=15, cells=3)
+    fonts = [font(12, True), header_row, LineFont(10.5, False, 9, cells=3), BODY]
+    [headings] = find_headings([lines], [fonts], title="")
+    assert [h.text for h in headings] == ["Counts"]
+
+
+def test_a_bold_table_header_row_stays_in_the_text(tmp_path: Path) -> None:
+    from fpdf import FPDF
+
+    pdf = FPDF(format=(105, 148))
+    pdf.set_margins(10, 10, 10)
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 12)
+    pdf.multi_cell(0, 6, "Counts", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 10.5)
+    pdf.multi_cell(0, 5.2, METHODS, new_x="LMARGIN", new_y="NEXT")
+    with pdf.table() as table:  # fpdf2 sets the first row, the header, in bold
+        for cells in (("Station", "Live", "Dead"), ("Upper", "14", "2"), ("Lower", "3", "9")):
+            table.row(cells)
+    pdf.set_font("Helvetica", "B", 12)
+    pdf.multi_cell(0, 6, "Discussion", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 10.5)
+    pdf.multi_cell(0, 5.2, THANKS, new_x="LMARGIN", new_y="NEXT")
+    pdf.output(str(tmp_path / "table.pdf"))
+
+    document = PDFParser().parse(tmp_path / "table.pdf", "table.pdf", settings())
+    assert [s.heading_path for s in document.sections] == [["Counts"], ["Discussion"]]
+    assert words(document.sections[0].text)[-9:] == (
+        "Station Live Dead Upper 14 2 Lower 3 9".split()
+    )

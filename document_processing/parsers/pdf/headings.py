@@ -8,7 +8,9 @@ its characters are
 - bold, at least the body size, and the line is short: a few words (`MAX_BOLD_WORDS`) not ending
   like a sentence or a clause (".", ",", ";"), so a bold phrase or a bold paragraph is not one.
 
-Consecutive heading lines in the same type are one heading that wrapped; a run of more than
+A line of several cells (`line_fonts`: a table row, columns side by side) is never a heading: a
+bold table header would look like one. Consecutive heading lines in the same type are one heading
+that wrapped; a run of more than
 `MAX_HEADING_LINES` is a paragraph set in large or bold type, not a heading. A heading text at a
 page edge (its first or last `EDGE_LINES` lines) on half the pages or more is a running header,
 the rule of `remove_running_lines` (compared with its digits: "Chapter 1" and "Chapter 2" are
@@ -98,7 +100,7 @@ def body_size(fonts: list[list[LineFont] | None]) -> float | None:
 
 def _heading_type(line: str, font: LineFont, body: float) -> tuple[float, bool] | None:
     """(size, bold) when the line looks like a heading line on its own, else None."""
-    if not font.chars or not line.strip():
+    if not font.chars or not line.strip() or font.cells > 1:
         return None
     if font.size >= LARGER * body:
         return font.size, font.bold
