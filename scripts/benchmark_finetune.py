@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from shared_utils.config import ToolkitConfig, apply_overrides  # noqa: E402
+from shared_utils.training_utils import current_rss_mb, peak_rss_mb  # noqa: E402
 
 if TYPE_CHECKING:
     import torch
@@ -104,20 +105,6 @@ QUICK = Sizes(
 # --------------------------------------------------------------------------------------------------
 # Memory
 # --------------------------------------------------------------------------------------------------
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux/BSD: ru_maxrss in KiB)."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / MIB if sys.platform == "darwin" else peak / 1024
-
-
-def current_rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / MIB
 
 
 def file_backed_rss_mb() -> float:

@@ -344,11 +344,10 @@ def make_fixtures(kind: str, folder: Path, count: int) -> dict[str, tuple[list[s
 
 def _parse_folder(folder: Path, output: Path) -> None:
     """In a fresh process: parse every file, write texts, time and peak RSS as JSON."""
-    import resource
-
     start = time.perf_counter()
     from document_processing.parsers import parser_for
     from shared_utils.config import DocumentProcessingConfig
+    from shared_utils.training_utils import peak_rss_mb
 
     settings = DocumentProcessingConfig()
     texts = {}
@@ -358,14 +357,7 @@ def _parse_folder(folder: Path, output: Path) -> None:
         texts[path.name] = document.text
         first = first or time.perf_counter() - start
     seconds = time.perf_counter() - start
-    # VmHWM, not ru_maxrss: the latter keeps the high-water mark of the parent across fork+exec.
-    status = Path("/proc/self/status")
-    if status.exists():
-        line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
-        peak_mb = int(line.split()[1]) / 1024
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"texts": texts, "seconds": seconds, "first": first, "peak_mb": peak_mb}
+    result = {"texts": texts, "seconds": seconds, "first": first, "peak_mb": peak_rss_mb()}
     output.write_text(json.dumps(result), encoding="utf-8")
 
 

@@ -91,16 +91,20 @@ class CausalLMCollator:
 
 
 class DataLoaderFactory:
-    """Builds tokenised datasets and their collator from JSONL files for one tokenizer."""
+    """Builds tokenised datasets and their collator from JSONL files for one tokenizer.
+
+    `max_length`, `train_on_prompt` and `packing` come from the fine-tuning config section and
+    `seed` (the packing shuffle) from `common.seed`; the config is their one default.
+    """
 
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        max_length: int = 512,
+        max_length: int,
         *,
-        train_on_prompt: bool = False,
-        packing: bool = False,
-        seed: int = 42,
+        train_on_prompt: bool,
+        packing: bool,
+        seed: int,
         stop_token_ids: Sequence[int] = (),
     ) -> None:
         ensure_pad_token(tokenizer)

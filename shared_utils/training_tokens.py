@@ -87,7 +87,7 @@ class ExampleTokenizer:
         tokenizer: PreTrainedTokenizerBase,
         max_length: int,
         *,
-        train_on_prompt: bool = False,
+        train_on_prompt: bool,
         stop_token_ids: Sequence[int] = (),
     ) -> None:
         if tokenizer.eos_token_id is None:

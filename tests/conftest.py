@@ -1,13 +1,18 @@
-"""Shared fixtures: the sample corpus and a helper that runs the launcher in-process."""
+"""Shared fixtures: the sample corpus, a helper that runs the launcher in-process, tiny models,
+the tiny Llama fine-tuned on CHATS and its GGUF files, and two fixtures that modules opt into with
+`pytestmark = pytest.mark.usefixtures(...)`: one_torch_thread and llama_cpp_without_amx_repacking.
+Plain helpers live in finetune_helpers, gguf_models, gguf_roundtrip and rl_helpers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from document_processing.samples import create_samples
 from main import main
+from tests.finetune_helpers import FineTuned, finetune_tiny_llama
 
 
 @pytest.fixture
@@ -96,3 +101,58 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) ->
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# Opted into by modules (not autouse)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models and networks on a shared 2-core machine: a second intra-op thread only adds
+    contention (the RL trainer does the same while it runs). The GGUF, export, chat, evaluate,
+    model-loading and RL test modules use it for every test."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_without_amx_repacking() -> None:
+    """llama.cpp's AMX kernels segfault on quantised weights (see
+    llama_cpp_runtime.avoid_llama_cpp_amx_crash): on such CPUs the files are run without weight
+    repacking. The test_gguf* modules use it for every test."""
+    try:
+        from shared_utils.llama_cpp_runtime import avoid_llama_cpp_amx_crash
+
+        avoid_llama_cpp_amx_crash()
+    except ImportError:  # the tests that need llama-cpp-python fail on their own import
+        pass
+
+
+# --------------------------------------------------------------------------------------------------
+# The tiny Llama fine-tuned on CHATS, and its GGUF files
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def finetuned(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> FineTuned:
+    """tiny_llama fine-tuned on CHATS (finetune_helpers.finetune_tiny_llama) and its merge."""
+    return finetune_tiny_llama(tmp_path_factory, tiny_llama)
+
+
+@pytest.fixture(scope="session")
+def gguf_files(tmp_path_factory: pytest.TempPathFactory, finetuned: FineTuned) -> dict[str, Path]:
+    """The merged fine-tuned model as f32, f16 and q8_0 GGUF files."""
+    from training_methods.transfer_learning.serving.gguf.tensors import GGUF_TYPES
+    from training_methods.transfer_learning.serving.gguf.writer import write_gguf
+
+    folder = tmp_path_factory.mktemp("gguf")
+    return {
+        kind: write_gguf(finetuned.merged, folder / f"tiny-{kind}.gguf", kind, progress=False).path
+        for kind in GGUF_TYPES
+    }

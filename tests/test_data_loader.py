@@ -130,7 +130,7 @@ def test_toy_chat_labels_mask_the_prompt_and_keep_eos(llama_tokenizer) -> None:
         {"role": "assistant", "content": "Oxygen."},
     ]
     tok = llama_tokenizer
-    out = ExampleTokenizer(tok, 256)(row(messages))
+    out = ExampleTokenizer(tok, 256, train_on_prompt=False)(row(messages))
     ids, labels = out["input_ids"][0], out["labels"][0]
     # The exact sequence: BOS, the ChatML render, and nothing appended (each turn ends in EOS).
     text = tok.apply_chat_template(messages, tokenize=False)
@@ -163,7 +163,9 @@ def test_train_on_prompt_labels_every_token(llama_tokenizer) -> None:
 
 def test_text_records_learn_every_token_and_eos(llama_tokenizer) -> None:
     tok = llama_tokenizer
-    out = ExampleTokenizer(tok, 256)(row(completion="Compost feeds the soil."))
+    out = ExampleTokenizer(tok, 256, train_on_prompt=False)(
+        row(completion="Compost feeds the soil.")
+    )
     ids, labels = out["input_ids"][0], out["labels"][0]
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
     assert labels == [IGNORE_INDEX, *ids[1:]]
@@ -171,7 +173,9 @@ def test_text_records_learn_every_token_and_eos(llama_tokenizer) -> None:
 
 def test_prompt_completion_learns_only_the_completion(llama_tokenizer) -> None:
     tok = llama_tokenizer
-    out = ExampleTokenizer(tok, 256)(row(prompt="Q: ratio?\nA:", completion=" three to one"))
+    out = ExampleTokenizer(tok, 256, train_on_prompt=False)(
+        row(prompt="Q: ratio?\nA:", completion=" three to one")
+    )
     labels = out["labels"][0]
     learned = [t for t in labels if t != IGNORE_INDEX]
     assert tok.decode(learned) == " three to one<|im_end|>"
@@ -181,7 +185,9 @@ def test_first_completion_word_is_learned_after_a_prompt_ending_in_a_space(
     llama_tokenizer,
 ) -> None:
     tok = llama_tokenizer
-    out = ExampleTokenizer(tok, 256)(row(prompt="Answer: ", completion="three to one"))
+    out = ExampleTokenizer(tok, 256, train_on_prompt=False)(
+        row(prompt="Answer: ", completion="three to one")
+    )
     learned = [t for t in out["labels"][0] if t != IGNORE_INDEX]
     assert tok.decode(learned).strip() == "three to one<|im_end|>"
 
@@ -190,7 +196,7 @@ def test_eos_kept_when_pad_is_eos(gpt2_tokenizer) -> None:
     """GPT-2-style tokenizers pad with EOS; labels must still teach the model to emit it."""
     tok = gpt2_tokenizer
     assert tok.pad_token is None and not tok.chat_template
-    factory = DataLoaderFactory(tok, 128)
+    factory = DataLoaderFactory(tok, 128, train_on_prompt=False, packing=False, seed=0)
     assert tok.pad_token_id == tok.eos_token_id
     assert tok.chat_template == DEFAULT_CHAT_TEMPLATE
     messages = [{"role": "user", "content": "add"}, {"role": "assistant", "content": "a + b"}]
@@ -215,7 +221,7 @@ def test_eos_kept_when_pad_is_eos(gpt2_tokenizer) -> None:
 
 
 def test_truncation_is_counted_and_prompt_only_examples_dropped(llama_tokenizer) -> None:
-    tokenizer = ExampleTokenizer(llama_tokenizer, 12)
+    tokenizer = ExampleTokenizer(llama_tokenizer, 12, train_on_prompt=False)
     long_prompt = [
         {"role": "user", "content": "word " * 40},
         {"role": "assistant", "content": "ok"},
@@ -294,7 +300,7 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_llama: Path) -> None:
 
 def test_dataloader_factory_end_to_end(llama_tokenizer, samples_dir: Path) -> None:
     # What the fine-tuner does: rows -> tokenised, packed dataset -> batches of the collator.
-    factory = DataLoaderFactory(llama_tokenizer, 64, packing=True)
+    factory = DataLoaderFactory(llama_tokenizer, 64, train_on_prompt=False, packing=True, seed=0)
     dataset = factory.build_dataset(
         factory.load_rows(samples_dir / "datasets" / "chat.jsonl"), shuffle=True
     )

@@ -15,13 +15,7 @@ import pytest
 
 from shared_utils.errors import ConfigurationError, DataValidationError
 from shared_utils.word_tokens import answer_tokens, normalize_text
-from tests.test_gguf import (  # noqa: F401
-    CHATS,
-    FineTuned,
-    finetune_tiny_llama,
-    gguf_files,
-    one_torch_thread,
-)
+from tests.finetune_helpers import CHATS, FineTuned
 from training_methods.transfer_learning.evaluation.question_files import (
     Question,
     prompt_messages,
@@ -34,10 +28,7 @@ from training_methods.transfer_learning.evaluation.scoring import (
     word_count,
 )
 
-
-@pytest.fixture(scope="session")
-def finetuned(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> FineTuned:
-    return finetune_tiny_llama(tmp_path_factory, tiny_llama)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_lines(path: Path, lines: list[Any]) -> Path:
@@ -377,7 +368,7 @@ def test_evaluate_base_and_fine_tuned_side_by_side(
 def test_evaluate_gguf_row_through_llama_cpp(
     tmp_path: Path,
     finetuned: FineTuned,
-    gguf_files: dict[str, Path],  # noqa: F811 (the fixture imported from test_gguf)
+    gguf_files: dict[str, Path],
     run_main,
 ) -> None:
     """The merged model through transformers and its GGUF through llama.cpp answer alike."""

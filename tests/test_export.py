@@ -9,12 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_gguf import FineTuned, finetune_tiny_llama, one_torch_thread  # noqa: F401
+from tests.finetune_helpers import FineTuned
 
-
-@pytest.fixture(scope="session")
-def finetuned(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> FineTuned:
-    return finetune_tiny_llama(tmp_path_factory, tiny_llama)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tree(folder: Path) -> list[str]:

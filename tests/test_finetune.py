@@ -4,49 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from shared_utils.config import ToolkitConfig, apply_overrides
 from shared_utils.errors import ConfigurationError, TrainingError
-
-MEMORISE = [
-    "Browns are dry leaves, straw and cardboard.",
-    "Greens are peelings, coffee grounds and grass.",
-    "Turn the pile every one to two weeks.",
-    "Finished compost smells of forest soil.",
-]
-
-
-def make_config(tmp_path: Path, model: Path, section: str = "lora", **overrides: Any):
-    """A config for fast CPU runs on a tiny model; `overrides` are dotted keys under the section
-    (`training.max_steps`, `early_stopping.patience`) or absolute (`common.seed`)."""
-    config = ToolkitConfig()
-    key = f"transfer_learning.{section}"
-    base = {
-        "common.device": "cpu",
-        f"{key}.model_name": str(model),
-        f"{key}.output_dir": str(tmp_path / "run"),
-        f"{key}.max_length": 64,
-        f"{key}.val_size": 0.0,
-        f"{key}.training.batch_size": 2,
-        f"{key}.training.learning_rate": 5e-3,
-        f"{key}.training.loraplus_lr_ratio": 0.0,  # the rates here are sized for plain LoRA
-        f"{key}.training.warmup_ratio": 0.0,
-        f"{key}.training.lr_scheduler_type": "constant",
-        f"{key}.training.logging_steps": 1,
-        f"{key}.num_samples": 0,
-        "logging.use_tensorboard": False,
-    }
-    for name, value in overrides.items():
-        dotted = name.replace("__", ".")
-        base[dotted if dotted.split(".")[0] in _SECTIONS else f"{key}.{dotted}"] = value
-    apply_overrides(config, base)
-    return config
-
-
-_SECTIONS = {"common", "logging", "transfer_learning"}
+from tests.finetune_helpers import MEMORISE, make_config
 
 
 def train_losses(run: Path) -> dict[int, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_finetune import make_config
+from tests.finetune_helpers import MEMORISE, make_config
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,6 @@ def test_lora_keys_shape_the_adapter_and_data(tmp_path: Path, tiny_llama: Path) 
 def test_early_stopping_and_restore_best_weights(tmp_path: Path, tiny_llama: Path) -> None:
     from safetensors.torch import load_file
 
-    from tests.test_finetune import MEMORISE
     from training_methods.transfer_learning.finetuning.lora_finetuner import LoRAFineTuner
 
     def run(name: str, **overrides):

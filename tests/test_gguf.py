@@ -3,114 +3,25 @@ file verified by llama.cpp (llama-cpp-python), the engine LM Studio runs, agains
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared_utils.errors import ConfigurationError
+from tests.finetune_helpers import CHATS, FineTuned
+from tests.gguf_models import TOKENIZER_SAMPLES
+from tests.gguf_roundtrip import (
+    GREEDY_TOKENS,
+    LOGIT_ATOL,
+    gguf_fields,
+    llama_cpp_greedy,
+    next_token_agreement,
+    open_llama,
+    transformers_reference,
+)
 
-# --------------------------------------------------------------------------------------------------
-# A tiny fine-tuned model, shared by test_gguf, test_export and test_chat
-# --------------------------------------------------------------------------------------------------
-
-CHATS = [
-    ("What goes in a compost pile?", "Browns are dry leaves, straw and cardboard."),
-    ("How often should I turn it?", "Turn the pile every one to two weeks."),
-    ("How does finished compost smell?", "Finished compost smells of forest soil."),
-]
-
-
-@dataclass(frozen=True)
-class FineTuned:
-    adapter: Path  # a train-lora output folder
-    merged: Path  # the adapter merged into its base
-
-
-_FINETUNED: dict[tuple[Path, Path], FineTuned] = {}
-
-
-def chat_records() -> list[dict[str, Any]]:
-    return [
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-        for q, a in CHATS
-    ]
-
-
-def finetune_on_chats(
-    tmp_path_factory: pytest.TempPathFactory, base: Path, steps: int = 30, **overrides: Any
-) -> FineTuned:
-    """`base` with a LoRA adapter that memorised CHATS (`steps` steps), and its merge; made once
-    per session and base. Tests of every architecture the export supports start from this.
-    `overrides`: more lora config keys (`max_length=128` for a template with a system turn)."""
-    key = (tmp_path_factory.getbasetemp(), base)
-    if key not in _FINETUNED:
-        import torch
-
-        from tests.test_finetune import make_config
-        from training_methods.transfer_learning.finetuning.lora_finetuner import LoRAFineTuner
-        from training_methods.transfer_learning.merge import merge_adapter
-
-        root = tmp_path_factory.mktemp(f"finetuned-{base.name}")
-        config = make_config(
-            root,
-            base,
-            **{
-                "training.max_steps": steps,
-                "training.batch_size": 3,
-                "training.learning_rate": 1e-2,
-                **overrides,
-            },
-        )
-        tuner = LoRAFineTuner.from_config(config)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)  # on a busy 2-core machine a second thread makes it 5x slower
-        try:
-            rows = tuner.prepare_instruction_dataset(chat_records())
-            tuner.train(rows, output_dir=root / "adapter")
-        finally:
-            torch.set_num_threads(previous)
-        merged = merge_adapter(root / "adapter", root / "merged")
-        _FINETUNED[key] = FineTuned(adapter=root / "adapter", merged=merged)
-    return _FINETUNED[key]
-
-
-def finetune_tiny_llama(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> FineTuned:
-    """tiny_llama fine-tuned on CHATS (30 steps); test_export, test_chat, test_evaluate and
-    test_model_loading define their `finetuned` fixture with this function."""
-    return finetune_on_chats(tmp_path_factory, tiny_llama)
-
-
-@pytest.fixture(scope="session")
-def finetuned(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> FineTuned:
-    return finetune_tiny_llama(tmp_path_factory, tiny_llama)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine: a second intra-op thread only adds contention.
-    test_export and test_chat import this fixture too."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def llama_cpp_without_amx_repacking() -> None:
-    """llama.cpp's AMX kernels segfault on quantised weights (see
-    llama_cpp_runtime.avoid_llama_cpp_amx_crash): on such CPUs the files are run without weight
-    repacking. test_gguf_quant and test_gguf_qwen import this fixture too."""
-    try:
-        from shared_utils.llama_cpp_runtime import avoid_llama_cpp_amx_crash
-
-        avoid_llama_cpp_amx_crash()
-    except ImportError:  # the tests that need llama-cpp-python fail on their own import
-        pass
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "llama_cpp_without_amx_repacking")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,36 +190,6 @@ def test_vocabulary_types_and_padding_rows(tiny_llama: Path) -> None:
 # Files written for the fine-tuned model
 # --------------------------------------------------------------------------------------------------
 
-_GGUF_FILES: dict[Path, dict[str, Path]] = {}
-
-
-@pytest.fixture(scope="session")
-def gguf_files(tmp_path_factory: pytest.TempPathFactory, finetuned: FineTuned) -> dict[str, Path]:
-    """The merged fine-tuned model as f32, f16 and q8_0 GGUF files."""
-    from training_methods.transfer_learning.serving.gguf.tensors import GGUF_TYPES
-    from training_methods.transfer_learning.serving.gguf.writer import write_gguf
-
-    key = tmp_path_factory.getbasetemp()
-    if key not in _GGUF_FILES:
-        folder = tmp_path_factory.mktemp("gguf")
-        _GGUF_FILES[key] = {
-            kind: write_gguf(
-                finetuned.merged, folder / f"tiny-{kind}.gguf", kind, progress=False
-            ).path
-            for kind in GGUF_TYPES
-        }
-    return _GGUF_FILES[key]
-
-
-def _fields(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """(metadata key → value, tensor name → ggml type) read back with gguf's reader."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
-    return {name: field.contents() for name, field in reader.fields.items()}, {
-        tensor.name: tensor.tensor_type.name for tensor in reader.tensors
-    }
-
 
 def test_metadata_carries_chat_template_eos_and_hyperparameters(
     gguf_files: dict[str, Path], finetuned: FineTuned
@@ -317,7 +198,7 @@ def test_metadata_carries_chat_template_eos_and_hyperparameters(
 
     tokenizer = AutoTokenizer.from_pretrained(finetuned.merged)
     config = AutoConfig.from_pretrained(finetuned.merged)
-    fields, tensors = _fields(gguf_files["q8_0"])
+    fields, tensors = gguf_fields(gguf_files["q8_0"])
     assert fields["general.architecture"] == "llama"
     assert fields["tokenizer.chat_template"] == tokenizer.chat_template
     assert fields["tokenizer.ggml.eos_token_id"] == tokenizer.eos_token_id
@@ -345,7 +226,7 @@ def test_template_less_tokenizer_gets_the_default_template_gpt2(
     from training_methods.transfer_learning.serving.gguf.writer import write_gguf
 
     summary = write_gguf(tiny_gpt2, tmp_path / "gpt2.gguf", "f16", progress=False)
-    fields, tensors = _fields(summary.path)
+    fields, tensors = gguf_fields(summary.path)
     assert summary.architecture == "gpt2"
     assert fields["tokenizer.chat_template"] == DEFAULT_CHAT_TEMPLATE
     assert fields["tokenizer.ggml.eos_token_id"] == fields["tokenizer.ggml.bos_token_id"]
@@ -356,87 +237,6 @@ def test_template_less_tokenizer_gets_the_default_template_gpt2(
 # --------------------------------------------------------------------------------------------------
 # Verified by llama.cpp
 # --------------------------------------------------------------------------------------------------
-
-PROMPT_COUNT = 3
-GREEDY_TOKENS = 16
-# Tolerances for the first-step logits: max |llama.cpp - transformers| over the vocabulary. The
-# fine-tuned model's logits span ~9 with a gap of ~3 between the top two. f32: the same float32
-# weights; only the order of float32 additions in ggml's kernels differs (~1e-7 relative per dot
-# product), measured <= 1.2e-6, so 1e-4 is tight yet leaves room for other thread counts and
-# SIMD paths. f16: every 2-D weight is rounded to 11 significant bits (relative error up to
-# 2^-11 ~ 5e-4) and ggml rounds the activations to f16 before each f16 matrix product; through 2
-# layers and the output head that moved logits by <= 1.4e-3 (measured), so 2e-2: ~15x the
-# measurement and ~150x below the top-2 gap greedy decoding depends on. The KV cache is kept in
-# f32 (_llama) so the comparison is of the file's weights, not of llama.cpp's cache setting.
-LOGIT_ATOL = {"f32": 1e-4, "f16": 2e-2}
-
-
-def _prompt_ids(tokenizer: Any, question: str) -> list[int]:
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-    )
-    return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template writes BOS
-
-
-def _llama(path: Path, **kwargs: Any):
-    import llama_cpp  # a test dependency (requirements-dev.txt): missing it must fail
-
-    return llama_cpp.Llama(
-        model_path=str(path),
-        n_ctx=128,
-        logits_all=True,
-        verbose=False,
-        n_threads=1,
-        type_k=llama_cpp.GGML_TYPE_F32,  # an f32 KV cache: compare the weights, not the cache
-        type_v=llama_cpp.GGML_TYPE_F32,
-        **kwargs,
-    )
-
-
-def llama_cpp_greedy(llm: Any, ids: list[int], steps: int) -> tuple[list[int], Any]:
-    """Greedy tokens from llama.cpp fed these exact ids (no BOS added), and first-step logits."""
-    import numpy as np
-
-    llm.reset()
-    llm.eval(ids)
-    first = np.array(llm.scores[llm.n_tokens - 1], copy=True)
-    out = []
-    for _ in range(steps):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        out.append(token)
-        llm.eval([token])
-    return out, first
-
-
-def transformers_greedy(model: Any, ids: list[int], steps: int) -> tuple[list[int], Any]:
-    import torch
-
-    sequence = torch.tensor([ids])
-    out, first = [], None
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = model(input_ids=sequence).logits[0, -1]
-            if first is None:
-                first = logits.numpy().copy()
-            token = int(logits.argmax())
-            out.append(token)
-            sequence = torch.cat([sequence, torch.tensor([[token]])], dim=1)
-    return out, first
-
-
-def transformers_reference(merged: Path) -> list[tuple[list[int], list[int], Any]]:
-    """(prompt ids, greedy tokens, first-step logits) of transformers on a merged fine-tune, for
-    the first PROMPT_COUNT questions of CHATS."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(merged)
-    model = AutoModelForCausalLM.from_pretrained(merged).eval()
-    rows = []
-    for question, _ in CHATS[:PROMPT_COUNT]:
-        ids = _prompt_ids(tokenizer, question)
-        tokens, logits = transformers_greedy(model, ids, GREEDY_TOKENS)
-        rows.append((ids, tokens, logits))
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -450,7 +250,7 @@ def test_llama_cpp_greedy_tokens_and_logits_match_transformers(
 ) -> None:
     import numpy as np
 
-    llm = _llama(gguf_files[kind])
+    llm = open_llama(gguf_files[kind])
     for ids, expected, expected_logits in reference:
         assert len(set(expected)) > 3, expected  # a meaningful reference, not one token repeated
         tokens, logits = llama_cpp_greedy(llm, ids, GREEDY_TOKENS)
@@ -461,21 +261,10 @@ def test_llama_cpp_greedy_tokens_and_logits_match_transformers(
         assert difference < LOGIT_ATOL[kind]
 
 
-def next_token_agreement(llm: Any, ids: list[int], expected: list[int]) -> float:
-    """Share of positions where llama.cpp's argmax equals transformers' greedy token, both fed
-    transformers' sequence (teacher forcing), so one flipped near-tie does not derail the rest."""
-    import numpy as np
-
-    llm.reset()
-    llm.eval(ids + expected[:-1])
-    scores = np.asarray(llm.scores[len(ids) - 1 : len(ids) - 1 + len(expected)])
-    return float((scores.argmax(axis=1) == np.asarray(expected)).mean())
-
-
 def test_llama_cpp_q8_0_generates_mostly_the_same_tokens(
     gguf_files: dict[str, Path], reference: list, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    llm = _llama(gguf_files["q8_0"])
+    llm = open_llama(gguf_files["q8_0"])
     rates, prefixes = [], []
     for ids, expected, _ in reference:
         tokens, _ = llama_cpp_greedy(llm, ids, GREEDY_TOKENS)
@@ -518,22 +307,13 @@ def test_llama_cpp_chat_uses_the_stored_template_and_stops_at_eos(
         assert reply["finish_reason"] == "stop"  # EOS, not the 48-token limit
 
 
-TOKENIZER_SAMPLES = [
-    "Turn the pile every one to two weeks.",
-    "Crème brûlée, naïve façade, Ærøskøbing — déjà vu.",
-    "def add(a, b):\n    return a + b  # 12345 + 678\n\tx = [1, 2, 3]",
-    "Compost 🌱🐛 works! 😀👍🏽 ok?",
-    "  leading spaces and trailing   \n\n",
-]
-
-
 def test_llama_cpp_tokenizes_like_transformers(
     gguf_files: dict[str, Path], finetuned: FineTuned
 ) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(finetuned.merged)
-    llm = _llama(gguf_files["q8_0"], vocab_only=True)
+    llm = open_llama(gguf_files["q8_0"], vocab_only=True)
     for text in TOKENIZER_SAMPLES:
         expected = tokenizer(text)["input_ids"]  # BOS prepended, as the post-processor does
         assert llm.tokenize(text.encode(), add_bos=True) == expected, text
@@ -587,7 +367,7 @@ def test_llama_cpp_tokenizes_llama3_and_qwen2_style_tokenizers_alike(
     tokenizer.save_pretrained(model_dir)
     summary = write_gguf(model_dir, tmp_path / "m.gguf", "f32", progress=False)
     assert summary.tokenizer_pre == pre
-    llm = _llama(summary.path, vocab_only=True)
+    llm = open_llama(summary.path, vocab_only=True)
     for text in [*TOKENIZER_SAMPLES, "I'm 2024's 1234567 people\r\n\r\nyou'LL"]:
         assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text)["input_ids"], text
 
@@ -628,7 +408,7 @@ def test_llama_cpp_applies_rope_scaling_like_transformers(
     with torch.no_grad():
         expected = scaled.eval()(input_ids=torch.tensor([ids])).logits[0].numpy()
         unscaled = model.eval()(input_ids=torch.tensor([ids])).logits[0].numpy()
-    llm = _llama(summary.path)
+    llm = open_llama(summary.path)
     llm.eval(ids)
     logits = np.asarray(llm.scores[: len(ids)])
     assert np.abs(logits - expected).max() < LOGIT_ATOL["f32"]
@@ -648,7 +428,7 @@ def test_llama_cpp_runs_an_exported_gpt2_like_transformers(tmp_path: Path, tiny_
     with torch.no_grad():
         model = AutoModelForCausalLM.from_pretrained(tiny_gpt2).eval()
         expected = model(input_ids=torch.tensor([ids])).logits[0].numpy()
-    llm = _llama(summary.path)
+    llm = open_llama(summary.path)
     llm.eval(ids)
     difference = np.abs(np.asarray(llm.scores[: len(ids)]) - expected).max()
     print(f"\ngpt2 f32: max |logit difference| {difference:.2e}")

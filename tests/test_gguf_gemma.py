@@ -6,172 +6,34 @@ GemmaTokenizer), a tiny random model of each architecture that uses everything l
 reproduce (norms stored as weight - 1, the embedding scale, a sliding window shorter than the
 prompts, soft-capping, a query_pre_attn_scalar other than head_dim, Gemma 3's q/k norms and its
 two rotary bases with linear scaling of the global one), fine-tuned with train-lora's LoRA on
-CHATS, exported from the adapter and run by llama.cpp (llama-cpp-python) against transformers."""
+CHATS, exported from the adapter and run by llama.cpp (llama-cpp-python) against transformers.
+
+The tiny models and their tokenizers are built by tests/gguf_models.py."""
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.gguf_roundtrip import check_chat_answers, check_greedy_tokens_and_logits, export_adapter
-from tests.test_gguf import (  # noqa: F401  (autouse fixtures imported)
-    CHATS,
-    TOKENIZER_SAMPLES,
-    FineTuned,
-    _fields,
-    _llama,
-    finetune_on_chats,
-    llama_cpp_without_amx_repacking,
-    one_torch_thread,
+from tests.finetune_helpers import FineTuned, finetune_on_chats
+from tests.gguf_models import (
+    GEMMA_LOGIT_ATOL,
+    GEMMA_SAMPLES,
+    SLIDING_WINDOW,
+    TURN_MARKERS,
+    build_tiny_gemma,
+)
+from tests.gguf_roundtrip import (
+    check_chat_answers,
+    check_greedy_tokens_and_logits,
+    export_adapter,
+    gguf_fields,
+    open_llama,
 )
 
-# Gemma 2's template (its role checks left out): BOS, then turns; "model" is the assistant.
-GEMMA_CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{{- '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
-)
-TURN_MARKERS = ["<start_of_turn>", "<end_of_turn>"]
-# Gemma has no dummy prefix: text that opens with spaces splits alike on both sides.
-GEMMA_SAMPLES = [
-    *TOKENIZER_SAMPLES,
-    "堆肥需要每周翻动一次。日本語のテキスト、한국어 문장.",
-    "I'm 2024's 1234567 people\r\n\r\nyou'LL",
-    "\n\nafter two newlines  and   runs of spaces",
-]
-SLIDING_WINDOW = 8  # shorter than every prompt: the window is exercised
-# First-step logit tolerances. llama.cpp's CPU GELU (Gemma's activation; the other families run
-# SiLU) is read from a table indexed by the input rounded to f16, so even the f32 file's
-# activations carry f16 rounding (relative 2^-11): on the random models, 2 layers moved logits by
-# <= 8e-4, 6 by <= 1.8e-3, and with that rounding reproduced in transformers the differences
-# fell to <= 5e-4 (1e-6 for Gemma 2): the rest of the graph matches. f32: 1e-2; f16 adds the
-# weight rounding LOGIT_ATOL["f16"] allows for. Both far below the top-2 gap greedy decoding
-# depends on, which the token comparison checks anyway.
-GEMMA_LOGIT_ATOL = {"f32": 1e-2, "f16": 3e-2}
-
-
-def train_gemma_sentencepiece(path: Path, vocab_size: int = 600) -> Path:
-    """A SentencePiece BPE model trained the way Gemma's was: byte fallback, digits split,
-    identity normalisation, whitespace kept, no dummy prefix, <pad> <eos> <bos> <unk> at ids
-    0-3 and the turn markers as user-defined pieces."""
-    import sentencepiece as spm
-
-    from training_methods.transfer_learning.tiny_model import sample_corpus_texts
-
-    texts = [*sample_corpus_texts(), *[q + " " + a for q, a in CHATS], *GEMMA_SAMPLES]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts * 2),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        byte_fallback=True,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        add_dummy_prefix=False,
-        character_coverage=1.0,
-        hard_vocab_limit=False,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece="<pad>",
-        eos_piece="<eos>",
-        bos_piece="<bos>",
-        unk_piece="<unk>",
-        user_defined_symbols=TURN_MARKERS,
-        minloglevel=2,
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.getvalue())
-    return path
-
-
-def gemma_tokenizer(folder: Path) -> Any:
-    """transformers' GemmaTokenizer made from `folder`'s tokenizer.model, the turn markers special
-    as in Gemma's tokenizer.json, EOS <end_of_turn> (where Gemma's generation_config stops a
-    turn), saved there."""
-    from transformers import AutoTokenizer
-
-    train_gemma_sentencepiece(folder / "tokenizer.model")
-    config = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.add_special_tokens({"additional_special_tokens": TURN_MARKERS})
-    tokenizer.eos_token = "<end_of_turn>"
-    tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    return tokenizer
-
-
-def build_tiny_gemma(folder: Path, arch: str, **overrides: Any) -> Path:
-    """A random Gemma 2 (2 layers: one sliding, one global; soft-capped) or Gemma 3 (6 layers:
-    five sliding, one global; q/k norms; rotary bases 10000 and 1e6, the global one linearly
-    scaled) with head_dim 32 (not hidden_size / heads) and query_pre_attn_scalar 24 (not
-    head_dim), saved like a hub folder. Norm weights are random: zeros (Gemma's identity) would
-    hide a missing +1."""
-    import torch
-    from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
-
-    tokenizer = gemma_tokenizer(folder)
-    common = dict(
-        vocab_size=-(-len(tokenizer) // 64) * 64,  # rows padded to a round size
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        query_pre_attn_scalar=24,
-        sliding_window=SLIDING_WINDOW,
-        max_position_embeddings=512,
-        rms_norm_eps=1e-6,
-        initializer_range=0.1,  # wide enough that LoRA can fit CHATS (tiny_model's docstring)
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    if arch == "gemma2":
-        gemma2 = {
-            **common,
-            "num_hidden_layers": 2,
-            "attn_logit_softcapping": 3.0,  # low enough to change the scores of this tiny model
-            "final_logit_softcapping": 12.0,
-            **overrides,
-        }
-        config: Any = Gemma2Config(**gemma2)
-        model_class: Any = Gemma2ForCausalLM
-    else:
-        gemma3 = {
-            **common,
-            "num_hidden_layers": 6,
-            "rope_parameters": {
-                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
-                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-            },
-            **overrides,
-        }
-        config = Gemma3TextConfig(**gemma3)
-        config.architectures = ["Gemma3ForCausalLM"]
-        model_class = Gemma3ForCausalLM
-    torch.manual_seed(0)
-    model = model_class(config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" in name:
-                parameter.uniform_(-0.5, 0.5)  # Gemma's norm scales by 1 + weight
-    model.save_pretrained(folder)
-    return folder
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "llama_cpp_without_amx_repacking")
 
 ARCHITECTURES = ["gemma2", "gemma3"]
 _EXPORTS: dict[tuple[Path, str], tuple[FineTuned, dict[str, Path]]] = {}
@@ -200,7 +62,7 @@ def test_metadata_and_tensors_follow_llama_cpp(exported: tuple[str, FineTuned, d
 
     arch, finetuned, files = exported
     config = AutoConfig.from_pretrained(finetuned.merged)
-    fields, tensors = _fields(files["f32"])
+    fields, tensors = gguf_fields(files["f32"])
     assert fields["general.architecture"] == arch
     assert fields["tokenizer.ggml.model"] == "llama"
     assert fields["tokenizer.ggml.add_space_prefix"] is False  # Gemma has no dummy prefix
@@ -242,7 +104,7 @@ def test_llama_cpp_tokenizes_like_transformers(exported: tuple[str, FineTuned, d
 
     _, finetuned, files = exported
     tokenizer = AutoTokenizer.from_pretrained(finetuned.adapter)
-    llm = _llama(files["f16"], vocab_only=True)
+    llm = open_llama(files["f16"], vocab_only=True)
     for text in GEMMA_SAMPLES:
         expected = tokenizer(text)["input_ids"]  # <bos>, then the text as written
         assert llm.tokenize(text.encode(), add_bos=True) == expected, text

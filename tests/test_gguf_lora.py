@@ -17,25 +17,20 @@ from typing import Any
 import pytest
 
 from main import main
-from tests.test_gguf import (  # noqa: F401  (autouse fixtures imported)
-    CHATS,
+from tests.finetune_helpers import CHATS, FineTuned, finetune_on_chats, finetune_tiny_llama
+from tests.gguf_models import GEMMA_LOGIT_ATOL, build_tiny_gemma, build_tiny_qwen, tiny_phi3
+from tests.gguf_roundtrip import (
     GREEDY_TOKENS,
     LOGIT_ATOL,
     PROMPT_COUNT,
-    FineTuned,
-    _fields,
-    _llama,
-    _prompt_ids,
-    finetune_on_chats,
-    finetune_tiny_llama,
+    chat_prompt_ids,
+    gguf_fields,
     llama_cpp_greedy,
-    llama_cpp_without_amx_repacking,
-    one_torch_thread,
+    open_llama,
     transformers_greedy,
 )
-from tests.test_gguf_gemma import GEMMA_LOGIT_ATOL, build_tiny_gemma
-from tests.test_gguf_phi3 import tiny_phi3
-from tests.test_gguf_qwen import build_tiny_qwen
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "llama_cpp_without_amx_repacking")
 
 ARCHITECTURES = ["llama", "gemma2", "gpt2", "qwen2", "phi3"]
 # The adapter's module for the first layer's queries → its llama.cpp weight.
@@ -104,17 +99,17 @@ def test_lora_file_holds_the_adapter_in_llama_cpp_layout(
 
     arch, finetuned, files = lora_files
     adapter_config = json.loads((finetuned.adapter / "adapter_config.json").read_text())
-    fields, tensors = _fields(files["lora-f32"])
+    fields, tensors = gguf_fields(files["lora-f32"])
     assert fields["general.type"] == "adapter"
     assert fields["general.architecture"] == arch
     assert fields["adapter.type"] == "lora"
     assert fields["adapter.lora.alpha"] == pytest.approx(adapter_config["lora_alpha"])
     assert not any(key.startswith("tokenizer.") for key in fields)  # the base's GGUF has it
-    _, base_tensors = _fields(files["base-f16"])
+    _, base_tensors = gguf_fields(files["base-f16"])
     targets = {name.rsplit(".", 1)[0] for name in tensors}
     assert targets <= set(base_tensors) and "blk.1.ffn_down.weight" in targets
     assert set(tensors) == {f"{t}.{part}" for t in targets for part in ("lora_a", "lora_b")}
-    assert set(_fields(files["lora-f16"])[1].values()) == {"F16"}
+    assert set(gguf_fields(files["lora-f16"])[1].values()) == {"F16"}
     reader = GGUFReader(files["lora-f32"])
     written = {tensor.name: np.array(tensor.data) for tensor in reader.tensors}
     module, weight = QUERY_MODULES[arch]
@@ -149,13 +144,13 @@ def test_llama_cpp_base_plus_lora_gives_the_merged_models_tokens(
     arch, finetuned, files = lora_files
     tokenizer = AutoTokenizer.from_pretrained(finetuned.adapter)
     model = AutoModelForCausalLM.from_pretrained(finetuned.merged).eval()
-    with_lora = _llama(files["base-f16"], lora_path=str(files[lora]))
-    merged = _llama(files["merged-f16"])
-    base = _llama(files["base-f16"])
+    with_lora = open_llama(files["base-f16"], lora_path=str(files[lora]))
+    merged = open_llama(files["merged-f16"])
+    base = open_llama(files["base-f16"])
     atol = GEMMA_LOGIT_ATOL["f16"] if arch == "gemma2" else LOGIT_ATOL["f16"]
     largest, base_differs = 0.0, False
     for question, _ in CHATS[:PROMPT_COUNT]:
-        ids = _prompt_ids(tokenizer, question)
+        ids = chat_prompt_ids(tokenizer, question)
         expected, expected_logits = transformers_greedy(model, ids, GREEDY_TOKENS)
         tokens, logits = llama_cpp_greedy(with_lora, ids, GREEDY_TOKENS)
         assert tokens == expected == llama_cpp_greedy(merged, ids, GREEDY_TOKENS)[0]

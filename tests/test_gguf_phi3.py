@@ -6,7 +6,9 @@ per-frequency rotary factors for short and long contexts, written as tensors), t
 <|end|> added after its pieces) and Phi-4-mini's (byte-level BPE with the o200k split, llama.cpp's
 `gpt-4o`). Tiny random models of three Phi-3 shapes, fine-tuned with
 train-lora's LoRA on CHATS (its LoRA wraps the fused layers), exported from the adapter and run
-by llama.cpp (llama-cpp-python) against transformers."""
+by llama.cpp (llama-cpp-python) against transformers.
+
+The tiny models and their tokenizers are built by tests/gguf_models.py."""
 
 from __future__ import annotations
 
@@ -16,172 +18,25 @@ from typing import Any
 
 import pytest
 
-from tests.gguf_roundtrip import check_chat_answers, check_greedy_tokens_and_logits, export_adapter
-from tests.test_gguf import (  # noqa: F401  (autouse fixtures imported)
-    CHATS,
+from tests.finetune_helpers import FineTuned, finetune_on_chats
+from tests.gguf_models import (
+    PHI3_VARIANTS,
+    PHI4_MINI_SAMPLES,
+    SPM_SAMPLES,
+    build_tiny_phi3,
+    longrope,
+    tiny_phi3,
+)
+from tests.gguf_roundtrip import (
     LOGIT_ATOL,
-    TOKENIZER_SAMPLES,
-    FineTuned,
-    _fields,
-    _llama,
-    finetune_on_chats,
-    llama_cpp_without_amx_repacking,
-    one_torch_thread,
+    check_chat_answers,
+    check_greedy_tokens_and_logits,
+    export_adapter,
+    gguf_fields,
+    open_llama,
 )
-from tests.test_gguf_sentencepiece import SPM_SAMPLES, sentencepiece_tokenizer
 
-PHI3_SPECIAL_TOKENS = ["<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>", "<|system|>"]
-# Phi-3 mini instruct's template.
-PHI3_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|assistant|>\\n' }}{%- endif %}"
-)
-# Phi-4-mini's template (no newlines, unlike Phi-3's), its tool branches left out.
-PHI4_MINI_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|assistant|>' }}{%- endif %}"
-)
-PHI4_MINI_SAMPLES = [
-    *TOKENIZER_SAMPLES,
-    "堆肥需要每周翻动一次。日本語のテキスト、한국어 문장.",
-    "I'm 2024's 1234567 people\r\n\r\nyou'LL",
-    "HelloWorld iPhone USB-C's CamelCaseText HTTPServer ÆRØskøbing",
-    "path/to\n/file and a\n/b",
-]
-
-
-def phi4_mini_tokenizer() -> Any:
-    """A byte-level BPE tokenizer built the way Phi-4-mini's tokenizer.json is: tiktoken's o200k
-    split regex (llama.cpp's `gpt-4o`), ByteLevel without its own regex, no normalizer, the chat
-    tokens appended after the BPE vocabulary, no BOS added, EOS <|end|>."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, trainers
-    from tokenizers import pre_tokenizers as pre
-    from transformers import PreTrainedTokenizerFast
-
-    from training_methods.transfer_learning.serving.gguf.tokenizer import GPT4O_SPLIT_REGEX
-    from training_methods.transfer_learning.tiny_model import sample_corpus_texts
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre.Sequence(
-        [
-            pre.Split(Regex(GPT4O_SPLIT_REGEX), behavior="isolated", invert=False),
-            pre.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=800, initial_alphabet=pre.ByteLevel.alphabet(), show_progress=False
-    )
-    texts = [*sample_corpus_texts(), *[answer for _, answer in CHATS], *PHI4_MINI_SAMPLES]
-    backend.train_from_iterator(texts * 2, trainer)
-    backend.add_special_tokens(
-        [AddedToken(token, special=True, normalized=False) for token in PHI3_SPECIAL_TOKENS]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<|endoftext|>",
-        eos_token="<|end|>",
-        pad_token="<|endoftext|>",
-    )
-    tokenizer.chat_template = PHI4_MINI_CHAT_TEMPLATE
-    return tokenizer
-
-
-def longrope(frequencies: int, original_context: int) -> dict[str, Any]:
-    """LongRoPE settings for `frequencies` rotary frequencies, shaped like Phi-3 128k's: short
-    factors near 1, long factors growing to 16 towards the low frequencies (distinct values, so a
-    factor written in the wrong place or regime shows in the logits)."""
-    steps = [i / (frequencies - 1) for i in range(frequencies)]
-    return {
-        "rope_type": "longrope",
-        "short_factor": [1.0 + 0.5 * x for x in steps],
-        "long_factor": [1.0 + 15.0 * x * x for x in steps],
-        "original_max_position_embeddings": original_context,
-    }
-
-
-# The three Phi-3 shapes, as Phi3Config settings (head_dim 16):
-# - phi3: Phi-3 mini 4k's plain rotary, here on 3/4 of each head; untied.
-# - phi3-128k: Phi-3 mini 128k's LongRoPE on whole heads, untied, its 262144-token window. Its
-#   original context (16) is shorter than every prompt (17+ tokens), so transformers uses the long
-#   factors, as llama.cpp does for any context it opens over 16 tokens.
-# - phi4-mini: Phi-4-mini's LongRoPE on 3/4 of each head, tied embeddings, no window. Its original
-#   context (256) is longer than every prompt, so transformers uses the short factors, as
-#   llama.cpp does for a context of up to 256 tokens (it rounds n_ctx up to a multiple of 256, so
-#   _llama's 128 and check_chat_answers' 256 both open 256).
-PHI3_VARIANTS: dict[str, dict[str, Any]] = {
-    "phi3": {
-        "max_position_embeddings": 512,
-        "original_max_position_embeddings": 512,
-        "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.75},
-    },
-    "phi3-128k": {
-        "max_position_embeddings": 512,
-        "original_max_position_embeddings": 16,
-        "rope_parameters": {**longrope(8, 16), "partial_rotary_factor": 1.0},
-        "sliding_window": 262144,
-    },
-    "phi4-mini": {
-        "max_position_embeddings": 4096,
-        "original_max_position_embeddings": 256,
-        "rope_parameters": {**longrope(6, 256), "partial_rotary_factor": 0.75},
-        "tie_word_embeddings": True,
-    },
-}
-
-
-def build_tiny_phi3(folder: Path, variant: str = "phi3", **overrides: Any) -> Path:
-    """A random Phi-3 of one of PHI3_VARIANTS with Phi-3's tokenizer, saved like a hub folder.
-    Norm weights are random: ones would hide a misplaced tensor."""
-    import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    if variant == "phi4-mini":
-        tokenizer = phi4_mini_tokenizer()
-    else:
-        tokenizer = sentencepiece_tokenizer(folder, PHI3_CHAT_TEMPLATE, legacy=True)
-        tokenizer.add_special_tokens({"additional_special_tokens": PHI3_SPECIAL_TOKENS})
-        tokenizer.eos_token = "<|end|>"  # where a turn stops, as Phi-3's generation_config says
-        tokenizer.pad_token = "<|endoftext|>"
-    tokenizer.save_pretrained(folder)
-    settings: dict[str, Any] = {"tie_word_embeddings": False, **PHI3_VARIANTS[variant], **overrides}
-    settings["rope_parameters"] = {"rope_theta": 10000.0, **settings["rope_parameters"]}
-    config = Phi3Config(
-        vocab_size=-(-len(tokenizer) // 64) * 64,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.1,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **settings,
-    )
-    torch.manual_seed(0)
-    model = Phi3ForCausalLM(config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" in name:
-                parameter.uniform_(0.5, 1.5)
-    model.save_pretrained(folder)
-    return folder
-
-
-_BASES: dict[tuple[Path, str], Path] = {}
-
-
-def tiny_phi3(tmp_path_factory: pytest.TempPathFactory, variant: str) -> Path:
-    """build_tiny_phi3 of `variant`, made once per session (test_gguf_lora fine-tunes it too)."""
-    key = (tmp_path_factory.getbasetemp(), variant)
-    if key not in _BASES:
-        _BASES[key] = build_tiny_phi3(tmp_path_factory.mktemp(f"tiny-{variant}"), variant)
-    return _BASES[key]
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "llama_cpp_without_amx_repacking")
 
 
 Exported = tuple[str, FineTuned, dict[str, Path]]
@@ -208,7 +63,7 @@ def test_fused_projections_rotary_and_factors_follow_llama_cpp(exported: Exporte
     variant, finetuned, files = exported
     config = AutoConfig.from_pretrained(finetuned.merged)
     rope = config.rope_parameters
-    fields, tensors = _fields(files["f16"])
+    fields, tensors = gguf_fields(files["f16"])
     assert fields["general.architecture"] == "phi3"
     rotary = int(16 * rope["partial_rotary_factor"])  # head_dim 16
     assert fields["phi3.rope.dimension_count"] == rotary
@@ -251,7 +106,7 @@ def test_llama_cpp_tokenizes_like_transformers(exported: Exported) -> None:
 
     variant, finetuned, files = exported
     tokenizer = AutoTokenizer.from_pretrained(finetuned.adapter)
-    llm = _llama(files["f16"], vocab_only=True)
+    llm = open_llama(files["f16"], vocab_only=True)
     for text in PHI4_MINI_SAMPLES if variant == "phi4-mini" else SPM_SAMPLES:
         assert llm.tokenize(text.encode(), add_bos=True) == tokenizer(text)["input_ids"], text
     chat = tokenizer.apply_chat_template(
@@ -310,7 +165,7 @@ def test_export_warns_where_llama_cpps_gpt4o_split_differs(
         summary = write_gguf(model_dir, tmp_path / "m.gguf", "f32", progress=False)
     assert summary.tokenizer_pre == "gpt-4o"
     assert "ÉCOLE → É + COLE" in caplog.text
-    llm = _llama(summary.path, vocab_only=True)
+    llm = open_llama(summary.path, vocab_only=True)
 
     def pieces(ids: list[int]) -> list[str]:
         return [tokenizer.decode([i]) for i in ids]
@@ -325,7 +180,7 @@ def test_export_warns_where_llama_cpps_gpt4o_split_differs(
 
 
 def _llama_opened_with(path: Path, n_ctx: int) -> Any:
-    """_llama with another context size: the size is what makes llama.cpp choose the factors."""
+    """open_llama with another context size: the size is what makes llama.cpp choose the factors."""
     import llama_cpp
 
     return llama_cpp.Llama(

@@ -12,19 +12,17 @@ from typing import Any
 import pytest
 
 from shared_utils.errors import ConfigurationError
-from tests.test_gguf import (  # noqa: F401  (autouse fixtures imported)
-    CHATS,
+from tests.finetune_helpers import CHATS, FineTuned, finetune_on_chats
+from tests.gguf_roundtrip import (
     GREEDY_TOKENS,
-    FineTuned,
-    _fields,
-    _llama,
-    finetune_on_chats,
+    gguf_fields,
     llama_cpp_greedy,
-    llama_cpp_without_amx_repacking,
     next_token_agreement,
-    one_torch_thread,
+    open_llama,
     transformers_reference,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "llama_cpp_without_amx_repacking")
 
 BLOCK_TYPES = ["q4_0", "q4_1", "q5_0", "q5_1"]
 K_QUANTS = ["q4_k_m", "q5_k_m", "q6_k"]
@@ -124,20 +122,20 @@ def test_unknown_type_is_a_usage_error(tmp_path: Path, run_main) -> None:
 
 
 def test_each_type_has_its_tensor_types_and_size(quantized: dict[str, Any]) -> None:
-    fields, tensors = _fields(quantized["q4_0"].path)
+    fields, tensors = gguf_fields(quantized["q4_0"].path)
     assert fields["general.file_type"] == 2  # MOSTLY_Q4_0
     assert tensors["blk.0.attn_q.weight"] == "Q4_0" and tensors["output.weight"] == "Q8_0"
     assert tensors["blk.0.attn_norm.weight"] == "F32"
-    fields, tensors = _fields(quantized["q4_k_m"].path)
+    fields, tensors = gguf_fields(quantized["q4_k_m"].path)
     assert fields["general.file_type"] == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
     assert (
         fields["tokenizer.chat_template"]
-        == _fields(quantized["f16"].path)[0]["tokenizer.chat_template"]
+        == gguf_fields(quantized["f16"].path)[0]["tokenizer.chat_template"]
     )
     assert tensors["blk.0.attn_q.weight"] == "Q4_K"
     assert "Q6_K" in set(tensors.values())  # the _m mix: some tensors kept at 6 bits
     assert quantized["q4_k_m"].tensor_types.get("Q4_K", 0) > 0
-    _, tensors = _fields(quantized["q6_k"].path)
+    _, tensors = gguf_fields(quantized["q6_k"].path)
     assert tensors["blk.1.ffn_down.weight"] == "Q6_K"
     sizes = {kind: summary.size_bytes for kind, summary in quantized.items()}
     assert sizes["q4_0"] < sizes["q5_0"] < sizes["q8_0"] < sizes["f16"]
@@ -152,7 +150,7 @@ def test_llama_cpp_next_tokens_agree_with_transformers(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     reference = _reference(finetuned_256)
-    llm = _llama(quantized[kind].path)
+    llm = open_llama(quantized[kind].path)
     rates = []
     for ids, expected, _ in reference:
         tokens, _ = llama_cpp_greedy(llm, ids, GREEDY_TOKENS)

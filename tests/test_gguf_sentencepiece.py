@@ -3,147 +3,37 @@ tokenizer (byte fallback, "▁" for spaces, a dummy prefix, trained here with th
 package and loaded by transformers from its tokenizer.model, as a hub folder of these families
 is), a tiny random `LlamaForCausalLM` / `MistralForCausalLM`, fine-tuned with train-lora's LoRA
 on CHATS, exported from the adapter, and run by llama.cpp (llama-cpp-python) against
-transformers."""
+transformers.
+
+The tiny models and their tokenizers are built by tests/gguf_models.py."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.gguf_roundtrip import check_chat_answers, check_greedy_tokens_and_logits, export_adapter
-from tests.test_gguf import (  # noqa: F401  (autouse fixtures imported)
-    CHATS,
+from tests.finetune_helpers import FineTuned, finetune_on_chats
+from tests.gguf_models import (
+    SPM_SAMPLES,
     TOKENIZER_SAMPLES,
-    FineTuned,
-    _fields,
-    _llama,
-    finetune_on_chats,
-    llama_cpp_without_amx_repacking,
-    one_torch_thread,
+    build_tiny_sentencepiece_model,
+    train_sentencepiece,
+)
+from tests.gguf_roundtrip import (
+    check_chat_answers,
+    check_greedy_tokens_and_logits,
+    export_adapter,
+    gguf_fields,
+    open_llama,
 )
 
-# Llama 2's chat format without the system turn: BOS before each [INST], a space before the
-# answer, EOS after it.
-LLAMA2_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'user' %}"
-    "{{- bos_token + '[INST] ' + message['content'] + ' [/INST]' }}"
-    "{%- elif message['role'] == 'assistant' %}"
-    "{{- ' ' + message['content'] + ' ' + eos_token }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-)
-# Mistral 7B Instruct v0.1's: one BOS, the answer straight after [/INST].
-MISTRAL_CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'user' %}"
-    "{{- '[INST] ' + message['content'] + ' [/INST]' }}"
-    "{%- elif message['role'] == 'assistant' %}"
-    "{{- message['content'] + eos_token }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-)
-SPM_SAMPLES = [
-    *[text for text in TOKENIZER_SAMPLES if not text.startswith(" ")],
-    "堆肥需要每周翻动一次。日本語のテキスト、한국어 문장.",
-    "I'm 2024's 1234567 people\r\n\r\nyou'LL",
-]
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "llama_cpp_without_amx_repacking")
+
 # transformers' Metaspace pre-tokenizer adds no "▁" before text that already opens with a space,
 # where sentencepiece and llama.cpp do: these split differently (the export warns).
 LEADING_SPACE_SAMPLES = [text for text in TOKENIZER_SAMPLES if text.startswith(" ")]
-
-
-def train_sentencepiece(path: Path, vocab_size: int = 600) -> Path:
-    """A SentencePiece BPE model trained the way Llama 2's was: byte fallback, digits split,
-    identity normalisation, whitespace kept as written, a dummy "▁" prefix; <unk> <s> </s> at
-    ids 0, 1, 2."""
-    import sentencepiece as spm
-
-    from training_methods.transfer_learning.tiny_model import sample_corpus_texts
-
-    texts = [*sample_corpus_texts(), *[q + " " + a for q, a in CHATS], *SPM_SAMPLES]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts * 2),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        byte_fallback=True,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        add_dummy_prefix=True,
-        character_coverage=1.0,
-        hard_vocab_limit=False,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.getvalue())
-    return path
-
-
-def sentencepiece_tokenizer(folder: Path, chat_template: str, legacy: bool) -> Any:
-    """The tokenizer transformers makes from `folder`'s tokenizer.model and a tokenizer_config.json
-    like the hub's (LlamaTokenizer; `legacy`: Mistral's true, "▁" before text after a special
-    token as in sentencepiece; Llama 2's false, none there), with `chat_template`, saved there."""
-    from transformers import AutoTokenizer
-
-    train_sentencepiece(folder / "tokenizer.model")
-    config = {"tokenizer_class": "LlamaTokenizer", "legacy": legacy, "add_bos_token": True}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = chat_template
-    tokenizer.save_pretrained(folder)  # tokenizer.json; tokenizer.model stays
-    return tokenizer
-
-
-def build_tiny_sentencepiece_model(folder: Path, arch: str, **overrides: Any) -> Path:
-    """A random Llama (untied) or Mistral (tied, a sliding window shorter than its context)
-    with a SentencePiece tokenizer, saved like a hub folder. Norm weights are random: ones would
-    hide a misplaced tensor."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-
-    template = LLAMA2_CHAT_TEMPLATE if arch == "llama" else MISTRAL_CHAT_TEMPLATE
-    tokenizer = sentencepiece_tokenizer(folder, template, legacy=arch == "mistral")
-    common = dict(
-        vocab_size=-(-len(tokenizer) // 64) * 64,  # rows padded to a round size
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        rms_norm_eps=1e-5,
-        initializer_range=0.1,  # wide enough that LoRA can fit CHATS (tiny_model's docstring)
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    if arch == "llama":
-        config: Any = LlamaConfig(**{**common, "tie_word_embeddings": False, **overrides})
-        model: Any = LlamaForCausalLM
-    else:
-        mistral = {**common, "sliding_window": 256, "tie_word_embeddings": True, **overrides}
-        config = MistralConfig(**mistral)
-        model = MistralForCausalLM
-    torch.manual_seed(0)
-    model = model(config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" in name:
-                parameter.uniform_(0.5, 1.5)
-    model.save_pretrained(folder)
-    return folder
 
 
 ARCHITECTURES = ["llama", "mistral"]
@@ -178,7 +68,7 @@ def test_metadata_carries_the_sentencepiece_vocabulary(
     processor = spm.SentencePieceProcessor(
         model_file=str(config_base(finetuned) / "tokenizer.model")
     )
-    fields, tensors = _fields(files["f16"])
+    fields, tensors = gguf_fields(files["f16"])
     assert fields["general.architecture"] == "llama"  # Mistral runs as llama in llama.cpp
     assert fields["tokenizer.ggml.model"] == "llama"
     assert fields["tokenizer.ggml.pre"] == "default"
@@ -220,7 +110,7 @@ def test_llama_cpp_tokenizes_like_transformers(exported: tuple[str, FineTuned, d
     processor = spm.SentencePieceProcessor(
         model_file=str(config_base(finetuned) / "tokenizer.model")
     )
-    llm = _llama(files["f16"], vocab_only=True)
+    llm = open_llama(files["f16"], vocab_only=True)
     for text in SPM_SAMPLES:
         expected = tokenizer(text)["input_ids"]  # BOS, then "▁" + text
         assert llm.tokenize(text.encode(), add_bos=True) == expected, text

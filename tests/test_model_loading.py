@@ -1,8 +1,8 @@
 """A `.gguf` file wherever a model is taken: read by transformers once, cached by content hash,
 recorded by the adapter, found again by merge and chat; one-line errors for files it cannot read.
 
-The GGUF here is the tiny fine-tuned Llama exported by the toolkit's own writer (test_gguf's
-fixtures); tests/test_real_model.py does the same with SmolLM2.
+The GGUF here is the tiny fine-tuned Llama exported by the toolkit's own writer (conftest's
+`gguf_files`); tests/test_real_model.py does the same with SmolLM2.
 """
 
 from __future__ import annotations
@@ -12,17 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_gguf import (  # noqa: F401
-    FineTuned,
-    finetune_tiny_llama,
-    gguf_files,
-    one_torch_thread,
-)
+from tests.finetune_helpers import FineTuned
 
-
-@pytest.fixture(scope="session")
-def finetuned(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> FineTuned:
-    return finetune_tiny_llama(tmp_path_factory, tiny_llama)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +25,7 @@ def toolkit_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_a_gguf_loads_like_its_model_and_is_read_only_once(
-    gguf_files: dict[str, Path],  # noqa: F811 (the fixture imported from test_gguf)
+    gguf_files: dict[str, Path],
     finetuned: FineTuned,
     toolkit_cache: Path,
     monkeypatch,
@@ -65,7 +57,7 @@ def test_a_gguf_loads_like_its_model_and_is_read_only_once(
 
 
 def test_the_cache_is_keyed_by_content(
-    gguf_files: dict[str, Path],  # noqa: F811
+    gguf_files: dict[str, Path],
     tmp_path: Path,
 ) -> None:
     from training_methods.transfer_learning.model_loading import gguf_cache_dir
@@ -77,7 +69,7 @@ def test_the_cache_is_keyed_by_content(
 
 
 def test_train_merge_and_chat_on_a_gguf_base(
-    gguf_files: dict[str, Path],  # noqa: F811
+    gguf_files: dict[str, Path],
     tmp_path: Path,
     run_main,
 ) -> None:

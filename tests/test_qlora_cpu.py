@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from document_processing import samples
-from tests.test_finetune import MEMORISE, make_config
+from tests.finetune_helpers import MEMORISE, make_config
 
 
 def has_avx512bf16() -> bool:

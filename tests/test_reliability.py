@@ -175,7 +175,7 @@ def test_a_cut_record_tokenises_like_the_uncut_one(tiny_tokenizer: Path) -> None
         original = training_tokens.CHARS_PER_TOKEN_GUESS
         training_tokens.CHARS_PER_TOKEN_GUESS = guess
         try:
-            return ExampleTokenizer(tokenizer, max_length=64)(batch)
+            return ExampleTokenizer(tokenizer, max_length=64, train_on_prompt=False)(batch)
         finally:
             training_tokens.CHARS_PER_TOKEN_GUESS = original
 
@@ -616,7 +616,7 @@ def test_bytes_that_are_not_utf8_in_a_chat_prompt_or_stdin_are_replaced(
 def rl_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`best_model.pt` of a 256-step CartPole PPO run."""
     from main import main
-    from tests.test_rl_cli import write_config as write_rl_config
+    from tests.rl_helpers import write_config as write_rl_config
 
     folder = tmp_path_factory.mktemp("rl")
     config = write_rl_config(folder)

@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from shared_utils.config import DQNConfig, PPOConfig
-from tests.test_rl_envs import one_torch_thread, register_test_envs  # noqa: F401
+from tests.rl_helpers import register_test_envs
 from training_methods.reinforcement_learning import ppo_agent
 from training_methods.reinforcement_learning.agents import build_agent
 from training_methods.reinforcement_learning.buffers import compute_gae
@@ -20,6 +20,7 @@ from training_methods.reinforcement_learning.ppo_agent import ActorCritic, PPOAg
 from training_methods.reinforcement_learning.trainer import collect_rollout
 
 register_test_envs()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fill(agent: PPOAgent, rng: np.random.Generator, steps: int) -> np.ndarray:
@@ -41,7 +42,7 @@ def _fill(agent: PPOAgent, rng: np.random.Generator, steps: int) -> np.ndarray:
 
 
 def test_actor_critic_has_feature_layers_and_two_heads() -> None:
-    separate = ActorCritic(4, 2, hidden_dim=8)
+    separate = ActorCritic(4, 2, hidden_dim=8, shared_features=False)
     shared = ActorCritic(4, 2, hidden_dim=8, shared_features=True)
     assert separate.actor_features is not separate.critic_features
     assert shared.actor_features is shared.critic_features
@@ -245,7 +246,7 @@ def test_dueling_network_combines_value_and_mean_centred_advantages() -> None:
 
 def test_dqn_select_action_api() -> None:
     agent = DQNAgent(
-        4, 3, DQNConfig(buffer_size=100, batch_size=8, epsilon_start=0.0, epsilon_end=0.0)
+        4, 3, DQNConfig(buffer_size=100, batch_size=8, epsilon_start=0.0, epsilon_end=0.0), seed=0
     )
     state = np.ones(4, dtype=np.float32)
     action = agent.select_action(state)
@@ -263,18 +264,23 @@ def test_dqn_select_action_api() -> None:
 
 
 def test_dqn_use_dueling_switches_the_network() -> None:
-    assert isinstance(DQNAgent(4, 2, DQNConfig(use_dueling=True)).q_network, DuelingDQNNetwork)
-    assert isinstance(DQNAgent(4, 2, DQNConfig(use_dueling=False)).q_network, QNetwork)
+    assert isinstance(
+        DQNAgent(4, 2, DQNConfig(use_dueling=True), seed=0).q_network, DuelingDQNNetwork
+    )
+    assert isinstance(DQNAgent(4, 2, DQNConfig(use_dueling=False), seed=0).q_network, QNetwork)
 
 
 def test_dqn_epsilon_schedules() -> None:
     agent = DQNAgent(
-        4, 2, DQNConfig(epsilon_schedule="exponential", epsilon_decay=0.5, epsilon_end=0.1)
+        4,
+        2,
+        DQNConfig(epsilon_schedule="exponential", epsilon_decay=0.5, epsilon_end=0.1),
+        seed=0,
     )
     agent.updates = 2
     assert agent.epsilon == 0.25
     linear = DQNAgent(
-        4, 2, DQNConfig(epsilon_schedule="linear", epsilon_end=0.0, exploration_steps=10)
+        4, 2, DQNConfig(epsilon_schedule="linear", epsilon_end=0.0, exploration_steps=10), seed=0
     )
     linear.store_transition(
         np.zeros((4, 4)), np.zeros(4), np.zeros(4), np.zeros((4, 4)), np.zeros(4)
@@ -424,7 +430,7 @@ def test_dqn_observation_statistics_freeze_when_learning_starts(tmp_path) -> Non
 
 
 def test_agents_take_their_defaults_from_the_config_sections() -> None:
-    ppo, dqn = PPOAgent(4, 2, num_steps=4), DQNAgent(4, 2)
+    ppo, dqn = PPOAgent(4, 2, num_steps=4), DQNAgent(4, 2, seed=0)
     assert (ppo.num_envs, ppo.lr, ppo.batch_size) == (8, 3e-4, 64)  # PPOConfig's
     assert ppo.buffer.rewards.shape == (4, 8)
     assert (dqn.batch_size, dqn.buffer.capacity, dqn.target_update) == (128, 100_000, 64)

@@ -11,54 +11,13 @@ import pytest
 import torch
 import yaml
 
-from tests.test_rl_envs import one_torch_thread, register_test_envs  # noqa: F401
+from tests.rl_helpers import register_test_envs, write_config
 from training_methods.reinforcement_learning import presets
 from training_methods.reinforcement_learning.checkpoints import load_checkpoint
 
 register_test_envs()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = Path(__file__).resolve().parent.parent
-
-# A few hundred steps of tiny networks: enough to exercise every output in about a second.
-TINY = {
-    "reinforcement_learning": {
-        "training": {
-            "total_timesteps": 256,
-            "update_frequency": 64,
-            "eval_every_steps": 128,
-            "save_frequency": 4,
-            "log_every_steps": 64,
-            "max_steps_per_episode": 50,
-            "eval_episodes": 2,
-            "max_checkpoints": 2,
-        },
-        "ppo": {"num_envs": 2, "k_epochs": 2, "batch_size": 32, "hidden_dim": 16},
-        "dqn": {
-            "hidden_dim": 16,
-            "learning_starts": 64,
-            "train_freq": 4,
-            "gradient_steps": 1,
-            "n_step": 1,  # every step is in the replay buffer at once (resume counts them)
-            "batch_size": 16,
-            "buffer_size": 1000,
-        },
-    },
-    "common": {"device": "cpu"},
-}
-
-
-def write_config(folder: Path, **sections: dict) -> Path:
-    """TINY with `sections` merged in (one level of nesting below the section)."""
-    data = json.loads(json.dumps(TINY))
-    for section, values in sections.items():
-        target = data.setdefault(section, {})
-        for key, value in values.items():
-            if isinstance(value, dict):
-                target.setdefault(key, {}).update(value)
-            else:
-                target[key] = value
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture

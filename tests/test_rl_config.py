@@ -17,10 +17,11 @@ import torch
 
 from shared_utils.config import ToolkitConfig, config_from_dict
 from shared_utils.errors import ConfigurationError
-from tests.test_rl_envs import one_torch_thread  # noqa: F401
 from training_methods.reinforcement_learning import training_run
 from training_methods.reinforcement_learning.checkpoints import load_checkpoint
 from training_methods.reinforcement_learning.trainer import train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BASE = {
     "common": {"device": "cpu", "seed": 0},

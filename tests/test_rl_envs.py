@@ -1,20 +1,16 @@
-"""RL environments: one builder, next-step autoreset, clear errors; and the test environments.
+"""RL environments: one builder, next-step autoreset, clear errors.
 
-The small environments defined here are registered with gymnasium for the other RL tests:
-`Counter-v0` counts its steps in its observation and ends after 3 (so autoreset steps are easy to
-spot), `NaNReward-v0` returns NaN rewards after 60 steps.
+The small test environments (`Counter-v0`, `NaNReward-v0`) live in tests/rl_helpers.py.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 from shared_utils.errors import ConfigurationError
+from tests.rl_helpers import register_test_envs
 from training_methods.reinforcement_learning.envs import (
     add_normalization,
     check_env_id,
@@ -26,66 +22,8 @@ from training_methods.reinforcement_learning.envs import (
     normalization_state,
 )
 
-
-class CounterEnv(gym.Env):
-    """Observation [t, 0] at step t; reward 1 per step; terminates at t == episode_length."""
-
-    def __init__(self, episode_length: int = 3) -> None:
-        self.episode_length = episode_length
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
-        self.action_space = gym.spaces.Discrete(2)
-        self.t = 0
-
-    def _obs(self) -> np.ndarray:
-        return np.array([self.t, 0.0], dtype=np.float32)
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple:
-        super().reset(seed=seed)
-        self.t = 0
-        return self._obs(), {}
-
-    def step(self, action: Any) -> tuple:
-        self.t += 1
-        return self._obs(), 1.0, self.t >= self.episode_length, False, {}
-
-
-class NaNRewardEnv(CounterEnv):
-    """A counter whose rewards turn into NaN after `nan_after` steps in total."""
-
-    def __init__(self, nan_after: int = 60, episode_length: int = 10) -> None:
-        super().__init__(episode_length)
-        self.nan_after = nan_after
-        self.total_steps = 0
-
-    def step(self, action: Any) -> tuple:
-        obs, reward, terminated, truncated, info = super().step(action)
-        self.total_steps += 1
-        return (
-            obs,
-            float("nan") if self.total_steps > self.nan_after else reward,
-            terminated,
-            False,
-            info,
-        )
-
-
-def register_test_envs() -> None:
-    if "Counter-v0" not in gym.envs.registry:
-        gym.register(id="Counter-v0", entry_point=CounterEnv)
-        gym.register(id="NaNReward-v0", entry_point=NaNRewardEnv)
-
-
 register_test_envs()
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks on a shared 2-core machine: intra-op threads only add contention (the
-    trainer does the same while it runs). Import this fixture into each RL test module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_make_env_returns_a_thunk_seeded_by_seed_and_index() -> None:

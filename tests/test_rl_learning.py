@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from shared_utils.config import REPO_ROOT, load_config
-from tests.test_rl_envs import one_torch_thread  # noqa: F401
 from training_methods.reinforcement_learning.trainer import train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CARTPOLE = REPO_ROOT / "configs" / "rl" / "CartPole-v1.yaml"
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_rl_envs import one_torch_thread  # noqa: F401
 from training_methods.reinforcement_learning.buffers import (
     NStepReturns,
     ReplayBuffer,
@@ -26,6 +25,8 @@ from training_methods.reinforcement_learning.schedules import (
     linear_annealing,
     linear_epsilon,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_gae_matches_a_hand_computation_with_termination_and_truncation() -> None:

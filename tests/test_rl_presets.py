@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_rl_envs import one_torch_thread, register_test_envs  # noqa: F401
+from tests.rl_helpers import register_test_envs
 from training_methods.reinforcement_learning import presets
 from training_methods.reinforcement_learning.presets import merge_settings, preset_path
 
 register_test_envs()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # A preset small enough to train in a second, with keys the tests below override one by one.
 PRESET = {

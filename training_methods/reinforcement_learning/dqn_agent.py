@@ -77,11 +77,12 @@ class DQNAgent:
         action_dim: int,
         config: DQNConfig | None = None,
         *,
-        seed: int = 0,
+        seed: int,
         device: torch.device | str = "cpu",
     ) -> None:
         """`config` holds the hyper-parameters (`DQNConfig`'s defaults when None: the config
-        section is their one source); `seed` seeds exploration and replay sampling."""
+        section is their one source); `seed` (the run's `common.seed`) seeds exploration and
+        replay sampling."""
         config = config if config is not None else DQNConfig()
         self.state_dim = state_dim
         self.action_dim = action_dim

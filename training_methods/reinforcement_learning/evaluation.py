@@ -108,9 +108,7 @@ class Evaluator:
         self.envs.close()
 
 
-def evaluate_checkpoint(
-    path: Path, episodes: int, seed: int, device_name: str = "cpu"
-) -> dict[str, Any]:
+def evaluate_checkpoint(path: Path, episodes: int, seed: int, device_name: str) -> dict[str, Any]:
     """Play `episodes` deterministic episodes with a checkpoint's agent on its environment."""
     device = resolve_device(device_name)
     with torch_threads(device):

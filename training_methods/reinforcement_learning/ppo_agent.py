@@ -44,9 +44,10 @@ def _tanh_mlp(in_dim: int, hidden_dim: int) -> nn.Sequential:
 class ActorCritic(nn.Module):
     """Feature layers, an actor head (logits, or a Gaussian mean) and a critic head (V(s)).
 
-    With `shared_features` the actor and critic read one feature trunk; without it (the default,
-    as in CleanRL and Stable-Baselines3) each has its own, so the value loss cannot disturb the
-    policy's features. A Box action space gets a state-independent log standard deviation.
+    With `shared_features` the actor and critic read one feature trunk; without it (PPOConfig's
+    default, as in CleanRL and Stable-Baselines3) each has its own, so the value loss cannot
+    disturb the policy's features. A Box action space gets a state-independent log standard
+    deviation.
     """
 
     def __init__(
@@ -55,7 +56,8 @@ class ActorCritic(nn.Module):
         action_dim: int,
         hidden_dim: int,
         continuous: bool = False,
-        shared_features: bool = False,
+        *,
+        shared_features: bool,
     ) -> None:
         super().__init__()
         self.continuous = continuous
@@ -199,7 +201,11 @@ class PPOAgent:
         self.num_envs = config.num_envs
         self.device = torch.device(device)
         self.policy = ActorCritic(
-            state_dim, action_dim, config.hidden_dim, continuous, config.shared_features
+            state_dim,
+            action_dim,
+            config.hidden_dim,
+            continuous,
+            shared_features=config.shared_features,
         )
         self.policy.to(self.device)
         self.optimizer = adam(self.policy.parameters(), self.lr, eps=1e-5, device=self.device)

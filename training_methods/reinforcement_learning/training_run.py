@@ -26,7 +26,8 @@ from shared_utils.config import (
 )
 from shared_utils.errors import ConfigurationError, TrainingError
 from shared_utils.file_utils import atomic_write_json, atomic_write_text
-from shared_utils.training_utils import MetricsLogger, resolve_device, set_seed
+from shared_utils.metrics_logger import MetricsLogger
+from shared_utils.training_utils import resolve_device, set_seed
 from training_methods.reinforcement_learning import checkpoints as ckpt
 from training_methods.reinforcement_learning.agents import (
     Algorithm,

@@ -1,6 +1,8 @@
 """The `evaluate` command: did the fine-tuning teach anything? Base and fine-tuned side by side.
 
-    evaluate_questions("questions.jsonl", adapter="outputs/run", gguf="outputs/export/run-f16.gguf")
+    evaluate_questions(
+        "questions.jsonl", adapter="outputs/run", gguf="outputs/export/run-f16.gguf", device="auto"
+    )
 
 asks every question of each row, greedily, and scores the answers against reference answers:
 
@@ -226,7 +228,7 @@ def evaluate_questions(
     batch_size: int = DEFAULT_BATCH_SIZE,
     system: str | None = None,
     limit: int | None = None,
-    device: str | torch.device = "auto",
+    device: str | torch.device,
     progress: bool = False,
 ) -> EvaluationReport:
     """Ask the questions of each row (base, fine-tuned with `adapter`, `gguf`), score the answers

@@ -317,7 +317,7 @@ class LoRAFineTuner:
         self, output_dir: Path, resume_checkpoint: Path | None, is_main: bool
     ) -> Any:
         """The run's MetricsLogger; a NullLogger on the other processes of a distributed run."""
-        from shared_utils.training_utils import MetricsLogger
+        from shared_utils.metrics_logger import MetricsLogger
 
         if not is_main:
             return NullLogger()

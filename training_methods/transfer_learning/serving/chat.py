@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 EXIT_COMMANDS = ("/exit", "/quit")
 RESET_COMMAND = "/reset"
+DEFAULT_MAX_NEW_TOKENS = 256  # the longest answer, in tokens
+DEFAULT_TEMPERATURE = 0.7  # sampling temperature; 0 is greedy
 
 
 def load_chat_model(
@@ -83,8 +85,8 @@ class ChatSession:
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    max_new_tokens: int = 256
-    temperature: float = 0.7
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = DEFAULT_TEMPERATURE
     messages: list[dict[str, str]] = field(default_factory=list)
 
     def stop_ids(self) -> list[int]:

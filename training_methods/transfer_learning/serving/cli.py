@@ -12,6 +12,10 @@ import logging
 from shared_utils.arg_types import non_negative_float, positive_int
 from shared_utils.config import ToolkitConfig
 from shared_utils.errors import EXIT_OK
+from training_methods.transfer_learning.serving.chat import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TEMPERATURE,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -156,16 +160,17 @@ def add_chat_command(
     parser.add_argument(
         "--max-new-tokens",
         type=positive_int,
-        default=256,
+        default=DEFAULT_MAX_NEW_TOKENS,
         metavar="N",
-        help="longest answer in tokens (default: 256)",
+        help=f"longest answer in tokens (default: {DEFAULT_MAX_NEW_TOKENS})",
     )
     parser.add_argument(
         "--temperature",
         type=non_negative_float,
-        default=0.7,
+        default=DEFAULT_TEMPERATURE,
         metavar="T",
-        help="sampling temperature; 0 is greedy (default: 0.7, seeded by common.seed)",
+        help=f"sampling temperature; 0 is greedy (default: {DEFAULT_TEMPERATURE}, seeded by "
+        "common.seed)",
     )
     parser.set_defaults(handler=run_chat)
 
