@@ -31,9 +31,10 @@ class RecordingStream(io.StringIO):
 def session(finetuned: FineTuned):
     import torch
 
-    from training_methods.transfer_learning.serving.chat import ChatSession, load_chat_model
+    from training_methods.transfer_learning.model_source import load_for_inference
+    from training_methods.transfer_learning.serving.chat import ChatSession
 
-    model, tokenizer = load_chat_model(None, finetuned.adapter, torch.device("cpu"))
+    model, tokenizer = load_for_inference(None, finetuned.adapter, torch.device("cpu"))
     return ChatSession(model, tokenizer, max_new_tokens=24, temperature=0.0)
 
 
@@ -56,6 +57,8 @@ def test_one_shot_answers_what_training_taught_and_stops_at_eos(
 
 
 def test_prompt_is_the_trained_template_with_one_bos(session) -> None:
+    from training_methods.transfer_learning.prompting import stop_ids
+
     session.messages = [{"role": "user", "content": "Hi"}]
     ids = session.prompt_ids()
     tokenizer = session.tokenizer
@@ -63,7 +66,7 @@ def test_prompt_is_the_trained_template_with_one_bos(session) -> None:
     assert tokenizer.decode(ids) == "<|begin_of_text|><|im_start|>user\nHi<|im_end|>\n" + (
         "<|im_start|>assistant\n"
     )
-    assert session.stop_ids() == [tokenizer.eos_token_id]
+    assert stop_ids(session.model, tokenizer) == [tokenizer.eos_token_id]
 
 
 def test_tokens_are_streamed(session) -> None:
@@ -100,9 +103,10 @@ def test_prompt_longer_than_the_context_is_refused(session) -> None:
 def test_template_less_model_chats_with_the_default_template(tiny_gpt2: Path) -> None:
     import torch
 
-    from training_methods.transfer_learning.serving.chat import ChatSession, load_chat_model
+    from training_methods.transfer_learning.model_source import load_for_inference
+    from training_methods.transfer_learning.serving.chat import ChatSession
 
-    model, tokenizer = load_chat_model(str(tiny_gpt2), None, torch.device("cpu"))
+    model, tokenizer = load_for_inference(str(tiny_gpt2), None, torch.device("cpu"))
     chat = ChatSession(model, tokenizer, max_new_tokens=5, temperature=1.0)
     chat.messages = [{"role": "user", "content": "Hi"}]
     assert tokenizer.decode(chat.prompt_ids()) == "### Instruction:\nHi\n\n### Response:\n"

@@ -270,7 +270,7 @@ def test_batched_greedy_answers_equal_one_by_one(
         greedy_answers,
         prompt_token_ids,
     )
-    from training_methods.transfer_learning.serving.chat import load_chat_model
+    from training_methods.transfer_learning.model_source import load_for_inference
 
     if which == "gpt2":
         model_dir, adapter = request.getfixturevalue("tiny_gpt2"), None
@@ -278,7 +278,7 @@ def test_batched_greedy_answers_equal_one_by_one(
         model_dir = request.getfixturevalue("tiny_llama")
         finetuned = request.getfixturevalue("finetuned")
         adapter = finetuned.adapter if which == "fine-tuned" else None
-    model, tokenizer = load_chat_model(str(model_dir), adapter, torch.device("cpu"))
+    model, tokenizer = load_for_inference(str(model_dir), adapter, torch.device("cpu"))
     prompts = [[{"role": "user", "content": q}] for q in QUESTIONS]
     ids = prompt_token_ids(model, tokenizer, prompts, max_new_tokens=20)
     assert len({len(i) for i in ids}) >= 5  # prompts of many lengths: real padding
@@ -402,7 +402,7 @@ def test_system_prompt_is_asked_with_every_question(
         greedy_answers,
         prompt_token_ids,
     )
-    from training_methods.transfer_learning.serving.chat import load_chat_model
+    from training_methods.transfer_learning.model_source import load_for_inference
 
     questions = chats_file(tmp_path / "questions.jsonl")
     out = tmp_path / "out"
@@ -413,7 +413,7 @@ def test_system_prompt_is_asked_with_every_question(
     )  # fmt: skip
     assert status == 0, stderr
     (written,) = read_jsonl(out / "answers.jsonl")
-    model, tokenizer = load_chat_model(str(tiny_llama), None, torch.device("cpu"))
+    model, tokenizer = load_for_inference(str(tiny_llama), None, torch.device("cpu"))
     user = {"role": "user", "content": CHATS[0][0]}
     with_system, alone = (
         greedy_answers(

@@ -46,3 +46,29 @@ def test_document_processing_does_not_import_training_methods() -> None:
 def test_tiny_model_does_not_need_document_processing() -> None:
     tiny_model = REPO / "training_methods" / "transfer_learning" / "tiny_model.py"
     assert not {name for name in _imports(tiny_model) if name.startswith("document_processing")}
+
+
+def _within(name: str, modules: set[str]) -> bool:
+    """Whether the module `name` is one of `modules` or inside one of them."""
+    return any(name == module or name.startswith(f"{module}.") for module in modules)
+
+
+def test_transfer_learning_jobs_do_not_import_one_another() -> None:
+    # finetuning, evaluation and serving import only themselves and the shared modules at
+    # transfer_learning's top (model_loading, model_source, prompting, lora_model, merge,
+    # tiny_model), which import no job: no job is a hub the others lean on.
+    package = "training_methods/transfer_learning"
+    root, prefix = REPO / package, package.replace("/", ".")
+    jobs = ("evaluation", "finetuning", "serving")
+    assert sorted(p.name for p in root.iterdir() if (p / "__init__.py").is_file()) == list(jobs)
+    shared = {f"{prefix}.{p.stem}" for p in root.glob("*.py") if p.stem != "__init__"}
+    for job in jobs:
+        allowed = shared | {f"{prefix}.{job}"}
+        stray = {
+            module: {name for name in names if not _within(name, allowed)}
+            for module, names in _importers(f"{package}/{job}", "training_methods").items()
+        }
+        assert {module: names for module, names in stray.items() if names} == {}
+    job_packages = {f"{prefix}.{job}" for job in jobs}
+    for path in sorted(root.glob("*.py")):
+        assert not {name for name in _imports(path) if _within(name, job_packages)}, path.name

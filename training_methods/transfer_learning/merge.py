@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 MERGE_INFO = "merge_info.json"  # written into every merge output: what --force may replace
 MERGE_DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_MERGE_DTYPE = "float32"  # the merged weights unrounded; 16 bits halve the size
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -48,7 +49,7 @@ def merge_adapter(
     output_dir: str | Path,
     *,
     base_model: str | None = None,
-    dtype: str = "float32",
+    dtype: str = DEFAULT_MERGE_DTYPE,
     force: bool = False,
 ) -> Path:
     """Write base + adapter as one model to `output_dir` (atomically: a temp folder renamed)."""

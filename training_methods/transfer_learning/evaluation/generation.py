@@ -1,7 +1,7 @@
 """The `evaluate` command's answers: greedy decoding, batched in transformers or by llama.cpp.
 
-- `prompt_token_ids`: each conversation rendered and tokenised by `chat.ChatSession`, as `chat`
-  does it, so an answer here is the answer `chat --temperature 0` gives.
+- `prompt_token_ids`: each conversation rendered and tokenised by `transfer_learning.prompting`,
+  as `chat` does it, so an answer here is the answer `chat --temperature 0` gives.
 - `greedy_answers`: batches with left padding (prompts sorted by length, so little padding is
   needed), which gives the answers one-by-one greedy decoding gives; plain argmax, no repetition
   penalty or sampling settings of the model's generation config, like llama.cpp at temperature 0.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared_utils.errors import ConfigurationError, DataValidationError
 from shared_utils.llama_cpp_runtime import import_llama_cpp
-from training_methods.transfer_learning.evaluation.question_files import Messages
+from training_methods.transfer_learning.prompting import Messages, fitted_prompt_ids, stop_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -32,19 +32,18 @@ def prompt_token_ids(
     prompts: Sequence[Messages],
     max_new_tokens: int,
 ) -> list[list[int]]:
-    """Each conversation rendered with the chat template and tokenised as `chat` does it."""
-    from training_methods.transfer_learning.serving.chat import ChatSession
-
-    session = ChatSession(model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0)
+    """Each conversation rendered with the chat template and tokenised as `chat` does it.
+    DataValidationError when one would lose turns to fit the context with the answer (`chat`
+    drops them), ConfigurationError when not even its last turn fits."""
     ids = []
     for index, messages in enumerate(prompts):
-        session.messages = list(messages)
-        ids.append(session.prompt_ids())
-        if len(session.messages) != len(messages):  # ChatSession dropped turns to make it fit
+        prompt, kept = fitted_prompt_ids(model, tokenizer, list(messages), max_new_tokens)
+        if len(kept) != len(messages):
             raise DataValidationError(
                 f"question {index}: the conversation and --max-new-tokens {max_new_tokens} do not "
                 "fit the model's context — shorten the conversation or lower --max-new-tokens"
             )
+        ids.append(prompt)
     return ids
 
 
@@ -63,9 +62,7 @@ def greedy_answers(
     import torch
     from tqdm.auto import tqdm
 
-    from training_methods.transfer_learning.serving.chat import ChatSession
-
-    stops = ChatSession(model, tokenizer).stop_ids()
+    stops = stop_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     # Similar lengths batched together: less padding, the same answers.
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))

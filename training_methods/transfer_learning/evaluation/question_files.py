@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from shared_utils.errors import ConfigurationError, DataValidationError
+from training_methods.transfer_learning.prompting import Messages
 
 QUESTION_FORMS = '{"question": ..., "answers": [...]} or {"messages": [...]} records'
-
-Messages = list[dict[str, str]]
 
 
 class Question(NamedTuple):

@@ -12,8 +12,8 @@ asks every question of each row, greedily, and scores the answers against refere
 - Prompts: the chat template the adapter was trained with (the tokenizer saved in the adapter
   folder, else the model's, else the toolkit's default), for the base row too, so both rows are
   asked the very same token sequence. Prompts are rendered, tokenised and stopped (EOS and the
-  generation config's end-of-turn ids) by `chat.ChatSession`, so an answer here is the answer
-  `chat --temperature 0` gives.
+  generation config's end-of-turn ids) by `transfer_learning.prompting`, as `chat` does it, so an
+  answer here is the answer `chat --temperature 0` gives.
 - Decoding: greedy, in batches with left padding (prompts sorted by length, so little padding is
   needed), which gives the answers one-by-one greedy decoding gives. No repetition penalty and no
   sampling settings of the model's generation config: plain argmax, like llama.cpp at
@@ -60,11 +60,17 @@ from training_methods.transfer_learning.evaluation.scoring import (
     token_f1,
     word_count,
 )
+from training_methods.transfer_learning.model_source import (
+    ModelSource,
+    load_for_inference,
+    resolve_source,
+    tokenizer_source,
+)
+from training_methods.transfer_learning.prompting import Messages
 
 if TYPE_CHECKING:
     import torch
-
-    from training_methods.transfer_learning.serving.export import ExportSource
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +241,6 @@ def evaluate_questions(
     and write answers.jsonl and evaluation.json to `output_dir` (default: `<adapter>/evaluation`
     with an adapter, else outputs/evaluation). See the module docstring."""
     from shared_utils.training_utils import resolve_device
-    from training_methods.transfer_learning.serving.export import resolve_source, tokenizer_source
 
     # Every check that can fail runs before the first model loads.
     for name, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
@@ -293,7 +298,7 @@ def evaluate_questions(
 
 def _evaluate_rows(
     questions: list[Question],
-    source: ExportSource,
+    source: ModelSource,
     *,
     gguf: str | Path | None,
     output_dir: Path,
@@ -304,12 +309,11 @@ def _evaluate_rows(
     device: torch.device,
     progress: bool,
 ) -> EvaluationReport:
-    """The rows of `evaluate_questions`, once its inputs are checked."""
+    """The rows of `evaluate_questions`, once its inputs are checked; each row is written as soon
+    as it is scored."""
     from shared_utils.chat_templates import ensure_chat_template
     from shared_utils.file_utils import atomic_write_json, atomic_write_jsonl
     from training_methods.transfer_learning.model_loading import load_tokenizer
-    from training_methods.transfer_learning.serving.chat import load_chat_model
-    from training_methods.transfer_learning.serving.export import tokenizer_source
 
     tokenizer_from = tokenizer_source(source)
     tokenizer = load_tokenizer(tokenizer_from)
@@ -335,48 +339,101 @@ def _evaluate_rows(
         hf_rows.append((ROW_FINE_TUNED, source.adapter))
     ids: list[list[int]] = []
     for row, row_adapter in hf_rows:
-        started = time.perf_counter()
-        loaded, _ = load_chat_model(source.model, row_adapter, device)
-        load_seconds = time.perf_counter() - started
-        if not ids:  # the same base config and tokenizer for both rows: tokenised once
-            ids = prompt_token_ids(loaded, tokenizer, prompts, max_new_tokens)
-        started = time.perf_counter()
-        answers = greedy_answers(
-            loaded,
-            tokenizer,
+        ids, result, records = _transformers_row(
+            row,
+            questions,
+            prompts,
             ids,
+            model=source.model,
+            adapter=row_adapter,
+            tokenizer=tokenizer,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            device=device,
             progress=progress,
-            description=row,
+        )
+        record(result, records)
+    if gguf is not None:
+        record(
+            *_gguf_row(
+                gguf,
+                questions,
+                prompts,
+                ids,
+                max_new_tokens=max_new_tokens,
+                device=device,
+                progress=progress,
+            )
+        )
+    return report
+
+
+def _transformers_row(
+    row: str,
+    questions: Sequence[Question],
+    prompts: Sequence[Messages],
+    ids: list[list[int]],
+    *,
+    model: str,
+    adapter: Path | None,
+    tokenizer: PreTrainedTokenizerBase,
+    max_new_tokens: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool,
+) -> tuple[list[list[int]], RowResult, list[dict[str, Any]]]:
+    """One transformers row: the model loaded (the adapter merged in), the questions answered in
+    batches and scored, the model released. The prompts are tokenised with the first row's model
+    when `ids` is empty and returned: every row has the same base config and tokenizer."""
+    started = time.perf_counter()
+    loaded, _ = load_for_inference(model, adapter, device)
+    load_seconds = time.perf_counter() - started
+    if not ids:
+        ids = prompt_token_ids(loaded, tokenizer, prompts, max_new_tokens)
+    started = time.perf_counter()
+    answers = greedy_answers(
+        loaded,
+        tokenizer,
+        ids,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        description=row,
+    )
+    seconds = time.perf_counter() - started
+    del loaded  # before the next model loads
+    release_memory()
+    return ids, *score_row(row, questions, answers, seconds=seconds, load_seconds=load_seconds)
+
+
+def _gguf_row(
+    gguf: str | Path,
+    questions: Sequence[Question],
+    prompts: Sequence[Messages],
+    ids: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    device: torch.device,
+    progress: bool,
+) -> tuple[RowResult, list[dict[str, Any]]]:
+    """The GGUF row: the file run in-process by llama.cpp, with a context that fits the longest
+    prompt (`ids`, as the toolkit's tokenizer counts it) and its answer."""
+    import torch
+
+    started = time.perf_counter()
+    llm = load_gguf(
+        gguf,
+        n_ctx=gguf_context(ids, max_new_tokens),
+        n_threads=torch.get_num_threads(),  # the thread count torch was given
+        gpu=device.type == "cuda",
+    )
+    load_seconds = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        answers = gguf_answers(
+            llm, prompts, max_new_tokens=max_new_tokens, progress=progress, description=ROW_GGUF
         )
         seconds = time.perf_counter() - started
-        del loaded  # before the next model loads
-        release_memory()
-        record(*score_row(row, questions, answers, seconds=seconds, load_seconds=load_seconds))
-
-    if gguf is not None:
-        import torch
-
-        started = time.perf_counter()
-        llm = load_gguf(
-            gguf,
-            n_ctx=gguf_context(ids, max_new_tokens),
-            n_threads=torch.get_num_threads(),  # the thread count torch was given
-            gpu=device.type == "cuda",
-        )
-        load_seconds = time.perf_counter() - started
-        try:
-            started = time.perf_counter()
-            answers = gguf_answers(
-                llm,
-                prompts,
-                max_new_tokens=max_new_tokens,
-                progress=progress,
-                description=ROW_GGUF,
-            )
-            seconds = time.perf_counter() - started
-        finally:
-            llm.close()
-        record(*score_row(ROW_GGUF, questions, answers, seconds=seconds, load_seconds=load_seconds))
-    return report
+    finally:
+        llm.close()
+    return score_row(ROW_GGUF, questions, answers, seconds=seconds, load_seconds=load_seconds)

@@ -1,61 +1,31 @@
 """The `chat` command: talk to a model, or a base model with an adapter, in the terminal.
 
-The prompt is rendered exactly as training rendered it: the tokenizer's chat template (the one
-saved with the adapter, or the toolkit's default for a tokenizer without one), tokenised without
-a second BOS when the template writes it. Generation stops at EOS, the end-of-turn token the
-model learned. Tokens are printed as they are generated (a transformers streamer). An adapter is
-merged into its base (reloaded in 16/32 bits) before chatting, so `chat` answers what `export`
-writes.
+The prompt is rendered exactly as training rendered it (`transfer_learning.prompting`: the
+tokenizer's chat template, the one saved with the adapter or the toolkit's default, tokenised
+without a second BOS when the template writes it), and the oldest turns are dropped when the
+conversation outgrows the context. Generation stops at EOS, the end-of-turn token the model
+learned. Tokens are printed as they are generated (a transformers streamer). An adapter is merged
+into its base (reloaded in 16/32 bits) before chatting, so `chat` answers what `export` writes.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from shared_utils.chat_templates import render_chat_template
-from shared_utils.errors import ConfigurationError
+from training_methods.transfer_learning.model_source import load_for_inference
+from training_methods.transfer_learning.prompting import Messages, fitted_prompt_ids, stop_ids
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-logger = logging.getLogger(__name__)
-
 EXIT_COMMANDS = ("/exit", "/quit")
 RESET_COMMAND = "/reset"
 DEFAULT_MAX_NEW_TOKENS = 256  # the longest answer, in tokens
 DEFAULT_TEMPERATURE = 0.7  # sampling temperature; 0 is greedy
-
-
-def load_chat_model(
-    model: str | None, adapter: str | Path | None, device: torch.device
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model to chat with (adapter merged in) and the tokenizer it was trained with."""
-    from shared_utils.chat_templates import ensure_chat_template
-    from training_methods.transfer_learning.lora_model import autocast_dtype
-    from training_methods.transfer_learning.model_loading import (
-        load_causal_lm,
-        load_tokenizer,
-        merge_adapter_weights,
-    )
-    from training_methods.transfer_learning.serving.export import resolve_source, tokenizer_source
-
-    source = resolve_source(model, adapter)
-    loaded = load_causal_lm(source.model, dtype=autocast_dtype(device))
-    tokenizer_from = tokenizer_source(source)
-    tokenizer = load_tokenizer(tokenizer_from)
-    if source.adapter is not None:
-        loaded = merge_adapter_weights(loaded, source.adapter)
-    if ensure_chat_template(tokenizer):
-        logger.info("%s has no chat template: using the toolkit's default", tokenizer_from)
-    loaded.config.use_cache = True
-    loaded.to(device).eval()
-    return loaded, tokenizer
 
 
 def _streamer_class():
@@ -87,37 +57,15 @@ class ChatSession:
     tokenizer: PreTrainedTokenizerBase
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = DEFAULT_TEMPERATURE
-    messages: list[dict[str, str]] = field(default_factory=list)
-
-    def stop_ids(self) -> list[int]:
-        """EOS of the tokenizer and of the generation config (some models end turns with
-        several tokens, e.g. Llama 3's <|eot_id|> and <|end_of_text|>)."""
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        extra = configured if isinstance(configured, list) else [configured]
-        ids = [self.tokenizer.eos_token_id, *extra]
-        return list(dict.fromkeys(int(i) for i in ids if i is not None))
+    messages: Messages = field(default_factory=list)
 
     def prompt_ids(self) -> list[int]:
-        """The conversation so far, rendered with the chat template and tokenised as training
-        tokenised it; the oldest turns are dropped when it would not fit the context."""
-        context = getattr(self.model.config, "max_position_embeddings", None) or getattr(
-            self.model.config, "n_positions", None
+        """The conversation so far as prompt ids; the oldest turns are dropped when it would not
+        fit the context."""
+        ids, self.messages = fitted_prompt_ids(
+            self.model, self.tokenizer, self.messages, self.max_new_tokens
         )
-        while True:
-            text = render_chat_template(self.tokenizer, self.messages, add_generation_prompt=True)
-            bos = self.tokenizer.bos_token
-            ids = self.tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))[
-                "input_ids"
-            ]
-            if context is None or len(ids) + self.max_new_tokens <= context:
-                return ids
-            if len(self.messages) <= 1:
-                raise ConfigurationError(
-                    f"the prompt is {len(ids)} tokens and --max-new-tokens {self.max_new_tokens}, "
-                    f"more than the model's context of {context} — shorten the prompt or lower "
-                    "--max-new-tokens"
-                )
-            self.messages = self.messages[2:] if len(self.messages) > 2 else self.messages[1:]
+        return ids
 
     def reply(self, user_text: str, stream: TextIO) -> str:
         import torch
@@ -130,7 +78,7 @@ class ChatSession:
             if self.temperature > 0
             else {"do_sample": False}
         )
-        stops = self.stop_ids()
+        stops = stop_ids(self.model, self.tokenizer)
         pad_id = self.tokenizer.pad_token_id
         self.model.generate(
             input_ids=input_ids,
@@ -201,7 +149,7 @@ def run_chat(
     from transformers.trainer_utils import set_seed
 
     out = out if out is not None else sys.stdout
-    loaded, tokenizer = load_chat_model(model, adapter, device)
+    loaded, tokenizer = load_for_inference(model, adapter, device)
     set_seed(seed)
     session = ChatSession(loaded, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature)
     if prompt is not None:

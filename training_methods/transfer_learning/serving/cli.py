@@ -12,19 +12,19 @@ import logging
 from shared_utils.arg_types import non_negative_float, positive_int
 from shared_utils.config import ToolkitConfig
 from shared_utils.errors import EXIT_OK
+from training_methods.transfer_learning.merge import DEFAULT_MERGE_DTYPE, MERGE_DTYPES
 from training_methods.transfer_learning.serving.chat import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
 )
+from training_methods.transfer_learning.serving.export import (
+    DEFAULT_FORMAT,
+    DEFAULT_GGUF_TYPE,
+    EXPORT_FORMATS,
+)
+from training_methods.transfer_learning.serving.gguf.tensors import GGUF_TYPES
 
 logger = logging.getLogger(__name__)
-
-# The same as gguf.tensors.GGUF_TYPES and export.EXPORT_FORMATS
-# (training_methods.transfer_learning.serving), repeated so that `--help` imports neither.
-GGUF_TYPE_CHOICES = (
-    "f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k",
-)  # fmt: skip
-FORMAT_CHOICES = ("merged", "gguf", "both", "lora-gguf")
 
 
 def register_commands(
@@ -36,13 +36,13 @@ def register_commands(
 
 
 def _gguf_types(text: str) -> str:
-    """A comma-separated list of GGUF types, each one of GGUF_TYPE_CHOICES."""
+    """A comma-separated list of GGUF types, each one of GGUF_TYPES."""
     kinds = [part.strip().lower() for part in text.split(",") if part.strip()]
-    unknown = [kind for kind in kinds if kind not in GGUF_TYPE_CHOICES]
+    unknown = [kind for kind in kinds if kind not in GGUF_TYPES]
     if not kinds or unknown:
         raise argparse.ArgumentTypeError(
             f"{', '.join(unknown) or repr(text)}: use one or more of "
-            f"{', '.join(GGUF_TYPE_CHOICES)}, comma-separated"
+            f"{', '.join(GGUF_TYPES)}, comma-separated"
         )
     return ",".join(dict.fromkeys(kinds))
 
@@ -76,20 +76,21 @@ def add_export_command(
     )
     parser.add_argument(
         "--format",
-        choices=FORMAT_CHOICES,
-        default="gguf",
+        choices=EXPORT_FORMATS,
+        default=DEFAULT_FORMAT,
         help="merged: a transformers folder; gguf: one .gguf file; both; lora-gguf: the adapter "
         "alone as a GGUF LoRA file (f32 or f16) for llama.cpp's --lora on the base model's GGUF "
-        "(default: gguf)",
+        f"(default: {DEFAULT_FORMAT})",
     )
     parser.add_argument(
         "--gguf-type",
         type=_gguf_types,
-        default="f16",
+        default=DEFAULT_GGUF_TYPE,
         metavar="TYPE[,TYPE...]",
         help="weight types of the GGUF files, one file each from one merge: f32 exact, f16 half "
         "the size, q8_0 a quarter, q4_0 q4_1 q5_0 q5_1, and llama.cpp's k-quants q4_k_m (what LM "
-        "Studio downloads by default) q5_k_m q6_k, which need llama-cpp-python (default: f16)",
+        "Studio downloads by default) q5_k_m q6_k, which need llama-cpp-python "
+        f"(default: {DEFAULT_GGUF_TYPE})",
     )
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -215,9 +216,9 @@ def add_merge_command(
     )
     parser.add_argument(
         "--dtype",
-        choices=["float32", "float16", "bfloat16"],
-        default="float32",
-        help="weight dtype of the merged model (default: float32)",
+        choices=MERGE_DTYPES,
+        default=DEFAULT_MERGE_DTYPE,
+        help=f"weight dtype of the merged model (default: {DEFAULT_MERGE_DTYPE})",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     parser.set_defaults(handler=run_merge)

@@ -9,7 +9,7 @@ writes, under the output folder:
   (`merge.merge_adapter`), loadable by plain `from_pretrained`.
 - `NAME-TYPE.gguf` (`--format gguf|both`): one file per type llama.cpp, LM Studio and Ollama
   run (`gguf.writer`; several types, comma-separated, come from one merge), and `Modelfile`, an
-  Ollama recipe that points at the last type listed.
+  Ollama recipe that points at the last type listed (`modelfile`).
 - `NAME-TYPE-lora.gguf` (`--format lora-gguf`): the adapter alone, unmerged, as a GGUF LoRA file
   (f32 or f16, `gguf.lora`) that llama.cpp applies on top of any GGUF of the base model
   (`--lora FILE`).
@@ -29,22 +29,25 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from shared_utils.errors import ConfigurationError
-from shared_utils.file_utils import atomic_write_text
+from training_methods.transfer_learning.model_source import (
+    ModelSource,
+    resolve_source,
+    tokenizer_source,
+)
 from training_methods.transfer_learning.serving.gguf.file import GGUFSummary
 from training_methods.transfer_learning.serving.gguf.tensors import GGUF_TYPES, GGUFType
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+from training_methods.transfer_learning.serving.modelfile import write_modelfile
 
 logger = logging.getLogger(__name__)
 
 ExportFormat = Literal["merged", "gguf", "both", "lora-gguf"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("merged", "gguf", "both", "lora-gguf")
 MERGED_DIR = "merged"
-MODELFILE = "Modelfile"
+DEFAULT_FORMAT: ExportFormat = "gguf"
+DEFAULT_GGUF_TYPE = "f16"
 
 
 @dataclass
@@ -55,46 +58,6 @@ class ExportResult:
     merged_dir: Path | None = None
     ggufs: list[GGUFSummary] = field(default_factory=list)  # in the order the types were given
     modelfile: Path | None = None
-
-
-@dataclass(frozen=True)
-class ExportSource:
-    """Where the weights come from: a model folder or hub id, and optionally an adapter on it."""
-
-    model: str  # the base (with an adapter) or the already merged model
-    adapter: Path | None
-    name: str  # file stem of the GGUF: the adapter's or the model's folder name
-
-
-def resolve_source(model: str | None, adapter: str | Path | None) -> ExportSource:
-    """Check --model/--adapter and name the base model; ConfigurationError when unusable."""
-    from training_methods.transfer_learning.merge import ADAPTER_CONFIG, read_adapter_config
-
-    if adapter is None:
-        if model is None:
-            raise ConfigurationError(
-                "export needs --adapter DIR (a train-lora/train-qlora output) or --model DIR "
-                "(an already merged model)"
-            )
-        return ExportSource(model=model, adapter=None, name=_stem(model))
-    adapter = Path(adapter)
-    if not adapter.is_dir():
-        raise ConfigurationError(
-            f"--adapter {adapter}: no such folder — point it at the output folder of train-lora "
-            "or train-qlora"
-        )
-    adapter_config = read_adapter_config(adapter)  # refuses a folder without adapter_config.json
-    base = model or adapter_config.get("base_model_name_or_path")
-    if not base:
-        raise ConfigurationError(
-            f"{adapter / ADAPTER_CONFIG} names no base model — pass the base with --model"
-        )
-    return ExportSource(model=str(base), adapter=adapter, name=_stem(adapter))
-
-
-def _stem(path_or_id: str | Path) -> str:
-    name = Path(str(path_or_id).rstrip("/")).name or "model"
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
 def gguf_file_name(name: str, gguf_type: GGUFType) -> str:
@@ -123,8 +86,8 @@ def export_model(
     *,
     adapter: str | Path | None = None,
     model: str | None = None,
-    fmt: ExportFormat = "gguf",
-    gguf_type: str | Sequence[str] = "f16",
+    fmt: ExportFormat = DEFAULT_FORMAT,
+    gguf_type: str | Sequence[str] = DEFAULT_GGUF_TYPE,
     force: bool = False,
     progress: bool = True,
 ) -> ExportResult:
@@ -201,7 +164,7 @@ def export_model(
 
 def export_lora_gguf(
     output_dir: Path,
-    source: ExportSource,
+    source: ModelSource,
     gguf_types: Sequence[GGUFType],
     *,
     force: bool,
@@ -265,7 +228,7 @@ def local_model_dir(model: str) -> Path:
         ) from None
 
 
-def check_gguf_source(source: ExportSource) -> None:
+def check_gguf_source(source: ModelSource) -> None:
     """Refuse, from configs alone, a model the GGUF writer cannot convert: runs before the merge
     and before any large file is written."""
     from training_methods.transfer_learning.model_loading import load_model_config, load_tokenizer
@@ -278,7 +241,7 @@ def check_gguf_source(source: ExportSource) -> None:
     check_exportable(config, tokenizer, source.model, tokenizer_dirs(source))
 
 
-def tokenizer_dirs(source: ExportSource) -> list[Path]:
+def tokenizer_dirs(source: ModelSource) -> list[Path]:
     """Where a SentencePiece tokenizer.model may be, in order: the adapter folder, the model (the
     base) folder. transformers 5 does not copy it when it saves a tokenizer, so a fine-tune's own
     folders usually lack it and the base model's is the one."""
@@ -290,14 +253,6 @@ def tokenizer_dirs(source: ExportSource) -> list[Path]:
     return folders
 
 
-def tokenizer_source(source: ExportSource) -> str:
-    """The adapter folder when training saved the tokenizer there (with the chat template it
-    trained with), else the model."""
-    if source.adapter is not None and (source.adapter / "tokenizer_config.json").is_file():
-        return str(source.adapter)
-    return source.model
-
-
 def refuse_existing(paths: list[Path], force: bool) -> None:
     if force:
         return
@@ -306,107 +261,3 @@ def refuse_existing(paths: list[Path], force: bool) -> None:
             raise ConfigurationError(
                 f"{path} already exists — pass --force to replace it, or choose another --output"
             )
-
-
-# --------------------------------------------------------------------------------------------------
-# Ollama Modelfile
-# --------------------------------------------------------------------------------------------------
-
-# Ollama renders prompts with Go templates, not Jinja; these are the formats of the families the
-# GGUF export writes: ChatML (the tiny model, SmolLM2, Qwen), Llama 2's and Mistral's [INST],
-# Phi-3's <|user|>/<|assistant|>/<|end|>, Gemma's <start_of_turn>/<end_of_turn>, and the
-# toolkit's default for tokenizers without a template (shared_utils.chat_templates'
-# DEFAULT_CHAT_TEMPLATE). Ollama writes the first BOS itself.
-CHATML_GO_TEMPLATE = (
-    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
-    "<|im_start|>assistant\n"
-)
-LLAMA2_GO_TEMPLATE = (  # a BOS before every [INST] but the first, a space before each answer
-    '{{- range $i, $_ := .Messages }}{{ if eq .Role "user" }}{{ if $i }}<s>{{ end }}'
-    '[INST] {{ .Content }} [/INST]{{ else if eq .Role "assistant" }} {{ .Content }} </s>'
-    "{{ end }}{{ end }}"
-)
-MISTRAL_GO_TEMPLATE = (
-    '{{- range .Messages }}{{ if eq .Role "user" }}[INST] {{ .Content }} [/INST]'
-    '{{ else if eq .Role "assistant" }}{{ .Content }}</s>{{ end }}{{ end }}'
-)
-PHI3_GO_TEMPLATE = (
-    "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n"
-)
-PHI4_GO_TEMPLATE = (  # Phi-4-mini: Phi-3's markers with no newline after them
-    "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>"
-)
-GEMMA_GO_TEMPLATE = (  # Gemma has no system turn: a system message is sent as a user turn
-    "{{- range .Messages }}<start_of_turn>"
-    '{{ if eq .Role "assistant" }}model{{ else }}user{{ end }}\n{{ .Content }}<end_of_turn>\n'
-    "{{ end }}<start_of_turn>model\n"
-)
-DEFAULT_GO_TEMPLATE = (
-    '{{- range .Messages }}{{ if eq .Role "system" }}{{ .Content }}\n\n'
-    '{{ else if eq .Role "user" }}### Instruction:\n{{ .Content }}\n\n'
-    '{{ else if eq .Role "assistant" }}### Response:\n{{ .Content }}{EOS}\n\n'
-    "{{ end }}{{ end }}### Response:\n"
-)
-
-
-def _renders_newline_after_role(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether the tokenizer's <|user|>-style template puts a newline after each role marker
-    (Phi-3) or not (Phi-4-mini), found by rendering one user turn."""
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
-    )
-    return "<|user|>\nx" in str(rendered)
-
-
-def modelfile_text(gguf_name: str, tokenizer: PreTrainedTokenizerBase) -> str:
-    """An Ollama Modelfile for the GGUF file `gguf_name` in the same folder."""
-    from training_methods.transfer_learning.serving.gguf.tokenizer import chat_template_of
-
-    template = chat_template_of(tokenizer)
-    template_text = template if isinstance(template, str) else ""
-    eos = tokenizer.eos_token
-    lines = [
-        "# Ollama: ollama create NAME -f Modelfile && ollama run NAME",
-        f"FROM ./{gguf_name}",
-    ]
-    from shared_utils.chat_templates import DEFAULT_CHAT_TEMPLATE
-
-    if "<|im_start|>" in template_text and "<|im_end|>" in template_text:
-        lines.append(f'TEMPLATE """{CHATML_GO_TEMPLATE}"""')
-        stops = ["<|im_end|>", eos]
-    elif "<|assistant|>" in template_text and "<|end|>" in template_text:
-        phi3 = _renders_newline_after_role(tokenizer)
-        lines.append(f'TEMPLATE """{PHI3_GO_TEMPLATE if phi3 else PHI4_GO_TEMPLATE}"""')
-        stops = ["<|end|>", eos]
-    elif "<start_of_turn>" in template_text and "<end_of_turn>" in template_text:
-        lines.append(f'TEMPLATE """{GEMMA_GO_TEMPLATE}"""')
-        stops = ["<end_of_turn>", eos]
-    elif "[INST]" in template_text and "[/INST]" in template_text:
-        llama2 = "bos_token + '[INST]" in template_text.replace('"', "'")
-        lines.append(f'TEMPLATE """{LLAMA2_GO_TEMPLATE if llama2 else MISTRAL_GO_TEMPLATE}"""')
-        stops = [eos, "[INST]"]
-    elif template_text == DEFAULT_CHAT_TEMPLATE:
-        lines.append(f'TEMPLATE """{DEFAULT_GO_TEMPLATE.replace("{EOS}", eos or "")}"""')
-        stops = [eos, "### Instruction:"]
-    else:
-        lines.append(
-            "# No TEMPLATE: Ollama uses the chat template stored in the GGUF file when it knows "
-            "it; otherwise write one in Go template syntax here."
-        )
-        stops = [eos]
-    for stop in dict.fromkeys(s for s in stops if s):  # unique, in order
-        lines.append(f"PARAMETER stop {_quote(stop)}")
-    return "\n".join(lines) + "\n"
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def write_modelfile(model_dir: Path, gguf_path: Path) -> Path:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    path = gguf_path.parent / MODELFILE
-    atomic_write_text(path, modelfile_text(gguf_path.name, tokenizer))
-    return path
