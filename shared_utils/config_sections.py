@@ -223,8 +223,10 @@ class QaGenerationConfig:
     teacher: str | None = setting(
         "The model that writes the pairs: the URL of an OpenAI-compatible chat-completions server "
         "(LM Studio http://localhost:1234/v1, Ollama http://localhost:11434/v1, vLLM "
-        "http://localhost:8000/v1, llama.cpp's server http://localhost:8080/v1) or a .gguf file "
-        "run in-process by llama.cpp. --teacher overrides it.",
+        "http://localhost:8000/v1, llama.cpp's server http://localhost:8080/v1), a .gguf file "
+        "run in-process by llama.cpp, or a transformers model (a save_pretrained folder, or a hub "
+        "id already in the Hugging Face cache) run in-process on common.device, batched. "
+        "--teacher overrides it.",
         None,
     )
     teacher_model: str | None = setting(
@@ -245,13 +247,17 @@ class QaGenerationConfig:
         2,
     )
     concurrency: int = setting(
-        "Requests in flight at once to an HTTP teacher (a .gguf teacher runs one at a time).", 1
+        "Requests in flight at once to an HTTP teacher; a transformers teacher generates up to "
+        "this many together as one batch (a .gguf teacher runs one at a time).",
+        1,
     )
     structured_output: Literal["auto", "json_schema", "json_object", "ollama", "prompt"] = setting(
         "How the reply is held to the pair's JSON schema: auto probes once per run, in this order, "
         "json_schema (OpenAI response_format; LM Studio, vLLM), json_object (response_format "
         "json_object with a schema; llama-cpp-python's server), ollama (Ollama's format), prompt "
-        "(JSON asked for in the prompt only). A .gguf teacher always uses a grammar.",
+        "(JSON asked for in the prompt only). A .gguf teacher always uses a grammar; a "
+        "transformers teacher asks in the prompt and starts the reply with the JSON's opening "
+        "(prompt+prefill).",
         "auto",
     )
     temperature: float = setting("Sampling temperature of the teacher (0: greedy).", 0.0)

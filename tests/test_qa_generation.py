@@ -771,9 +771,11 @@ def test_data_dir_without_chunk_records(tmp_path, run_main):
 
 def test_teachers_that_are_neither_url_nor_gguf_and_bad_settings(tmp_path, run_main):
     data = write_chunks(tmp_path / "data")
-    status, _, err = run_main("generate-qa", data, tmp_path / "out", "--teacher", "gpt2")
+    status, _, err = run_main(
+        "generate-qa", data, tmp_path / "out", "--teacher", data / "train.jsonl"
+    )
     assert status == 2
-    assert "transformers model is not run here" in one_line(err)
+    assert "not a server URL, a .gguf file or a model" in one_line(err)
     status, _, err = run_main("generate-qa", data, tmp_path / "out", "--teacher", "no.gguf")
     assert status == 2 and "no such file" in one_line(err)
     status, _, err = run_main("generate-qa", data, tmp_path / "out")

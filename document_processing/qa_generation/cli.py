@@ -19,7 +19,8 @@ def add_generate_qa_command(
         parents=[parent],
         help="write question/answer training data from extracted chunks with a teacher model",
         description="Ask a teacher model (an OpenAI-compatible server: LM Studio, Ollama, vLLM, "
-        "llama.cpp; or a local .gguf file) for question/answer pairs about every chunk record "
+        "llama.cpp; a local .gguf file; or a transformers model, batched on the GPU when there "
+        "is one) for question/answer pairs about every chunk record "
         "`extract` wrote to DATA_DIR, keep those grounded in their chunk, and write "
         "OUT_DIR/qa/{train,valid,test}.jsonl (chat records, which train-lora reads and evaluate "
         "takes as questions) and qa/alpaca/. Every reply is cached in OUT_DIR/.qa_cache: an "
@@ -32,10 +33,11 @@ def add_generate_qa_command(
     parser.add_argument("output_dir", metavar="OUT_DIR", type=Path, help="where to write qa/")
     parser.add_argument(
         "--teacher",
-        metavar="URL|FILE.gguf",
+        metavar="URL|FILE.gguf|MODEL",
         help="server URL (LM Studio http://localhost:1234/v1, Ollama http://localhost:11434/v1, "
-        "vLLM http://localhost:8000/v1, llama.cpp http://localhost:8080/v1) or a .gguf file run "
-        "in-process (default: qa_generation.teacher)",
+        "vLLM http://localhost:8000/v1, llama.cpp http://localhost:8080/v1), a .gguf file run "
+        "in-process, or a transformers model folder or cached hub id run in-process on "
+        "common.device (default: qa_generation.teacher)",
     )
     parser.add_argument(
         "--teacher-model", metavar="NAME", help="model name on the server (default: its only one)"
@@ -44,7 +46,10 @@ def add_generate_qa_command(
         "--pairs-per-chunk", type=positive_int, metavar="N", help="pairs asked per chunk"
     )
     parser.add_argument(
-        "--concurrency", type=positive_int, metavar="K", help="requests in flight (HTTP teachers)"
+        "--concurrency",
+        type=positive_int,
+        metavar="K",
+        help="requests in flight (HTTP teachers); the batch size of a transformers teacher",
     )
     parser.add_argument(
         "--judge",

@@ -53,7 +53,8 @@ def generate_qa(
     if not settings.teacher:
         raise ConfigurationError(
             "generate-qa needs a teacher: --teacher URL (an OpenAI-compatible server such as "
-            "LM Studio http://localhost:1234/v1) or --teacher FILE.gguf"
+            "LM Studio http://localhost:1234/v1), --teacher FILE.gguf or --teacher MODEL (a "
+            "transformers model folder or cached hub id)"
         )
     chunks = read_chunks(data_dir)
     languages = document_languages(chunks)
@@ -68,6 +69,7 @@ def generate_qa(
         form=settings.structured_output,
         concurrency=settings.concurrency,
         context_size=settings.context_size,
+        device=config.common.device,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     qa_dir = output_dir / QA_DIR

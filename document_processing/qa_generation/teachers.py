@@ -1,4 +1,5 @@
-"""The teacher models that write the pairs: a chat-completions server by URL, or a local .gguf file.
+"""The teacher models that write the pairs: a chat-completions server by URL, a local .gguf file,
+or a transformers model (`open_teacher` picks by what `--teacher` names).
 
 `HttpTeacher` speaks the OpenAI chat-completions protocol (LM Studio, Ollama, vLLM, llama.cpp's
 and llama-cpp-python's servers) with httpx: explicit connect and read timeouts, retries with
@@ -15,8 +16,8 @@ order and keeps the first one the server accepts and whose reply parses:
 - prompt: no constraint, the JSON is asked for in the prompt only.
 
 `GgufTeacher` runs a .gguf file in this process through llama-cpp-python and holds every reply to
-the schema with a grammar. The transformers teacher of the issue (a model folder on a GPU) is not
-here: serve such a model with vLLM and pass its URL.
+the schema with a grammar. `transformers_teacher.TransformersTeacher` runs a model folder or a
+cached hub id in this process (on a GPU when there is one), concurrent requests in one batch.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class Teacher(Protocol):
     def close(self) -> None: ...
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
     return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 3] + "..."
 
@@ -109,11 +110,11 @@ def _error_message(response: Any) -> str:
     try:
         body = response.json()
     except ValueError:
-        return _first_line(response.text) or response.reason_phrase
+        return first_line(response.text) or response.reason_phrase
     error = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(error, dict):
         error = error.get("message") or error.get("detail") or json.dumps(error)
-    return _first_line(str(error))
+    return first_line(str(error))
 
 
 def _backoff(attempt: int) -> float:
@@ -167,7 +168,7 @@ class HttpTeacher:
     # -- connecting -----------------------------------------------------------------------------
 
     def _unreachable(self, exc: Exception) -> TeacherError:
-        reason = _first_line(str(exc)) or type(exc).__name__
+        reason = first_line(str(exc)) or type(exc).__name__
         return TeacherError(
             f"cannot reach the teacher at {self.base_url} ({reason}) — start the server or fix "
             f"the URL; the usual ones: {USUAL_URLS}"
@@ -283,7 +284,7 @@ class HttpTeacher:
                 continue
             except httpx.TransportError as exc:  # refused, reset, closed mid-reply
                 last = (
-                    f"cannot reach {self.base_url} ({_first_line(str(exc)) or type(exc).__name__})"
+                    f"cannot reach {self.base_url} ({first_line(str(exc)) or type(exc).__name__})"
                 )
                 if attempt == self.max_retries:
                     raise RequestFailed(last, unreachable=True) from None
@@ -297,7 +298,7 @@ class HttpTeacher:
             try:
                 content = response.json()["choices"][0]["message"]["content"]
             except (ValueError, KeyError, IndexError, TypeError):
-                last = f"a reply without choices[0].message.content: {_first_line(response.text)}"
+                last = f"a reply without choices[0].message.content: {first_line(response.text)}"
                 continue
             if not isinstance(content, str) or not content.strip():
                 last = "an empty reply"
@@ -379,7 +380,7 @@ class GgufTeacher:
             )
         except (ValueError, RuntimeError) as exc:
             raise ConfigurationError(
-                f"--teacher {path}: llama.cpp cannot load it ({_first_line(str(exc))}) — give a "
+                f"--teacher {path}: llama.cpp cannot load it ({first_line(str(exc))}) — give a "
                 "GGUF model file"
             ) from None
         self._grammars: dict[str, str] = {}
@@ -410,9 +411,7 @@ class GgufTeacher:
                 grammar=grammar,
             )
         except ValueError as exc:  # e.g. the prompt does not fit the context
-            raise RequestFailed(
-                f"llama.cpp refused the request ({_first_line(str(exc))})"
-            ) from None
+            raise RequestFailed(f"llama.cpp refused the request ({first_line(str(exc))})") from None
         content = reply["choices"][0]["message"]["content"] or ""
         if not content.strip():
             raise RequestFailed("an empty reply")
@@ -444,8 +443,10 @@ def open_teacher(
     form: str,
     concurrency: int,
     context_size: int,
+    device: str,
 ) -> Teacher:
-    """The teacher `spec` names: an http(s) URL or a .gguf file (one-line errors otherwise)."""
+    """The teacher `spec` names: an http(s) URL, a .gguf file, a transformers model folder or a
+    hub id in the Hugging Face cache (one-line errors otherwise)."""
     if spec.startswith(("http://", "https://")):
         return HttpTeacher(
             spec,
@@ -464,9 +465,15 @@ def open_teacher(
                 f"--teacher {spec}: no such file — give an existing .gguf file"
             )
         return GgufTeacher(path, context_size=context_size)
+    from document_processing.qa_generation import transformers_teacher
+
+    folder = transformers_teacher.model_folder(spec)
+    if folder is not None:
+        return transformers_teacher.TransformersTeacher(
+            spec, folder, device=device, batch_size=concurrency
+        )
     raise ConfigurationError(
-        f"--teacher {spec}: not a server URL or a .gguf file — give the URL of an "
-        f"OpenAI-compatible server ({USUAL_URLS}) or a .gguf file; a transformers model is not run "
-        "here: serve it "
-        "with vLLM (http://localhost:8000/v1) or export it to GGUF with `export`"
+        f"--teacher {spec}: not a server URL, a .gguf file or a model — give the URL of an "
+        f"OpenAI-compatible server ({USUAL_URLS}), a .gguf file, a transformers model folder "
+        "(save_pretrained) or a hub id in the Hugging Face cache"
     )
