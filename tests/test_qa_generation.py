@@ -534,6 +534,45 @@ def test_http_500_on_every_request_stops_after_a_bounded_number(tmp_path, run_ma
     assert len(server.requests) == 1 + 1 + 2  # json_schema, json_object, prompt with its retry
 
 
+def test_a_server_still_loading_its_model_does_not_rule_out_a_form(tmp_path, run_main):
+    """HTTP 503 on the first request (LM Studio or vLLM loading the model) is retried while the
+    forms are probed: the run keeps json_schema, the form the server takes."""
+    answered = {"count": 0}
+
+    def reply(body: dict[str, Any]) -> Any:
+        answered["count"] += 1
+        return (503, "model is loading") if answered["count"] == 1 else good_reply(body)
+
+    data = write_chunks(tmp_path / "data")
+    config = write_config(tmp_path / "qa.yaml", max_retries=1)
+    with fake_server(reply) as server:
+        status, _, err = run_main(
+            "generate-qa", data, tmp_path / "out", "--teacher", server.url, "--config", config,
+            "--no-progress",
+        )  # fmt: skip
+    assert status == 0, err
+    report = json.loads((tmp_path / "out" / "qa" / "qa_report.json").read_text())
+    assert report["teacher"]["structured_output"] == "json_schema"
+    assert report["teacher"]["probe"] == {"json_schema": "accepted, reply parsed"}
+
+
+def test_empty_replies_to_every_request_stop_after_a_bounded_number(tmp_path, run_main):
+    data = write_chunks(tmp_path / "data")
+    config = write_config(
+        tmp_path / "qa.yaml", structured_output="json_schema", max_retries=0,
+        max_consecutive_failures=4,
+    )  # fmt: skip
+    with fake_server(lambda body: "") as server:
+        status, _, err = run_main(
+            "generate-qa", data, tmp_path / "out", "--teacher", server.url, "--config", config,
+            "--no-progress",
+        )  # fmt: skip
+    assert status == 1
+    assert "4 requests in a row failed (last: an empty reply)" in one_line(err)
+    assert len(server.requests) == 4
+    assert not (tmp_path / "out" / "qa" / "train.jsonl").exists()
+
+
 def test_errors_in_a_row_after_the_first_replies_stop_the_run_and_keep_what_was_done(
     tmp_path, run_main
 ):

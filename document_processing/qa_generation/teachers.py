@@ -43,6 +43,7 @@ USUAL_URLS = (
 CONNECT_TIMEOUT = 10.0
 BACKOFF_SECONDS = 1.0  # first retry waits about this long, doubling up to BACKOFF_CAP
 BACKOFF_CAP = 30.0
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})  # retried even while probing a form
 MESSAGE_CHARS = 200
 
 Messages = list[dict[str, str]]
@@ -268,9 +269,11 @@ class HttpTeacher:
             body["format"] = schema
         return body
 
-    def _post(self, body: dict[str, Any], *, retry_status: bool) -> str:
+    def _post(self, body: dict[str, Any], *, probing: bool = False) -> str:
         """The reply text, retrying what is worth retrying; RequestFailed when it fails for good.
-        With `retry_status` false an HTTP error status fails at once (probing)."""
+        HTTP 429 and 5xx are retried; while `probing` a form, HTTP 500 is not (llama-cpp-python's
+        server answers a form it does not take with 500), while 429, 502, 503 and 504 (a busy
+        server, or one still loading its model) are, so they do not rule a form out."""
         import httpx
 
         last = "no attempt"
@@ -292,7 +295,8 @@ class HttpTeacher:
             status = response.status_code
             if status != 200:
                 last = f"HTTP {status}: {_error_message(response)}"
-                if not retry_status or (status != 429 and status < 500):
+                transient = status in TRANSIENT_STATUSES or (status >= 500 and not probing)
+                if not transient:
                     raise RequestFailed(last, status=status)
                 continue
             try:
@@ -311,9 +315,7 @@ class HttpTeacher:
     ) -> str:
         self.connect()
         form = self.form or "prompt"
-        return self._post(
-            self._body(messages, schema, form, temperature, max_tokens), retry_status=True
-        )
+        return self._post(self._body(messages, schema, form, temperature, max_tokens))
 
     def choose_form(
         self,
@@ -335,7 +337,7 @@ class HttpTeacher:
         for form in forms:
             body = self._body(messages, schema, form, temperature, max_tokens)
             try:
-                reply = self._post(body, retry_status=form == "prompt")
+                reply = self._post(body, probing=form != "prompt")
             except RequestFailed as exc:
                 if exc.unreachable:
                     raise self._unreachable(RuntimeError(exc.reason)) from None
