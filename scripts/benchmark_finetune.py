@@ -151,7 +151,7 @@ def build_models(work: Path, sizes: Sizes, with_large: bool) -> tuple[Path, Path
 
 def corpus_words() -> list[str]:
     """Words of the sample corpus the tiny tokenizer was trained on, so they tokenise compactly."""
-    from training_methods.transfer_learning.tiny_model import sample_corpus_texts
+    from shared_utils.sample_corpus import sample_corpus_texts
 
     return sorted(set(re.findall(r"[a-z]{3,}", " ".join(sample_corpus_texts()).lower())))
 

@@ -250,10 +250,6 @@ class MetricsLogger:
             payload["step"] = step
             self._wandb_run.log(payload)
 
-    def history(self, split: str, key: str) -> list[tuple[int, float]]:
-        """The (step, value) points logged for `split`/`key`, oldest first; NaN for nulls."""
-        return list(self._history.get((split, key), []))
-
     def plot(
         self,
         path: str | Path,

@@ -1,9 +1,12 @@
 """Fine-tuning helpers the tests share: a config for fast CPU runs on a tiny model (make_config,
-MEMORISE), and the tiny fine-tune on CHATS that the export, chat, evaluate, model-loading and
-GGUF tests start from (finetune_on_chats; conftest's `finetuned` fixture is tiny_llama's)."""
+MEMORISE), training data read the way train-lora reads it (training_data), and the tiny
+fine-tune on CHATS that the export, chat, evaluate, model-loading and GGUF tests start from
+(finetune_on_chats; conftest's `finetuned` fixture is tiny_llama's)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ MEMORISE = [
     "Turn the pile every one to two weeks.",
     "Finished compost smells of forest soil.",
 ]
+MEMORISE_RECORDS = [{"text": text} for text in MEMORISE]
 
 
 def make_config(tmp_path: Path, model: Path, section: str = "lora", **overrides: Any):
@@ -48,6 +52,15 @@ def make_config(tmp_path: Path, model: Path, section: str = "lora", **overrides:
 
 
 _SECTIONS = {"common", "logging", "transfer_learning"}
+
+
+def training_data(tuner: Any, records: Sequence[Mapping[str, Any]], folder: Path) -> Any:
+    """`records` as train-lora reads its --train-data: written to `folder`/train.jsonl, read
+    into normalised rows (`load_jsonl`) and tokenised in shuffled order (`tokenize`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return tuner.tokenize(tuner.load_jsonl(path), shuffle=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,7 +118,7 @@ def finetune_on_chats(
         previous = torch.get_num_threads()
         torch.set_num_threads(1)  # on a busy 2-core machine a second thread makes it 5x slower
         try:
-            rows = tuner.prepare_instruction_dataset(chat_records())
+            rows = training_data(tuner, chat_records(), root)
             tuner.train(rows, output_dir=root / "adapter")
         finally:
             torch.set_num_threads(previous)

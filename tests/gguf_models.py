@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from shared_utils.sample_corpus import sample_corpus_texts
 from tests.finetune_helpers import CHATS
 
 TOKENIZER_SAMPLES = [
@@ -22,6 +23,67 @@ TOKENIZER_SAMPLES = [
     "Compost 🌱🐛 works! 😀👍🏽 ok?",
     "  leading spaces and trailing   \n\n",
 ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer training shared by the families
+# --------------------------------------------------------------------------------------------------
+
+
+def _training_texts(chat_texts: list[str], samples: list[str]) -> list[str]:
+    """What a tokenizer here is trained on: the sample corpus, texts of CHATS, its samples."""
+    return [*sample_corpus_texts(), *chat_texts, *samples]
+
+
+def _sentencepiece_bpe(path: Path, texts: list[str], vocab_size: int, **family: Any) -> Path:
+    """A SentencePiece BPE model of `texts` written to `path`, trained the way Llama 2's and
+    Gemma's were: byte fallback, digits split, identity normalisation, whitespace kept as
+    written; `family` holds the options that differ (dummy prefix, special pieces and ids)."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts * 2),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        minloglevel=2,
+        **family,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def _byte_level_bpe(texts: list[str], split_regex: str, normalizer: Any = None) -> Any:
+    """A byte-level BPE tokenizer (tokenizers' `Tokenizer`) of 800 tokens trained on `texts` the
+    way Qwen2's and Phi-4-mini's tokenizer.json are: `normalizer` when given, `split_regex`, then
+    ByteLevel without its own regex."""
+    from tokenizers import Regex, Tokenizer, decoders, models, trainers
+    from tokenizers import pre_tokenizers as pre
+
+    backend = Tokenizer(models.BPE())
+    if normalizer is not None:
+        backend.normalizer = normalizer
+    backend.pre_tokenizer = pre.Sequence(
+        [
+            pre.Split(Regex(split_regex), behavior="isolated", invert=False),
+            pre.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=800, initial_alphabet=pre.ByteLevel.alphabet(), show_progress=False
+    )
+    backend.train_from_iterator(texts * 2, trainer)
+    return backend
 
 
 # --------------------------------------------------------------------------------------------------
@@ -58,37 +120,12 @@ SPM_SAMPLES = [
 
 
 def train_sentencepiece(path: Path, vocab_size: int = 600) -> Path:
-    """A SentencePiece BPE model trained the way Llama 2's was: byte fallback, digits split,
-    identity normalisation, whitespace kept as written, a dummy "▁" prefix; <unk> <s> </s> at
-    ids 0, 1, 2."""
-    import sentencepiece as spm
-
-    from training_methods.transfer_learning.tiny_model import sample_corpus_texts
-
-    texts = [*sample_corpus_texts(), *[q + " " + a for q, a in CHATS], *SPM_SAMPLES]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts * 2),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        byte_fallback=True,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        add_dummy_prefix=True,
-        character_coverage=1.0,
-        hard_vocab_limit=False,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        minloglevel=2,
+    """A SentencePiece BPE model trained the way Llama 2's was (`_sentencepiece_bpe`), with a dummy
+    "▁" prefix; <unk> <s> </s> at ids 0, 1, 2."""
+    texts = _training_texts([q + " " + a for q, a in CHATS], SPM_SAMPLES)
+    return _sentencepiece_bpe(
+        path, texts, vocab_size, add_dummy_prefix=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.getvalue())
-    return path
 
 
 def sentencepiece_tokenizer(folder: Path, chat_template: str, legacy: bool) -> Any:
@@ -178,28 +215,14 @@ GEMMA_LOGIT_ATOL = {"f32": 1e-2, "f16": 3e-2}
 
 
 def train_gemma_sentencepiece(path: Path, vocab_size: int = 600) -> Path:
-    """A SentencePiece BPE model trained the way Gemma's was: byte fallback, digits split,
-    identity normalisation, whitespace kept, no dummy prefix, <pad> <eos> <bos> <unk> at ids
-    0-3 and the turn markers as user-defined pieces."""
-    import sentencepiece as spm
-
-    from training_methods.transfer_learning.tiny_model import sample_corpus_texts
-
-    texts = [*sample_corpus_texts(), *[q + " " + a for q, a in CHATS], *GEMMA_SAMPLES]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts * 2),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        byte_fallback=True,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
+    """A SentencePiece BPE model trained the way Gemma's was (`_sentencepiece_bpe`), with no dummy
+    prefix, <pad> <eos> <bos> <unk> at ids 0-3 and the turn markers as user-defined pieces."""
+    texts = _training_texts([q + " " + a for q, a in CHATS], GEMMA_SAMPLES)
+    return _sentencepiece_bpe(
+        path,
+        texts,
+        vocab_size,
         add_dummy_prefix=False,
-        character_coverage=1.0,
-        hard_vocab_limit=False,
         pad_id=0,
         eos_id=1,
         bos_id=2,
@@ -209,11 +232,7 @@ def train_gemma_sentencepiece(path: Path, vocab_size: int = 600) -> Path:
         bos_piece="<bos>",
         unk_piece="<unk>",
         user_defined_symbols=TURN_MARKERS,
-        minloglevel=2,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.getvalue())
-    return path
 
 
 def gemma_tokenizer(folder: Path) -> Any:
@@ -333,27 +352,13 @@ def qwen_tokenizer(think_tokens: bool):
     """A byte-level BPE tokenizer built the way Qwen2's tokenizer.json is: NFC, Qwen2's split
     regex, ByteLevel without its own regex, the special tokens appended after the BPE vocabulary,
     no BOS, EOS <|im_end|>, padding <|endoftext|>."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, trainers
-    from tokenizers import pre_tokenizers as pre
+    from tokenizers import AddedToken, normalizers
     from transformers import PreTrainedTokenizerFast
 
     from training_methods.transfer_learning.serving.gguf.tokenizer import QWEN2_SPLIT_REGEX
-    from training_methods.transfer_learning.tiny_model import sample_corpus_texts
 
-    backend = Tokenizer(models.BPE())
-    backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre.Sequence(
-        [
-            pre.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
-            pre.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=800, initial_alphabet=pre.ByteLevel.alphabet(), show_progress=False
-    )
-    texts = [*sample_corpus_texts(), *[answer for _, answer in CHATS], *QWEN_SAMPLES]
-    backend.train_from_iterator(texts * 2, trainer)
+    texts = _training_texts([answer for _, answer in CHATS], QWEN_SAMPLES)
+    backend = _byte_level_bpe(texts, QWEN2_SPLIT_REGEX, normalizers.NFC())
     backend.add_special_tokens(
         [AddedToken(token, special=True, normalized=False) for token in QWEN_SPECIAL_TOKENS]
     )
@@ -443,26 +448,13 @@ def phi4_mini_tokenizer() -> Any:
     """A byte-level BPE tokenizer built the way Phi-4-mini's tokenizer.json is: tiktoken's o200k
     split regex (llama.cpp's `gpt-4o`), ByteLevel without its own regex, no normalizer, the chat
     tokens appended after the BPE vocabulary, no BOS added, EOS <|end|>."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, trainers
-    from tokenizers import pre_tokenizers as pre
+    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     from training_methods.transfer_learning.serving.gguf.tokenizer import GPT4O_SPLIT_REGEX
-    from training_methods.transfer_learning.tiny_model import sample_corpus_texts
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre.Sequence(
-        [
-            pre.Split(Regex(GPT4O_SPLIT_REGEX), behavior="isolated", invert=False),
-            pre.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=800, initial_alphabet=pre.ByteLevel.alphabet(), show_progress=False
-    )
-    texts = [*sample_corpus_texts(), *[answer for _, answer in CHATS], *PHI4_MINI_SAMPLES]
-    backend.train_from_iterator(texts * 2, trainer)
+    texts = _training_texts([answer for _, answer in CHATS], PHI4_MINI_SAMPLES)
+    backend = _byte_level_bpe(texts, GPT4O_SPLIT_REGEX)
     backend.add_special_tokens(
         [AddedToken(token, special=True, normalized=False) for token in PHI3_SPECIAL_TOKENS]
     )

@@ -24,6 +24,30 @@ def test_shipped_default_yaml_is_generated_from_the_dataclasses() -> None:
     assert load_config() == ToolkitConfig()
 
 
+def test_write_default_config_checks_and_writes_only_without_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "write_default_config", REPO / "scripts" / "write_default_config.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    stale = tmp_path / "default.yaml"
+    stale.write_text("common: {}\n", encoding="utf-8")
+    monkeypatch.setattr(script, "DEFAULT_CONFIG_PATH", stale)
+    with pytest.raises(SystemExit) as exited:
+        script.main(["--help"])
+    assert exited.value.code == 0 and "--check" in capsys.readouterr().out
+    assert script.main(["--check"]) == 1
+    assert "python scripts/write_default_config.py" in capsys.readouterr().err
+    assert stale.read_text(encoding="utf-8") == "common: {}\n"  # --help and --check write nothing
+    assert script.main([]) == 0
+    assert stale.read_text(encoding="utf-8") == render_default_yaml()
+    assert script.main(["--check"]) == 0
+
+
 def test_shipped_config_has_every_section_of_the_specification() -> None:
     text = DEFAULT_CONFIG_PATH.read_text(encoding="utf-8")
     for section in (

@@ -376,7 +376,7 @@ def _fact_records(kinds=("topic", "cloze"), text: str = FACTS, phrasings: int = 
 
 
 def test_key_terms_are_names_numbers_with_units_and_repeated_content_words() -> None:
-    from document_processing.converters.instruction_records import key_terms
+    from document_processing.converters.key_terms import key_terms
     from document_processing.converters.languages import FUNCTION_WORDS
 
     sentence = "The ferry Wenna Lorne leaves Calder Quay at 8:15 and a ticket costs 18 euros."
@@ -542,11 +542,11 @@ def test_records_are_worded_in_the_document_language() -> None:
 
 
 def test_a_language_without_a_list_falls_back_to_the_words_every_sentence_shares() -> None:
-    from document_processing.converters.instruction_records import document_sentences
     from document_processing.converters.languages import (
         detect_language,
         statistical_function_words,
     )
+    from document_processing.converters.sentences import document_sentences
 
     subjects = ["Lautta", "Majakka", "Satama", "Museo", "Kirkko", "Tori", "Silta", "Saari"]
     colours = ["vihreä", "punainen", "harmaa", "valkoinen", "sininen", "musta", "keltainen"]
@@ -564,7 +564,7 @@ def test_a_language_without_a_list_falls_back_to_the_words_every_sentence_shares
 
 
 def test_a_sentence_cut_by_a_page_break_is_joined_again() -> None:
-    from document_processing.converters.instruction_records import document_sentences
+    from document_processing.converters.sentences import document_sentences
 
     def pdf(second: str, pages: tuple[int, int] = (1, 2)) -> ParsedDocument:
         first = "The survey began in June. Silt washes off the Gallow plantation, which was planted"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared_utils.errors import ConfigurationError, TrainingError
-from tests.finetune_helpers import MEMORISE, make_config
+from tests.finetune_helpers import MEMORISE, MEMORISE_RECORDS, make_config, training_data
 
 
 def train_losses(run: Path) -> dict[int, float]:
@@ -28,7 +28,9 @@ def lora_tuner(config):
 def test_loss_halves_on_a_memorisation_set(tmp_path: Path, tiny_llama: Path) -> None:
     config = make_config(tmp_path, tiny_llama, **{"training.max_steps": 50})
     tuner = lora_tuner(config)
-    result = tuner.train(tuner.prepare_dataset(MEMORISE), output_dir=tmp_path / "run")
+    result = tuner.train(
+        training_data(tuner, MEMORISE_RECORDS, tmp_path), output_dir=tmp_path / "run"
+    )
     losses = train_losses(tmp_path / "run")
     assert losses[50] < losses[1] / 2, losses
     assert result.global_step == 50
@@ -63,7 +65,11 @@ def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(
         tmp_path, tiny_llama, **{"training.max_steps": 2, "training.loraplus_lr_ratio": 16.0}
     )
     tuner = lora_tuner(config)
-    tuner.train(tuner.prepare_dataset(MEMORISE), output_dir=tmp_path / "run", callbacks=[Rates()])
+    tuner.train(
+        training_data(tuner, MEMORISE_RECORDS, tmp_path),
+        output_dir=tmp_path / "run",
+        callbacks=[Rates()],
+    )
     a_rates = {rate for name, rate in rates.items() if "lora_A" in name}
     b_rates = {rate for name, rate in rates.items() if "lora_B" in name}
     assert a_rates == {5e-3} and b_rates == {5e-3 * 16}
@@ -80,7 +86,7 @@ def test_adapter_reloads_to_identical_logits_and_merge_matches(
 
     config = make_config(tmp_path, tiny_llama, **{"training.max_steps": 8})
     tuner = lora_tuner(config)
-    tuner.train(tuner.prepare_dataset(MEMORISE), output_dir=tmp_path / "run")
+    tuner.train(training_data(tuner, MEMORISE_RECORDS, tmp_path), output_dir=tmp_path / "run")
     ids = tuner.tokenizer(MEMORISE[0], return_tensors="pt")["input_ids"]
     tuner.model.eval()
     with torch.no_grad():
@@ -104,7 +110,7 @@ def test_instruction_training_learns_to_stop(tmp_path: Path, tiny_llama: Path) -
     config = make_config(tmp_path, tiny_llama, **{"training.max_steps": 60})
     tuner = lora_tuner(config)
     records = [{"instruction": "Ratio?", "input": "", "output": "Three browns to one green."}]
-    tuner.train(tuner.prepare_instruction_dataset(records * 2), output_dir=tmp_path / "run")
+    tuner.train(training_data(tuner, records * 2, tmp_path), output_dir=tmp_path / "run")
     prompt = tuner.tokenizer.apply_chat_template(
         [{"role": "user", "content": "Ratio?"}], tokenize=False, add_generation_prompt=True
     )
@@ -134,11 +140,13 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
     overrides = {"training.max_steps": 6, "training.save_steps": 2, "training.num_epochs": 3}
     straight = make_config(tmp_path / "a", tiny_llama, **overrides)
     tuner = lora_tuner(straight)
-    tuner.train(tuner.prepare_dataset(MEMORISE), output_dir=tmp_path / "a" / "run")
+    tuner.train(
+        training_data(tuner, MEMORISE_RECORDS, tmp_path / "a"), output_dir=tmp_path / "a" / "run"
+    )
 
     broken = make_config(tmp_path / "b", tiny_llama, **overrides)
     tuner = lora_tuner(broken)
-    dataset = tuner.prepare_dataset(MEMORISE)
+    dataset = training_data(tuner, MEMORISE_RECORDS, tmp_path / "b")
     with monkeypatch.context() as patch:
         _fail_at_step(patch, 5, RuntimeError("killed"))  # no chance to save: like SIGKILL
         with pytest.raises(RuntimeError, match="killed"):
@@ -149,7 +157,9 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(
     ]
     tuner = lora_tuner(broken)
     result = tuner.train(
-        tuner.prepare_dataset(MEMORISE), output_dir=tmp_path / "b" / "run", resume=True
+        training_data(tuner, MEMORISE_RECORDS, tmp_path / "b"),
+        output_dir=tmp_path / "b" / "run",
+        resume=True,
     )
     assert result.resumed_from.endswith("checkpoint-4")
     expected, resumed = train_losses(tmp_path / "a" / "run"), train_losses(tmp_path / "b" / "run")
@@ -196,7 +206,7 @@ def test_nan_loss_stops_with_training_error_and_keeps_the_checkpoint(
         tmp_path, tiny_llama, **{"training.max_steps": 8, "training.save_steps": 2}
     )
     tuner = lora_tuner(config)
-    dataset = tuner.prepare_dataset(MEMORISE)
+    dataset = training_data(tuner, MEMORISE_RECORDS, tmp_path)
 
     class Poison(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -250,7 +260,7 @@ def test_gpt2_without_pad_or_template_trains(tmp_path: Path, tiny_gpt2: Path) ->
             ]
         }
     ]
-    tuner.train(tuner.prepare_instruction_dataset(records * 2), output_dir=tmp_path / "run")
+    tuner.train(training_data(tuner, records * 2, tmp_path), output_dir=tmp_path / "run")
     adapter = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == ["c_attn", "c_fc", "c_proj"]
     assert adapter["fan_in_fan_out"] is True
@@ -282,7 +292,7 @@ def test_qlora_trains_lora_on_4bit_layers_on_cpu(tmp_path: Path, tiny_llama: Pat
     assert four_bit[0].weight.quant_state.nested  # double quantization
     assert four_bit[0].compute_dtype == torch.float32  # auto on CPU
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    tuner.train(tuner.prepare_dataset(MEMORISE), output_dir=tmp_path / "run")
+    tuner.train(training_data(tuner, MEMORISE_RECORDS, tmp_path), output_dir=tmp_path / "run")
     after = dict(model.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in before)
     adapter = json.loads((tmp_path / "run" / "adapter_config.json").read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.finetune_helpers import MEMORISE, make_config
+from tests.finetune_helpers import MEMORISE_RECORDS, make_config, training_data
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_lora_keys_shape_the_adapter_and_data(tmp_path: Path, tiny_llama: Path) 
     assert (peft_config.r, peft_config.lora_alpha, peft_config.lora_dropout) == (4, 8, 0.25)
     assert sorted(peft_config.target_modules) == ["q_proj", "v_proj"]
     records = [{"instruction": "Say it", "input": "", "output": "compost " * 20}] * 3
-    dataset = tuner.prepare_instruction_dataset(records)
+    dataset = training_data(tuner, records, tmp_path)
     assert tuner.data.tokenize_stats.truncated == 3  # max_length: 32
     assert "position_ids" in dataset.column_names  # packing
     assert all(len(row) <= 32 for row in dataset["input_ids"])
@@ -197,7 +197,7 @@ def test_early_stopping_and_restore_best_weights(tmp_path: Path, tiny_llama: Pat
             },
         )
         tuner = LoRAFineTuner.from_config(config)
-        data = tuner.prepare_dataset(MEMORISE)
+        data = training_data(tuner, MEMORISE_RECORDS, tmp_path / name)
         return tuner.train(data, data, output_dir=tmp_path / name / "run"), tmp_path / name / "run"
 
     stopped, out = run("stop")

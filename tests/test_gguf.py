@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from shared_utils.errors import ConfigurationError
+from shared_utils.sample_corpus import sample_corpus_texts
 from tests.finetune_helpers import CHATS, FineTuned
 from tests.gguf_models import TOKENIZER_SAMPLES
 from tests.gguf_roundtrip import (
@@ -340,7 +341,7 @@ def test_llama_cpp_tokenizes_llama3_and_qwen2_style_tokenizers_alike(
         QWEN2_SPLIT_REGEX,
     )
     from training_methods.transfer_learning.serving.gguf.writer import write_gguf
-    from training_methods.transfer_learning.tiny_model import build_tiny_model, sample_corpus_texts
+    from training_methods.transfer_learning.tiny_model import build_tiny_model
 
     pattern = LLAMA3_SPLIT_REGEX if pre == "llama-bpe" else QWEN2_SPLIT_REGEX
     backend = Tokenizer(models.BPE(ignore_merges=pre == "llama-bpe"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from document_processing.parsers.markdown_parser import MarkdownParser, markdown_to_text
+from document_processing.parsers.markdown_parser import MarkdownParser
 from document_processing.records import ParsedDocument
 from shared_utils.config import DocumentProcessingConfig
 
@@ -81,8 +81,10 @@ def test_headings_and_fences_inside_block_quotes_are_read(tmp_path: Path) -> Non
         ("*a **b** c* and ~~gone~~", "a b c and gone"),
     ],
 )
-def test_inline_and_container_markup_follows_commonmark(markdown: str, text: str) -> None:
-    assert markdown_to_text(markdown) == text
+def test_inline_and_container_markup_follows_commonmark(
+    tmp_path: Path, markdown: str, text: str
+) -> None:
+    assert _parse(tmp_path, markdown).text == text
 
 
 def test_html_headings_and_tables_in_markdown_become_sections_and_rows(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from document_processing.parsers.markdown_parser import MarkdownParser, markdown_to_text
+from document_processing.parsers.markdown_parser import MarkdownParser
 from document_processing.records import ParsedDocument
 from shared_utils.config import DocumentProcessingConfig
 from shared_utils.errors import DocumentProcessingError, SecurityError
@@ -234,8 +234,8 @@ def test_script_style_and_inline_html_are_removed(tmp_path: Path) -> None:
         ("> quoted\n> text", "quoted text"),
     ],
 )
-def test_inline_markup_is_removed(markdown: str, text: str) -> None:
-    assert markdown_to_text(markdown) == text
+def test_inline_markup_is_removed(tmp_path: Path, markdown: str, text: str) -> None:
+    assert _parse(_write(tmp_path, markdown)).text == text
 
 
 def test_reference_links_keep_their_text(tmp_path: Path) -> None:

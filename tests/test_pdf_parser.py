@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from document_processing.parsers import parser_for
 from document_processing.parsers.pdf import (
     PdfInfo,
     PDFParser,
@@ -598,7 +599,7 @@ def test_parse_gives_one_cleaned_section_per_page(three_pages: Path) -> None:
         (text, [number], ["pdfplumber"]) for number, text in enumerate(PAGE_TEXTS, start=1)
     ]
     assert document.metadata.title == "Field Report" and document.warnings == []
-    assert PDFParser().accepts(Path("A.PDF"))
+    assert isinstance(parser_for(Path("A.PDF")), PDFParser)  # suffixes in any case
 
 
 def _hyphenated_across_pages(tmp_path: Path) -> Path:

@@ -362,24 +362,27 @@ def test_workers_die_with_the_parent(tmp_path: Path, signal_name: str) -> None:
 
     code = textwrap.dedent(
         f"""
-        import sys, time
+        import os, sys, time
         sys.path.insert(0, {str(REPO)!r})
         from shared_utils.worker_pool import KillableProcessPool
+
+        def report_and_sleep():
+            print(os.getpid(), flush=True)
+            time.sleep(600)
+
         pool = KillableProcessPool(workers=2, timeout=600)
         for _ in range(2):
-            pool.submit(time.sleep, 600)
-        results = pool.results()
-        pool._dispatch()
-        print(" ".join(str(w.process.pid) for w in pool._workers), flush=True)
-        next(results)
+            pool.submit(report_and_sleep)
+        next(pool.results())
         """
     )
     parent = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path
     )
     try:
-        workers = [int(pid) for pid in parent.stdout.readline().split()]
-        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        # Each busy worker prints its pid (the parent's stdout, inherited).
+        workers = [int(parent.stdout.readline()) for _ in range(2)]
+        assert len(set(workers)) == 2 and all(_alive(pid) for pid in workers)
         parent.send_signal(getattr(signal, signal_name))
         parent.wait(timeout=30)
         deadline = time.monotonic() + 30

@@ -28,11 +28,12 @@ record):
 - cloze: a sentence with one key term blanked out, answered by the term: retrieval of the fact
   itself from the rest of its sentence.
 
-Key terms come from each sentence, without language models or English-only rules: a token with a
-digit (and the word after it when that word is not a function word: "12 euros"), runs of
-capitalised words, and runs of content words. Function words come from a short list per language
-(the language is the one whose list covers most of the document's words); for a language without
-a list, the words that occur in the largest share of the document's sentences stand in for them.
+Sentences come from `sentences.document_sentences`, and the key terms of each from
+`key_terms.key_terms`: a token with a digit (and the word after it when that word is not a
+function word: "12 euros"), runs of capitalised words, and runs of content words. Function words
+come from a short list per language (the language is the one whose list covers most of the
+document's words); for a language without a list, the words that occur in the largest share of
+the document's sentences stand in for them.
 The questions of `topic`, `question` and `cloze` records are worded in the document's language
 when `languages.py` has templates for it, else in English.
 """
@@ -43,9 +44,15 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
+from document_processing.converters.key_terms import (
+    MIN_TERM_CHARS,
+    Term,
+    has_digit,
+    is_capitalised,
+    key_terms,
+)
 from document_processing.converters.languages import (
     DEFAULT_LANGUAGE,
     FUNCTION_WORDS,
@@ -55,195 +62,17 @@ from document_processing.converters.languages import (
     fold,
     statistical_function_words,
 )
-from document_processing.converters.sentences import Span, sentence_spans
+from document_processing.converters.sentences import Sentence, Span, document_sentences
 from document_processing.records import ParsedDocument
 from shared_utils.config import RECORD_KIND_NAMES
 
 RecordKind = Literal["section", "continuation", "topic", "question", "cloze"]
 RECORD_KINDS: tuple[RecordKind, ...] = RECORD_KIND_NAMES  # type: ignore[assignment]
 
-MAX_TERM_WORDS = 4  # longer runs of content words are not a "term"
-MAX_TERMS_PER_SENTENCE = 4
 NARROWED_QUESTIONS = 2  # narrowed topic questions per sentence, each with another pair of words
 MAX_ANSWER_SENTENCES = 3  # a topic answer: the first sentences that mention the term
-MIN_TERM_CHARS = 3
 
 BLANK = "_____"
-
-
-# --------------------------------------------------------------------------------------------------
-# Sentences, language and key terms
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sentence:
-    """One sentence (or line, or table row) of a section, with where it sits."""
-
-    text: str
-    section_index: int
-    start: int  # character offset in the section text
-
-
-@dataclass(frozen=True)
-class Term:
-    text: str
-    start: int  # offsets within the sentence
-    end: int
-
-
-def document_sentences(doc: ParsedDocument) -> list[Sentence]:
-    """The sentences of every section; a protected block (table, code) contributes its lines.
-
-    A sentence that a page break cut in two (a PDF section ends mid-sentence and the one on the
-    next page goes on in lower case) is joined again: half a sentence teaches half a fact."""
-    sentences: list[Sentence] = []
-    for index, section in enumerate(doc.sections):
-        protected = {tuple(span) for span in section.protected}
-        first_of_section = True
-        for start, end in sentence_spans(section.text, section.protected):
-            pieces = [(start, end)]
-            lines = (start, end) in protected or "\n" in section.text[start:end]
-            if lines:
-                pieces = _lines(section.text, start, end)
-            for piece_start, piece_end in pieces:
-                text = section.text[piece_start:piece_end].strip()
-                if not any(ch.isalnum() for ch in text):
-                    continue
-                if first_of_section and not lines and _continues_over_page(doc, index, sentences):
-                    before = sentences[-1]
-                    sentences[-1] = Sentence(
-                        f"{before.text} {text}", before.section_index, before.start
-                    )
-                else:
-                    sentences.append(Sentence(text, index, piece_start))
-                first_of_section = False
-    return sentences
-
-
-def _continues_over_page(doc: ParsedDocument, index: int, sentences: Sequence[Sentence]) -> bool:
-    """Whether section `index` opens with the rest of the last sentence of the section before
-    it, on the page before: that sentence has no closing punctuation and this one opens in lower
-    case (scripts without case never join)."""
-    if index == 0 or not sentences or sentences[-1].section_index != index - 1:
-        return False
-    previous, section = doc.sections[index - 1], doc.sections[index]
-    if not previous.pages or not section.pages or section.pages[0] != previous.pages[-1] + 1:
-        return False
-    ending = len(previous.text.rstrip())
-    if previous.text[:ending].endswith(tuple(_SENTENCE_END)):
-        return False
-    if any(end >= ending for _, end in previous.protected):  # a table or code block
-        return False
-    opening = section.text.lstrip()[:1]
-    return opening.isalpha() and opening.islower()
-
-
-# What closes a sentence (or a line that stands alone: a heading or list item ending in a colon).
-_SENTENCE_END = ".!?:;…。！？\"'”’)"
-
-
-def _lines(text: str, start: int, end: int) -> list[Span]:
-    spans, pos = [], start
-    for line in text[start:end].split("\n"):
-        if line.strip():
-            spans.append((pos, pos + len(line)))
-        pos += len(line) + 1
-    return spans
-
-
-def _is_capitalised(word: str) -> bool:
-    return word[:1].isupper()
-
-
-def key_terms(
-    sentence: str,
-    function_words: frozenset[str],
-    mid_sentence_capitals: frozenset[str],
-    repeated: frozenset[str] = frozenset(),
-) -> list[Term]:
-    """Numbers (with their unit), capitalised names and runs of content words of one sentence.
-
-    `mid_sentence_capitals` holds the folded words the document capitalises inside sentences: a
-    capitalised first word counts as a name only when it is one of them.
-    """
-    words = list(WORD.finditer(sentence))
-    terms: list[Term] = []
-    taken = [False] * len(words)
-
-    def add(first: int, last: int) -> None:
-        start, end = words[first].start(), words[last].end()
-        text = sentence[start:end]
-        if len(text) >= MIN_TERM_CHARS or any(ch.isdigit() for ch in text):
-            terms.append(Term(text, start, end))
-        for k in range(first, last + 1):
-            taken[k] = True
-
-    def is_function(k: int) -> bool:
-        return fold(words[k].group()) in function_words
-
-    def is_name(k: int) -> bool:
-        word = words[k].group()
-        if not _is_capitalised(word) or is_function(k) and k == 0:
-            return False
-        return k > 0 or fold(word) in mid_sentence_capitals
-
-    # Numbers, with the word after them when it is a content word ("12 euros", "1893").
-    for k, match in enumerate(words):
-        if any(ch.isdigit() for ch in match.group()):
-            last = k
-            if k + 1 < len(words) and not is_function(k + 1) and words[k + 1].group().isalpha():
-                last = k + 1
-            add(k, last)
-    # Names: runs of capitalised words, joined across one function word ("Isle of Brannoch").
-    k = 0
-    while k < len(words):
-        if taken[k] or not is_name(k):
-            k += 1
-            continue
-        last = k
-        while last + 1 < len(words) and not taken[last + 1]:
-            if is_name(last + 1) or _is_capitalised(words[last + 1].group()):
-                last += 1
-            elif (  # one word, a function word, one word: "Isle of Brannoch", not
-                # "Lowen Brackley by Hester Quayle" or "Saturday the Wenna Lorne"
-                last == k
-                and last + 2 < len(words)
-                and is_function(last + 1)
-                and not taken[last + 2]
-                and _is_capitalised(words[last + 2].group())
-                and not (last + 3 < len(words) and _is_capitalised(words[last + 3].group()))
-            ):
-                last += 2
-            else:
-                break
-        add(k, min(last, k + MAX_TERM_WORDS - 1))
-        k = last + 1
-    # Runs of content words.
-    k = 0
-    while k < len(words):
-        if taken[k] or is_function(k):
-            k += 1
-            continue
-        last = k
-        while last + 1 < len(words) and not taken[last + 1] and not is_function(last + 1):
-            last += 1
-        first = max(k, last - MAX_TERM_WORDS + 1)  # a long run: its last words
-        # A topic is a word the document comes back to; a one-off word is most often a verb.
-        if any(fold(words[j].group()) in repeated for j in range(first, last + 1)):
-            add(first, last)
-        k = last + 1
-    terms.sort(key=lambda term: term.start)
-    # Numbers and names first, then the longest runs, up to the limit; in sentence order.
-    ranked = sorted(
-        terms,
-        key=lambda t: (
-            not any(ch.isdigit() for ch in t.text) and not _is_capitalised(t.text),
-            -len(t.text.split()),
-        ),
-    )
-    keep = {id(term) for term in ranked[:MAX_TERMS_PER_SENTENCE]}
-    return [term for term in terms if id(term) in keep]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,7 +134,7 @@ class FactRecordBuilder:
             fold(m.group())
             for s in self.sentences
             for k, m in enumerate(WORD.finditer(s.text))
-            if k > 0 and _is_capitalised(m.group())
+            if k > 0 and is_capitalised(m.group())
         )
 
     def chunk_id(self, sentence: Sentence) -> str:
@@ -344,7 +173,7 @@ class FactRecordBuilder:
         for sentence in self.sentences:
             terms = key_terms(sentence.text, self.function_words, self.mid_capitals, self.repeated)
             facts = [t for t in terms if _is_fact(t.text)]
-            keys = [t for t in terms if _is_capitalised(t.text) and not _has_digit(t.text)]
+            keys = [t for t in terms if is_capitalised(t.text) and not has_digit(t.text)]
             keys += [t for t in terms if not _is_fact(t.text)]
             where = (self.doc.source, self.chunk_id(sentence))
             context = self.context(sentence)
@@ -354,7 +183,7 @@ class FactRecordBuilder:
                 question = template.format(context=context, term=term.text)
                 pairs.append(record_pair(question, "", sentence.text, *where, "topic"))
             for term in keys:
-                if _is_capitalised(term.text):
+                if is_capitalised(term.text):
                     entry = names.setdefault(fold(term.text), (term.text, []))
                     if sentence not in entry[1]:
                         entry[1].append(sentence)
@@ -399,7 +228,7 @@ class FactRecordBuilder:
         words: dict[str, str] = {}
         for word in WORD.findall(sentence):
             folded = fold(word)
-            if len(word) < MIN_TERM_CHARS or _has_digit(word) or folded in self.function_words:
+            if len(word) < MIN_TERM_CHARS or has_digit(word) or folded in self.function_words:
                 continue
             if folded not in skip:
                 words.setdefault(folded, word)
@@ -422,7 +251,7 @@ class FactRecordBuilder:
         words = term.text.split()
         if term.start == 0 and fold(words[0]) not in self.mid_capitals:
             return False
-        return all(_is_capitalised(w) or fold(w) in self.function_words for w in words)
+        return all(is_capitalised(w) or fold(w) in self.function_words for w in words)
 
     def fact_questions(self, sentence: str, term: Term, about: str) -> list[str]:
         """The questions whose answer is `term`, in two wordings: its clause of `sentence`
@@ -451,13 +280,13 @@ class FactRecordBuilder:
         with its unit, or a name."""
         templates = self.templates
         first, *rest = term.text.split()
-        if not _has_digit(first):
+        if not has_digit(first):
             return templates.name
         if _CLOCK_TIME.fullmatch(first):
             return templates.time
         if _YEAR.fullmatch(first) and not rest:
             return templates.year
-        if rest and _is_capitalised(rest[0]):
+        if rest and is_capitalised(rest[0]):
             return templates.date
         return templates.count.format(unit=" ".join(rest)).strip()
 
@@ -488,20 +317,14 @@ _CLOCK_TIME = re.compile(r"\d{1,2}[:.]\d{2}")
 _YEAR = re.compile(r"1[0-9]{3}|20[0-9]{2}")
 
 
-def _has_digit(text: str) -> bool:
-    return any(ch.isdigit() for ch in text)
-
-
 def _is_fact(text: str) -> bool:
     """A name or a number: what a question about the sentence most often asks for."""
-    return _has_digit(text) or _is_capitalised(text)
+    return has_digit(text) or is_capitalised(text)
 
 
 __all__ = [
     "RECORD_KINDS",
     "FactRecordBuilder",
     "RecordKind",
-    "document_sentences",
-    "key_terms",
     "record_pair",
 ]

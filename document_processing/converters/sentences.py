@@ -14,13 +14,17 @@ is split into sentences.
 Every unit is a span `(start, end)` with `text[start:end]` its text: units are in order, do not
 overlap, start and end on non-space characters, and together cover every non-space character.
 Chunking packs these units into chunks; instruction records and question windows read them as
-sentences.
+sentences. `document_sentences` reads a parsed document's sections that way for the instruction
+records, each protected block as its lines, and joins a sentence a page break cut in two.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+from document_processing.records import ParsedDocument
 
 Span = tuple[int, int]  # [start, end) character offsets
 
@@ -93,4 +97,85 @@ def sentence_spans(text: str, protected: Sequence[Sequence[int]] = ()) -> list[S
     return spans
 
 
-__all__ = ["Span", "normalise_spans", "segments", "sentence_spans"]
+# --------------------------------------------------------------------------------------------------
+# The sentences of a parsed document
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One sentence (or line, or table row) of a section, with where it sits."""
+
+    text: str
+    section_index: int
+    start: int  # character offset in the section text
+
+
+def document_sentences(doc: ParsedDocument) -> list[Sentence]:
+    """The sentences of every section; a protected block (table, code) contributes its lines.
+
+    A sentence that a page break cut in two (a PDF section ends mid-sentence and the one on the
+    next page goes on in lower case) is joined again: half a sentence teaches half a fact."""
+    sentences: list[Sentence] = []
+    for index, section in enumerate(doc.sections):
+        protected = {tuple(span) for span in section.protected}
+        first_of_section = True
+        for start, end in sentence_spans(section.text, section.protected):
+            pieces = [(start, end)]
+            lines = (start, end) in protected or "\n" in section.text[start:end]
+            if lines:
+                pieces = _lines(section.text, start, end)
+            for piece_start, piece_end in pieces:
+                text = section.text[piece_start:piece_end].strip()
+                if not any(ch.isalnum() for ch in text):
+                    continue
+                if first_of_section and not lines and _continues_over_page(doc, index, sentences):
+                    before = sentences[-1]
+                    sentences[-1] = Sentence(
+                        f"{before.text} {text}", before.section_index, before.start
+                    )
+                else:
+                    sentences.append(Sentence(text, index, piece_start))
+                first_of_section = False
+    return sentences
+
+
+def _continues_over_page(doc: ParsedDocument, index: int, sentences: Sequence[Sentence]) -> bool:
+    """Whether section `index` opens with the rest of the last sentence of the section before
+    it, on the page before: that sentence has no closing punctuation and this one opens in lower
+    case (scripts without case never join)."""
+    if index == 0 or not sentences or sentences[-1].section_index != index - 1:
+        return False
+    previous, section = doc.sections[index - 1], doc.sections[index]
+    if not previous.pages or not section.pages or section.pages[0] != previous.pages[-1] + 1:
+        return False
+    ending = len(previous.text.rstrip())
+    if previous.text[:ending].endswith(tuple(_SENTENCE_END)):
+        return False
+    if any(end >= ending for _, end in previous.protected):  # a table or code block
+        return False
+    opening = section.text.lstrip()[:1]
+    return opening.isalpha() and opening.islower()
+
+
+# What closes a sentence (or a line that stands alone: a heading or list item ending in a colon).
+_SENTENCE_END = ".!?:;…。！？\"'”’)"
+
+
+def _lines(text: str, start: int, end: int) -> list[Span]:
+    spans, pos = [], start
+    for line in text[start:end].split("\n"):
+        if line.strip():
+            spans.append((pos, pos + len(line)))
+        pos += len(line) + 1
+    return spans
+
+
+__all__ = [
+    "Sentence",
+    "Span",
+    "document_sentences",
+    "normalise_spans",
+    "segments",
+    "sentence_spans",
+]

@@ -1,4 +1,4 @@
-"""The interface every parser implements, and the registry that picks one by file suffix.
+"""The interface every parser implements; `parsers/__init__.py` picks one by file suffix.
 
 A parser reads one file and returns a `ParsedDocument` with cleaned sections. Parsers raise
 `DocumentProcessingError` (or `SecurityError`) with a message that names the file; the pipeline
@@ -18,9 +18,6 @@ class DocumentParser(ABC):
     """Turns one file of the suffixes it declares into a `ParsedDocument`."""
 
     suffixes: tuple[str, ...] = ()
-
-    def accepts(self, path: Path) -> bool:
-        return path.suffix.lower() in self.suffixes
 
     @abstractmethod
     def parse(self, path: Path, source: str, settings: DocumentProcessingConfig) -> ParsedDocument:

@@ -236,7 +236,6 @@ class _MarkdownRender:
 
     lines: list[str]
     first_line: int  # 1-based line number of `lines[0]` in the file
-    headings: bool = True  # False: headings are prose (`markdown_to_text`)
     items: list[Heading | Block] = field(default_factory=list)
     languages: dict[str, None] = field(default_factory=dict)  # ordered set
     warnings: list[str] = field(default_factory=list)
@@ -269,7 +268,7 @@ class _MarkdownRender:
             return
         for item in html_items(root.find("body")):
             if isinstance(item, Heading):
-                if self.headings and not nested:
+                if not nested:
                     self.items.append(item)
                 else:
                     self.prose(item.text)
@@ -285,7 +284,7 @@ class _MarkdownRender:
             kind = token.type
             if kind == "heading_open":
                 text = _inline_text(tokens[index + 1].children)
-                if self.headings and token.level == 0:
+                if token.level == 0:
                     self.items.append(Heading(int(token.tag[1]), text))
                 else:
                     self.prose(text)
@@ -350,8 +349,8 @@ class _MarkdownRender:
         return index
 
 
-def _render_markdown(body: str, first_line: int, headings: bool = True) -> _MarkdownRender:
-    renderer = _MarkdownRender(body.split("\n"), first_line, headings=headings)
+def _render_markdown(body: str, first_line: int) -> _MarkdownRender:
+    renderer = _MarkdownRender(body.split("\n"), first_line)
     tokens = _markdown_it().parse(body)
     renderer.render(tokens)
     if any(token.level >= _MAX_NESTING - 1 for token in tokens):
@@ -360,19 +359,6 @@ def _render_markdown(body: str, first_line: int, headings: bool = True) -> _Mark
             "were left out"
         )
     return renderer
-
-
-def markdown_to_text(markdown: str) -> str:
-    """Markdown as cleaned plain text (the text of links and images kept, markup dropped).
-
-    List items keep a "- " or "1. " marker; block quote markers go; headings are text; code
-    blocks stay between ``` fences. HTML is read like an HTML file (script and style with their
-    content removed); inline code loses only its backticks. Reference-style links lose their
-    brackets when a definition for their label exists.
-    """
-    renderer = _render_markdown(markdown, 1, headings=False)
-    sections, _ = build_sections(renderer.items)
-    return "\n\n".join(section.text for section in sections)
 
 
 # --------------------------------------------------------------------------------------------------

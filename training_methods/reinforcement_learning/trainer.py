@@ -163,6 +163,6 @@ def train(
             run.bar.write(f"interrupted: checkpoint saved to {path}; continue with --resume")
             raise
         except TrainingError as exc:
-            raise TrainingError(f"{str(exc).rstrip('.')}{run._last_good_hint()}") from exc
+            raise TrainingError(f"{str(exc).rstrip('.')}{run.last_checkpoint_hint()}") from exc
         finally:
             run.close(failed=failed)

@@ -349,7 +349,9 @@ class TrainingRun:
                 f"reinforcement_learning.{self.algorithm}.learning_rate"
             )
 
-    def _last_good_hint(self) -> str:
+    def last_checkpoint_hint(self) -> str:
+        """The end of a failure message: where the last good checkpoint is, or that none was
+        saved before the failure."""
         if self.last_checkpoint is None:
             return "; no checkpoint was saved before it."
         return f"; the last good checkpoint is {self.last_checkpoint}."

@@ -4,7 +4,7 @@
 (`qlora_finetuner.py`) only swaps the base-model loader for a 4-bit one. A run is:
 
     tuner = LoRAFineTuner.from_config(config)            # tokenizer now, model on first use
-    train = tuner.prepare_dataset(texts)       # or prepare_instruction_dataset, load_jsonl
+    train = tuner.tokenize(tuner.load_jsonl("train.jsonl"), shuffle=True)
     result = tuner.train(train, eval_dataset, output_dir="outputs/lora")
 
 This module holds the model (base, LoRA wrapping) and the data it is given; the Trainer, its
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +41,6 @@ from training_methods.transfer_learning.finetuning.checkpoints import (
     early_stopping_state,
     restore_adapter,
     save_files_atomically,
-)
-from training_methods.transfer_learning.finetuning.data import (
-    dataset_from_rows,
-    instruction_rows,
-    text_rows,
 )
 from training_methods.transfer_learning.finetuning.outputs import (
     SAMPLE_MAX_NEW_TOKENS,
@@ -188,18 +183,6 @@ class LoRAFineTuner:
         )
 
     # ---------------------------------------------------------------------------- data
-
-    def prepare_dataset(
-        self, texts: Sequence[str], max_length: int | None = None
-    ) -> datasets.Dataset:
-        """Plain texts for causal-LM training: every token is learned, EOS appended."""
-        return dataset_from_rows(self.data, text_rows(texts), max_length)
-
-    def prepare_instruction_dataset(
-        self, instructions: Sequence[Mapping[str, Any]]
-    ) -> datasets.Dataset:
-        """Alpaca, chat, prompt/completion or text records: loss on the responses only."""
-        return dataset_from_rows(self.data, instruction_rows(instructions))
 
     def load_jsonl(self, path: str | Path, *, flag: str = "--train-data") -> datasets.Dataset:
         """Normalised rows of a JSONL file (streamed into the Arrow cache), not yet tokenised;

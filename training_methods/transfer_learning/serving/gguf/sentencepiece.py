@@ -13,6 +13,7 @@ from shared_utils.errors import ConfigurationError
 from training_methods.transfer_learning.serving.gguf.tokenizer import looks_special
 
 if TYPE_CHECKING:
+    from sentencepiece import SentencePieceProcessor
     from transformers import PreTrainedTokenizerBase
 
 SENTENCEPIECE_MODEL = "tokenizer.model"
@@ -97,9 +98,33 @@ def read_sentencepiece(
     checked against transformers: the same pieces at the same ids, and the same token ids for
     SENTENCEPIECE_PROBES. Tokens transformers added after the model's pieces (chat markers, a
     padding token) follow as CONTROL (special) or USER_DEFINED, then UNUSED `[PADn]` rows."""
-    from gguf import TokenType
     from sentencepiece import SentencePieceProcessor
 
+    path = _model_path(folders, where)
+    proto = _sentencepiece_proto(path, where)
+    check_sentencepiece_model(proto, path, where)
+    processor = SentencePieceProcessor(model_file=str(path))
+    pieces = processor.get_piece_size()
+    vocab = tokenizer.get_vocab()
+    _check_sizes(pieces, vocab, vocab_size, path, where)
+    by_id = {index: token for token, index in vocab.items()}
+    rows = [
+        *_piece_rows(processor, proto, tokenizer, by_id, path, where),
+        *_added_rows(tokenizer, by_id, pieces, vocab_size),
+    ]
+    _check_probes(tokenizer, processor, path, where)
+    return SentencePieceVocab(
+        path=path,
+        tokens=[token for token, _, _ in rows],
+        scores=[score for _, score, _ in rows],
+        types=[int(kind) for _, _, kind in rows],
+        add_space_prefix=bool(proto.normalizer_spec.add_dummy_prefix),
+        prefix_differences=_prefix_differences(tokenizer, processor),
+    )
+
+
+def _model_path(folders: Sequence[Path], where: str) -> Path:
+    """The first tokenizer.model in `folders`; without one the export cannot read scores."""
     path = find_sentencepiece_model(folders)
     if path is None:
         searched = ", ".join(str(folder) for folder in folders) or where
@@ -108,26 +133,61 @@ def read_sentencepiece(
             f"{searched}); the GGUF export reads the scores and token types from it — copy the "
             "base model's tokenizer.model into the model folder"
         )
-    proto = _sentencepiece_proto(path, where)
-    check_sentencepiece_model(proto, path, where)
-    processor = SentencePieceProcessor(model_file=str(path))
-    pieces = processor.get_piece_size()
+    return path
+
+
+def _check_sizes(
+    pieces: int, vocab: dict[str, int], vocab_size: int, path: Path, where: str
+) -> None:
+    """ConfigurationError when the model's pieces or the tokenizer's ids do not fit the model's
+    `vocab_size` embedding rows."""
     if pieces > vocab_size:
         raise ConfigurationError(
             f"{where}: {path} has {pieces} pieces but the model only {vocab_size} embedding rows "
             "— export the model and tokenizer that were trained together"
         )
-    vocab = tokenizer.get_vocab()
-    by_id = {index: token for token, index in vocab.items()}
     if max(vocab.values(), default=0) >= vocab_size:
         raise ConfigurationError(
             f"the tokenizer has token id {max(vocab.values())} but the model only {vocab_size} "
             "embedding rows — export the model and tokenizer that were trained together"
         )
-    tokens: list[str] = []
-    scores: list[float] = []
-    types: list[int] = []
-    for index in range(pieces):
+
+
+def _piece_type(
+    processor: SentencePieceProcessor, proto: Any, tokenizer: PreTrainedTokenizerBase, index: int
+) -> int:
+    """The gguf.TokenType of the model's piece `index`, as llama.cpp's converter gives it."""
+    from gguf import TokenType
+
+    if processor.is_unknown(index):
+        return TokenType.UNKNOWN
+    if processor.is_control(index):
+        return TokenType.CONTROL
+    if processor.is_unused(index):
+        return TokenType.UNUSED
+    if processor.is_byte(index):
+        return TokenType.BYTE
+    if proto.pieces[index].type == proto.pieces[index].USER_DEFINED:
+        # Gemma's <start_of_turn>/<end_of_turn> are user-defined pieces that transformers
+        # marks special: llama.cpp's converter makes those control tokens.
+        entry = tokenizer.added_tokens_decoder.get(index)
+        special = entry is not None and entry.special
+        return TokenType.CONTROL if special else TokenType.USER_DEFINED
+    return TokenType.NORMAL
+
+
+def _piece_rows(
+    processor: SentencePieceProcessor,
+    proto: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    by_id: dict[int, str],
+    path: Path,
+    where: str,
+) -> list[tuple[str, float, int]]:
+    """(piece, score, type) of every piece of the model; each must be the tokenizer's token at
+    the same id, or tokenizer.model is not the one tokenizer.json was made from."""
+    rows = []
+    for index in range(processor.get_piece_size()):
         piece = processor.id_to_piece(index)
         if by_id.get(index) != piece:
             raise ConfigurationError(
@@ -135,41 +195,38 @@ def read_sentencepiece(
                 f"{by_id.get(index)!r} — tokenizer.model is not the one tokenizer.json was made "
                 "from; copy the matching one"
             )
-        if processor.is_unknown(index):
-            kind = TokenType.UNKNOWN
-        elif processor.is_control(index):
-            kind = TokenType.CONTROL
-        elif processor.is_unused(index):
-            kind = TokenType.UNUSED
-        elif processor.is_byte(index):
-            kind = TokenType.BYTE
-        elif proto.pieces[index].type == proto.pieces[index].USER_DEFINED:
-            # Gemma's <start_of_turn>/<end_of_turn> are user-defined pieces that transformers
-            # marks special: llama.cpp's converter makes those control tokens.
-            entry = tokenizer.added_tokens_decoder.get(index)
-            special = entry is not None and entry.special
-            kind = TokenType.CONTROL if special else TokenType.USER_DEFINED
-        else:
-            kind = TokenType.NORMAL
-        tokens.append(piece)
-        scores.append(processor.get_score(index))
-        types.append(kind)
+        kind = _piece_type(processor, proto, tokenizer, index)
+        rows.append((piece, processor.get_score(index), kind))
+    return rows
+
+
+def _added_rows(
+    tokenizer: PreTrainedTokenizerBase, by_id: dict[int, str], pieces: int, vocab_size: int
+) -> list[tuple[str, float, int]]:
+    """(token, score, type) of the ids from the model's last piece to `vocab_size`: tokens
+    transformers added (CONTROL when special, else USER_DEFINED), `[PADn]` rows without one."""
+    from gguf import TokenType
+
     added = tokenizer.added_tokens_decoder
+    rows: list[tuple[str, float, int]] = []
     for index in range(pieces, vocab_size):
         token = by_id.get(index)
         entry = added.get(index)
         if token is None:
-            tokens.append(f"[PAD{index}]")
-            scores.append(SCORE_UNUSED)
-            types.append(TokenType.UNUSED)
-            continue
-        if (entry is not None and entry.special) or looks_special(token):
-            types.append(TokenType.CONTROL)
+            rows.append((f"[PAD{index}]", SCORE_UNUSED, TokenType.UNUSED))
+        elif (entry is not None and entry.special) or looks_special(token):
+            rows.append((token, SCORE_ADDED, TokenType.CONTROL))
         else:
-            types.append(TokenType.USER_DEFINED)
-            token = token.replace("\u2581", " ")  # llama.cpp matches user tokens in raw text
-        tokens.append(token)
-        scores.append(SCORE_ADDED)
+            # llama.cpp matches user tokens in raw text
+            rows.append((token.replace("\u2581", " "), SCORE_ADDED, TokenType.USER_DEFINED))
+    return rows
+
+
+def _check_probes(
+    tokenizer: PreTrainedTokenizerBase, processor: SentencePieceProcessor, path: Path, where: str
+) -> None:
+    """ConfigurationError unless transformers splits every SENTENCEPIECE_PROBES text into the
+    token ids the SentencePiece model (which llama.cpp follows) gives."""
     for text in SENTENCEPIECE_PROBES:
         expected = processor.encode(text)
         got = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -179,6 +236,13 @@ def read_sentencepiece(
                 "(which llama.cpp follows) — the tokenizer's pre-tokenizer or normalizer differs "
                 "from the SentencePiece model; convert with llama.cpp's convert_hf_to_gguf.py"
             )
+
+
+def _prefix_differences(
+    tokenizer: PreTrainedTokenizerBase, processor: SentencePieceProcessor
+) -> tuple[str, ...]:
+    """Where transformers leaves out the "▁" prefix that llama.cpp adds (see
+    `SentencePieceVocab.prefix_differences`)."""
     differences = []
     leading = tokenizer(LEADING_SPACE_PROBE, add_special_tokens=False)["input_ids"]
     if leading != processor.encode(LEADING_SPACE_PROBE):
@@ -188,11 +252,4 @@ def read_sentencepiece(
         after = tokenizer(f"{eos}x", add_special_tokens=False)["input_ids"]
         if after != [tokenizer.eos_token_id, *processor.encode("x")]:
             differences.append("text after a special token such as a chat template's")
-    return SentencePieceVocab(
-        path=path,
-        tokens=tokens,
-        scores=scores,
-        types=[int(kind) for kind in types],
-        add_space_prefix=bool(proto.normalizer_spec.add_dummy_prefix),
-        prefix_differences=tuple(differences),
-    )
+    return tuple(differences)
