@@ -371,14 +371,18 @@ def presets(args: argparse.Namespace, raw: dict[str, Any]) -> list[str]:
 
     tables = []
     for env_id in args.presets:
-        path = find_preset(env_id)
-        if path is None:
+        if find_preset(env_id) is None and not any(
+            find_preset(env_id, algorithm=algorithm) for algorithm in args.algorithms
+        ):
             raise SystemExit(f"no preset for {env_id} in configs/rl/")
-        data = read_yaml(path)
         threshold = gym.spec(env_id).reward_threshold
         if threshold is None:
             raise SystemExit(f"{env_id} has no reward_threshold to measure against")
         for algorithm in args.algorithms:
+            path = find_preset(env_id, algorithm=algorithm)
+            if path is None:
+                continue
+            data = read_yaml(path)
             if algorithm not in data["reinforcement_learning"]:
                 continue
             config = config_from_dict(data)

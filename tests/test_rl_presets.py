@@ -62,6 +62,24 @@ def test_namespaced_ids_name_a_file_in_the_preset_folder(tmp_path: Path) -> None
     assert preset_path("ALE/Pong-v5", tmp_path) == tmp_path / "ALE_Pong-v5.yaml"
 
 
+def test_an_algorithm_with_its_own_preset_file_uses_it(
+    run_main, tmp_path: Path, preset_dir: Path
+) -> None:
+    """CartPole-v1.ppo.yaml is PPO's preset; DQN keeps CartPole-v1.yaml."""
+    own = {"reinforcement_learning": {"training": {"total_timesteps": 256, "eval_episodes": 1}}}
+    (preset_dir / "CartPole-v1.ppo.yaml").write_text(yaml.safe_dump(merge_settings(PRESET, own)))
+    for algorithm, file in (("ppo", "CartPole-v1.ppo.yaml"), ("dqn", "CartPole-v1.yaml")):
+        out = tmp_path / algorithm
+        status, stdout, stderr = train_rl(
+            run_main, out, "--algorithm", algorithm, "--env", "CartPole-v1",
+            "--total-timesteps", "300",
+        )  # fmt: skip
+        assert status == 0, stderr
+        assert stdout.rstrip().endswith(f"; preset {preset_dir / file}")
+    assert resolved(tmp_path / "ppo")["reinforcement_learning"]["training"]["eval_episodes"] == 1
+    assert resolved(tmp_path / "dqn")["reinforcement_learning"]["training"]["eval_episodes"] != 1
+
+
 def test_the_shipped_preset_is_used_for_its_environment(run_main, tmp_path: Path) -> None:
     """No --config: `--env CartPole-v1` trains with configs/rl/CartPole-v1.yaml's DQN settings."""
     out = tmp_path / "run"

@@ -1,8 +1,9 @@
 """Command-line commands of reinforcement learning: `train-rl` and `evaluate-rl`.
 
-train-rl's settings: dataclass defaults < the environment's preset (`configs/rl/<env>.yaml`,
-unless --no-preset) < the --config file, key by key < flags. torch and gymnasium are imported
-inside the handlers, so `python main.py --help` stays instant.
+train-rl's settings: dataclass defaults < the environment's preset (`configs/rl/<env>.yaml`, or
+`<env>.<algorithm>.yaml` where the algorithm has its own; unless --no-preset) < the --config
+file, key by key < flags. torch and gymnasium are imported inside the handlers, so
+`python main.py --help` stays instant.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def add_train_rl_command(
         "registered gymnasium environment. Writes checkpoints, best_model.pt, final_model.pt, "
         "metrics.jsonl, TensorBoard events, returns.png, summary.json and resolved_config.yaml "
         "to the output folder. Settings: the defaults, then the environment's tuned preset "
-        "configs/rl/<env>.yaml when the toolkit ships one, then --config key by key, then flags.",
+        "(configs/rl/<env>.<algorithm>.yaml, else configs/rl/<env>.yaml) when the toolkit ships "
+        "one, then --config key by key, then flags.",
         epilog="Example: python main.py train-rl --algorithm dqn --env CartPole-v1 "
         "(uses configs/rl/CartPole-v1.yaml). Exit statuses: 0 trained; 1 training failed "
         "(e.g. a non-finite loss); 2 usage or config error; 130 interrupted (a checkpoint was "
@@ -56,12 +58,12 @@ def add_train_rl_command(
         "--env",
         metavar="ID",
         help="gymnasium environment id (default: reinforcement_learning.training.env_id); its "
-        "preset configs/rl/<ID>.yaml is used when it exists",
+        "preset configs/rl/<ID>.<algorithm>.yaml or configs/rl/<ID>.yaml is used when it exists",
     )
     parser.add_argument(
         "--no-preset",
         action="store_true",
-        help="ignore configs/rl/<ID>.yaml: train on the defaults, --config and flags only",
+        help="ignore the presets in configs/rl/: train on the defaults, --config and flags only",
     )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument(
@@ -98,7 +100,7 @@ def run_train_rl(args: argparse.Namespace, config: ToolkitConfig) -> int:
     from training_methods.reinforcement_learning.trainer import train
 
     env_id = args.env or config.reinforcement_learning.training.env_id
-    preset = None if args.no_preset else find_preset(env_id)
+    preset = None if args.no_preset else find_preset(env_id, algorithm=args.algorithm)
     if preset is not None:
         user_config = Path(args.config) if args.config else None
         config = config_with_preset(env_id, preset, user_config, config.common.log_level)

@@ -4,6 +4,12 @@ Like rl-baselines3-zoo's hyperparameter tables, a preset holds the settings tune
 environment. It sits between the dataclass defaults and the user's `--config`:
 defaults < preset < --config (key by key) < command-line flags. A preset is an ordinary config
 file, so `--config configs/rl/CartPole-v1.yaml` still works and changes nothing.
+
+One file holds the settings of every algorithm tuned for the environment, and its `training`
+section (budget, evaluation cadence) is theirs together. Where the algorithms need different
+budgets, an algorithm gets a file of its own, `<env id>.<algorithm>.yaml`
+(`MountainCar-v0.ppo.yaml`: PPO needs 1,000,000 steps where DQN needs 120,000), which is used
+for that algorithm in place of `<env id>.yaml`.
 """
 
 from __future__ import annotations
@@ -17,15 +23,26 @@ from shared_utils.errors import ConfigurationError
 PRESET_DIR = REPO_ROOT / "configs" / "rl"
 
 
-def preset_path(env_id: str, preset_dir: Path | None = None) -> Path:
-    """Where the preset of `env_id` would be (`ALE/Pong-v5` becomes `ALE_Pong-v5.yaml`)."""
-    return (preset_dir or PRESET_DIR) / f"{env_id.replace('/', '_')}.yaml"
+def preset_path(
+    env_id: str, preset_dir: Path | None = None, *, algorithm: str | None = None
+) -> Path:
+    """Where the preset of `env_id` would be (`ALE/Pong-v5` becomes `ALE_Pong-v5.yaml`), or with
+    `algorithm` its algorithm's own file (`ALE_Pong-v5.ppo.yaml`)."""
+    stem = env_id.replace("/", "_")
+    return (preset_dir or PRESET_DIR) / (
+        f"{stem}.{algorithm}.yaml" if algorithm else f"{stem}.yaml"
+    )
 
 
-def find_preset(env_id: str, preset_dir: Path | None = None) -> Path | None:
-    """The preset file of `env_id`, or None when the toolkit ships none for it."""
-    path = preset_path(env_id, preset_dir)
-    return path if path.is_file() else None
+def find_preset(
+    env_id: str, preset_dir: Path | None = None, *, algorithm: str | None = None
+) -> Path | None:
+    """The preset file `algorithm` trains `env_id` with: its own file when there is one, else the
+    environment's; None when the toolkit ships neither."""
+    candidates = [preset_path(env_id, preset_dir)]
+    if algorithm is not None:
+        candidates.insert(0, preset_path(env_id, preset_dir, algorithm=algorithm))
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def merge_settings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
