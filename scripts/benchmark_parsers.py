@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Benchmark the Markdown, Word, HTML and EPUB parsers, and print tables.
+"""Benchmark the Markdown, Word, HTML, EPUB and PDF readers (OCR'd scans included), print tables.
 
-    python scripts/benchmark_parsers.py [--spec commonmark.json] [--files 40] [--only spec|formats]
+    python scripts/benchmark_parsers.py [--spec commonmark.json] [--files 40] [--scans 12]
+                                        [--workers 2] [--only spec|formats]
 
 Markdown against the CommonMark spec: every example of the spec is parsed as a file, and its text
 (sections joined) is compared with the visible text of the spec's HTML for it, as a browser shows
@@ -14,10 +15,15 @@ not given.
 
 Formats: `--files` generated documents per format (Word files written with python-docx, web
 pages with a menu, a header, a sidebar and a footer around the article, EPUB books written with
-ebooklib, Markdown files), parsed in a fresh process per format (imports included, like an extract
-worker): files/s, peak RSS of that process, and word recall: the share of the words of the
-article that are in the parser's text. For web pages also the share of menu, sidebar and footer
-words that leak into it (lower is better).
+ebooklib, Markdown files, PDFs with a text layer written with fpdf2) and `--scans` scanned PDFs
+(the pages of such PDFs rendered with pypdfium2 at 300 dpi and saved as image-only PDFs, so every
+page goes through OCR), each folder read by the `extract` command with `--workers` workers in a
+fresh process: files/s and pages/s of the whole command (imports in the workers included), CPU
+seconds of the run (the process and its workers, robust to other jobs on the machine), peak RSS
+of its largest process, and word recall: the share of the words of the body (headings aside:
+they go to `section_path`) found in the text, rebuilt from the chunk records. For web pages also
+the share of menu, sidebar and footer words that leak into it (lower is better). Formats without
+pages (Word, HTML, EPUB, Markdown) count 3,000 characters of extracted text as a page.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from shared_utils.worker_pool import default_worker_count  # noqa: E402
 
 SPEC_MEMBER = "tests/test_cmark_spec/commonmark.json"
 
@@ -184,7 +192,7 @@ BOILERPLATE = (
     "homepage shopcart newsletter subscribe login signup sitemap careers pressroom copyright "
     "privacypolicy cookiesettings trending sponsored advert related followus"
 ).split()
-FORMATS = ("docx", "html", "epub", "markdown")
+FORMATS = ("docx", "html", "epub", "markdown", "pdf", "scanned")
 _TOKEN = re.compile(r"\w+")
 
 
@@ -319,6 +327,47 @@ def _write_epub(path: Path, sections: list[dict[str, object]], title: str) -> No
     epub.write_epub(str(path), book)
 
 
+def _write_pdf(path: Path, sections: list[dict[str, object]], title: str) -> None:
+    """A text PDF: bold headings, paragraphs, "- " list items and a bordered table."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 18)
+    pdf.multi_cell(0, 10, title, new_x="LMARGIN", new_y="NEXT")
+    for section in sections:
+        pdf.set_font("Helvetica", "B", 14)
+        pdf.multi_cell(0, 9, str(section["heading"]), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Helvetica", size=11)
+        for paragraph in section["paragraphs"]:  # type: ignore[union-attr]
+            pdf.multi_cell(0, 6, paragraph, new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(2)
+        for item in section["items"]:  # type: ignore[union-attr]
+            pdf.multi_cell(0, 6, f"- {item}", new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(2)
+        with pdf.table() as table:
+            for cells in section["rows"]:  # type: ignore[union-attr]
+                row = table.row()
+                for cell in cells:
+                    row.cell(cell)
+        pdf.ln(4)
+    pdf.output(str(path))
+
+
+def _scan(pdf: Path, path: Path, dpi: int = 300) -> int:
+    """An image-only PDF of `pdf`'s pages rendered at `dpi` in grey (JPEG, as a scanner's); the
+    number of pages."""
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument(pdf)
+    try:
+        images = [page.render(scale=dpi / 72, grayscale=True).to_pil() for page in document]
+    finally:
+        document.close()
+    images[0].save(path, save_all=True, append_images=images[1:], resolution=dpi)
+    return len(images)
+
+
 def make_fixtures(kind: str, folder: Path, count: int) -> dict[str, tuple[list[str], bool]]:
     """Write `count` documents of `kind`; file name -> (body words, semantic page markup)."""
     rng = random.Random(f"{kind}-fixtures")
@@ -328,7 +377,7 @@ def make_fixtures(kind: str, folder: Path, count: int) -> dict[str, tuple[list[s
         sections = _document(rng)
         title = f"Document {number} {rng.choice(WORDS)}"
         semantic = number % 2 == 0
-        suffix = {"markdown": "md"}.get(kind, kind)
+        suffix = {"markdown": "md", "scanned": "pdf"}.get(kind, kind)
         path = folder / f"doc{number:03d}.{suffix}"
         if kind == "docx":
             _write_docx(path, sections, title)
@@ -336,59 +385,114 @@ def make_fixtures(kind: str, folder: Path, count: int) -> dict[str, tuple[list[s
             _write_epub(path, sections, title)
         elif kind == "html":
             path.write_text(_page(sections, title, rng, semantic), encoding="utf-8")
+        elif kind == "pdf":
+            _write_pdf(path, sections, title)
+        elif kind == "scanned":
+            with tempfile.TemporaryDirectory() as tmp:
+                _write_pdf(Path(tmp) / "text.pdf", sections, title)
+                _scan(Path(tmp) / "text.pdf", path)
         else:
             path.write_text(_markdown(sections, title), encoding="utf-8")
         expected[path.name] = (_body_words(sections), semantic)
     return expected
 
 
-def _parse_folder(folder: Path, output: Path) -> None:
-    """In a fresh process: parse every file, write texts, time and peak RSS as JSON."""
-    start = time.perf_counter()
-    from document_processing.parsers import parser_for
-    from shared_utils.config import DocumentProcessingConfig
+def _extract_folder(folder: Path, output: Path, workers: int) -> None:
+    """In a fresh process: `extract` the folder into `output`, and write beside it the run's
+    seconds, CPU seconds (this process and its workers) and peak RSS of its largest process."""
+    import os
+    import resource
+
+    from main import main as toolkit
     from shared_utils.training_utils import peak_rss_mb
 
-    settings = DocumentProcessingConfig()
+    started, cpu = time.perf_counter(), os.times()
+    status = toolkit(
+        ["--log-level", "ERROR", "extract", str(folder), str(output)]
+        + ["--workers", str(workers), "--no-progress"]
+    )
+    seconds, done = time.perf_counter() - started, os.times()
+    cpu_seconds = sum(done[:4]) - sum(cpu[:4])  # user and system, own and the workers'
+    # The workers are forked, never exec'd: their ru_maxrss is their own peak.
+    workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    stats = {
+        "status": status,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "peak_mb": max(peak_rss_mb(), workers_mb),
+    }
+    (output / "benchmark.json").write_text(json.dumps(stats), encoding="utf-8")
+
+
+def _document_texts(output: Path) -> dict[str, str]:
+    """Each document's text, its sections rebuilt from their chunks (exact slices of the
+    section text, which may overlap), the sections joined by a blank line."""
+    chunks: dict[str, dict[int, list[tuple[int, str]]]] = {}
+    for name in ("train.jsonl", "valid.jsonl"):
+        path = output / name
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        for line in lines:
+            record = json.loads(line)
+            meta = record["metadata"]
+            sections = chunks.setdefault(record["source"], {})
+            sections.setdefault(meta["section_index"], []).append(
+                (meta["char_start"], record["text"])
+            )
     texts = {}
-    first = None
-    for path in sorted(folder.iterdir()):
-        document = parser_for(path).parse(path, path.name, settings)
-        texts[path.name] = document.text
-        first = first or time.perf_counter() - start
-    seconds = time.perf_counter() - start
-    result = {"texts": texts, "seconds": seconds, "first": first, "peak_mb": peak_rss_mb()}
-    output.write_text(json.dumps(result), encoding="utf-8")
+    for source, sections in chunks.items():
+        parts = []
+        for _, pieces in sorted(sections.items()):
+            text, end = "", 0
+            for start, piece in sorted(pieces):
+                text += (" " + piece) if start >= end else piece[end - start :]
+                end = max(end, start + len(piece))
+            parts.append(text)
+        texts[source] = "\n\n".join(parts)
+    return texts
 
 
-def benchmark_formats(count: int, kinds: list[str]) -> None:
+def benchmark_formats(count: int, scans: int, kinds: list[str], workers: int) -> None:
+    print(f"extract with {workers} workers; a page of a format without pages: 3,000 characters")
     print(
-        f"{'format':<9} {'files':>5} {'files/s':>8} {'first file s':>12} {'peak RSS MB':>11} "
-        f"{'word recall':>11} {'boilerplate leak':>16}"
+        f"{'format':<9} {'files':>5} {'pages':>5} {'files/s':>8} {'pages/s':>8} {'CPU s':>6} "
+        f"{'peak RSS MB':>11} {'word recall':>11} {'boilerplate leak':>16}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
-            folder = Path(tmp) / kind
-            expected = make_fixtures(kind, folder, count)
-            output = Path(tmp) / f"{kind}.json"
-            subprocess.run(
-                [sys.executable, __file__, "--parse-folder", str(folder), str(output)], check=True
+            folder, output = Path(tmp) / kind, Path(tmp) / f"{kind}-out"
+            files = scans if kind == "scanned" else count
+            expected = make_fixtures(kind, folder, files)
+            run = subprocess.run(
+                [sys.executable, __file__, "--extract-folder", str(folder), str(output)]
+                + [str(workers)],
+                capture_output=True,
+                text=True,
             )
-            result = json.loads(output.read_text(encoding="utf-8"))
+            if run.returncode != 0:
+                raise SystemExit(f"extract failed on {kind}: {run.stderr.strip()[-2000:]}")
+            stats = json.loads((output / "benchmark.json").read_text(encoding="utf-8"))
+            report = json.loads((output / "extract_report.json").read_text(encoding="utf-8"))
+            if stats["status"] != 0:
+                failed = [f for f in report["files"] if f["status"] != "ok"]
+                raise SystemExit(f"extract failed on {kind}: {failed[:3]}")
+            texts = _document_texts(output)
             found = total = leaked = boilerplate = 0
             for name, (words, _semantic) in expected.items():
-                got = Counter(_TOKEN.findall(result["texts"][name].lower()))
+                got = Counter(_TOKEN.findall(texts.get(name, "").lower()))
                 found += sum((Counter(words) & got).values())
                 total += len(words)
                 if kind == "html":
                     leaked += sum(got[word] > 0 for word in BOILERPLATE)
                     boilerplate += len(BOILERPLATE)
-            # Files per second after the first (the first pays for the imports).
-            rate = (count - 1) / max(result["seconds"] - result["first"], 1e-9)
+            pages = report["totals"]["pages"] or round(
+                sum(f["characters"] for f in report["files"]) / 3000
+            )
             leak = f"{leaked / boilerplate:.3f}" if boilerplate else "-"
+            seconds = stats["seconds"]
             print(
-                f"{kind:<9} {count:>5} {rate:>8.1f} {result['first']:>12.2f} "
-                f"{result['peak_mb']:>11.0f} {found / total:>11.3f} {leak:>16}"
+                f"{kind:<9} {files:>5} {pages:>5} {files / seconds:>8.1f} {pages / seconds:>8.1f} "
+                f"{stats['cpu_seconds']:>6.1f} {stats['peak_mb']:>11.0f} {found / total:>11.3f} "
+                f"{leak:>16}"
             )
 
 
@@ -403,16 +507,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=40, help="generated documents per format")
     parser.add_argument("--only", choices=("spec", "formats"), help="run one part only")
     parser.add_argument("--show", type=int, default=0, help="print this many disagreeing examples")
+    parser.add_argument("--scans", type=int, default=12, help="generated scanned PDFs (OCR)")
+    parser.add_argument(
+        "--workers", type=int, default=default_worker_count(), help="extract's --workers"
+    )
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
-    parser.add_argument("--parse-folder", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--extract-folder", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.parse_folder:
-        _parse_folder(*args.parse_folder)
+    if args.extract_folder:
+        folder, output, workers = args.extract_folder
+        _extract_folder(Path(folder), Path(output), int(workers))
         return 0
     if args.only in (None, "spec"):
         benchmark_spec(args.spec, args.show)
     if args.only in (None, "formats"):
-        benchmark_formats(args.files, args.formats)
+        benchmark_formats(args.files, args.scans, args.formats, args.workers)
     return 0
 
 

@@ -124,6 +124,7 @@ def test_chunk_records_share_one_schema(chunker: Chunker) -> None:
         assert meta["section_path"] and all(isinstance(h, str) for h in meta["section_path"])
         for key in ("page_start", "page_end", "page_count"):
             assert type(meta[key]) is int
+        assert type(meta["ocr_confidence"]) is float
         for key in (*OPTIONAL_TEXT, "engine"):
             assert isinstance(meta[key], str)
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from document_processing.converters.chunking import Chunker
 from document_processing.parsers import ocr
 from document_processing.parsers.pdf import PDFParser
+from document_processing.records import DocumentMetadata, ParsedDocument, Section
 from main import main
 from shared_utils.config import ToolkitConfig
 
@@ -94,6 +96,18 @@ def test_report_entry_has_engine_confidence_and_dpi():
     assert ocr.OcrText("", None, "tesseract").metadata(None) == {"engine": "tesseract"}
 
 
+def test_chunk_records_carry_the_lowest_ocr_confidence_of_their_pages():
+    page_ocr = {1: {"engine": "t", "confidence": 0.93}, 2: {"engine": "t", "confidence": 0.41}}
+    sections = [
+        Section("Read by OCR across two pages.", pages=[1, 2], engines=["tesseract"] * 2),
+        Section("Read by OCR on one page.", pages=[2], engines=["tesseract"]),
+        Section("A text layer.", pages=[3], engines=["pdfplumber"]),
+    ]
+    doc = ParsedDocument("scan.pdf", "pdf", DocumentMetadata("scan"), sections, page_ocr=page_ocr)
+    records = Chunker().chunk_document(doc)
+    assert [record["metadata"]["ocr_confidence"] for record in records] == [0.41, 0.41, -1.0]
+
+
 # --------------------------------------------------------------------------------------------------
 # component: the engine and the parsers
 # --------------------------------------------------------------------------------------------------
@@ -140,6 +154,15 @@ def test_extract_reads_images_and_scanned_pdfs(folder, tmp_path):
     assert recall(FERRY + ORCHARD, " ".join(r["text"] for r in tiff)) >= 0.9
     assert {record["metadata"]["page_start"] for record in tiff} == {1, 2}
     assert report["harbour.png"]["type"] == "image"
+    # Each record carries its page's OCR confidence, the one the report gives for that page.
+    for record in records:
+        meta = record["metadata"]
+        entry = report[record["source"]]["ocr"].get(str(meta["page_start"]))
+        assert meta["ocr_confidence"] == (entry["confidence"] if entry else -1.0)
+    images = [record["metadata"] for record in records if record["type"] == "image"]
+    assert images and all(meta["ocr_confidence"] > 0.5 for meta in images)
+    typed = [record["metadata"] for record in records if record["source"] == "typed.pdf"]
+    assert [meta["ocr_confidence"] for meta in typed] == [-1.0]
     assert report["scanned.pdf"]["engines"] == {"1": "tesseract"}
     assert report["scanned.pdf"]["pages_needing_ocr"] == []
     entry = report["scanned.pdf"]["ocr"]["1"]

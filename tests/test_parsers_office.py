@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import struct
 import zipfile
 from pathlib import Path
 
@@ -137,11 +138,36 @@ def _ole_file(path: Path, encrypted: bool) -> Path:
     return path
 
 
-def _truncated_docx(tmp_path: Path) -> Path:
-    data = write_docx(tmp_path / "whole.docx").read_bytes()
-    path = tmp_path / "truncated.docx"
-    path.write_bytes(data[: len(data) // 2])
+def _truncated(source: Path) -> Path:
+    """The first half of `source`, as an interrupted download leaves it: member headers at the
+    start, the zip directory at the end gone."""
+    path = source.with_name(f"truncated{source.suffix}")
+    path.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
     return path
+
+
+def _damaged(source: Path, member: str) -> Path:
+    """A copy of `source` with the first 32 bytes of `member`'s compressed data inverted; its
+    header and the zip directory are intact, so the damage shows only when it is read."""
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        info = archive.getinfo(member)
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)
+    start = info.header_offset + 30 + name_length + extra_length
+    for index in range(start, start + min(32, info.compress_size)):
+        data[index] ^= 0xFF
+    path = source.with_name(f"damaged{source.suffix}")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _truncated_docx(tmp_path: Path) -> Path:
+    return _truncated(write_docx(tmp_path / "whole.docx"))
+
+
+def _damaged_docx(tmp_path: Path) -> Path:
+    return _damaged(write_docx(tmp_path / "whole.docx"), "word/document.xml")
 
 
 def _workbook(tmp_path: Path) -> Path:
@@ -158,7 +184,8 @@ def _workbook(tmp_path: Path) -> Path:
         (lambda d: _ole_file(d / "locked.docx", True), "password-protected (encrypted)"),
         (lambda d: _ole_file(d / "old.docx", False), "an old binary Word document (.doc)"),
         (lambda d: _write(d / "notes.docx", b"just some text\n"), "not a Word document"),
-        (_truncated_docx, "not a Word document"),
+        (_truncated_docx, "a damaged or truncated zip archive (the file was cut short"),
+        (_damaged_docx, "(the compressed data of word/document.xml is corrupt); get a fresh"),
         (_workbook, "an Excel workbook with a .docx name"),
         (lambda d: _write(d / "empty.docx", b""), "empty file"),
     ],
@@ -245,6 +272,46 @@ def test_short_page_without_an_article_is_read_without_navigation(tmp_path: Path
     assert document.metadata.title == "short"
 
 
+# A page with footnotes in the common forms: Python-Markdown's, Pandoc's and Wikipedia's; `{tag}`
+# holds the text, `{lead}` a sentence that makes it long enough to be trafilatura's article.
+FOOTNOTES = """<html><head><title>Orchard notes</title></head><body>
+<nav><a href="/">Home</a> <a href="/blog">Blog</a></nav>
+<{tag}><h1>Orchard notes</h1>
+<p>{lead}Apple trees tolerate some shade<sup id="fnref:1"><a class="footnote-ref" href="#fn:1">1</a>
+</sup>. Pears want full sun<a href="#fn2" class="footnote-ref" id="fnref2" role="doc-noteref"><sup>2
+</sup></a>, and plums crop best on a south wall<sup id="cite_ref-3" class="reference"><a
+href="#cite_note-3"><span class="cite-bracket">[</span>3<span class="cite-bracket">]</span></a>
+</sup>.</p>
+<div class="footnote"><hr><ol>
+<li id="fn:1"><p>Half a day of sun is enough.&#160;<a class="footnote-backref" href="#fnref:1"
+title="Jump back to footnote 1 in the text">&#8617;</a></p></li>
+<li id="fn2"><p>Six hours a day.<a href="#fnref2" class="footnote-back"
+role="doc-backlink">\u21a9\ufe0e</a></p></li></ol></div>
+<ol class="references"><li id="cite_note-3"><span class="mw-cite-backlink"><b><a
+href="#cite_ref-3">^</a></b></span> <span class="reference-text">Smith, Fruit Walls, 1901.</span>
+</li></ol>
+</{tag}><footer>Copyright footerword</footer></body></html>
+"""
+PRUNING = (
+    "The orchard trees need careful pruning in late winter, before the buds open, so that the "
+    "light reaches every branch in summer and the fruit ripens evenly across the whole crown. "
+)
+
+
+@pytest.mark.parametrize(("tag", "lead"), [("article", PRUNING), ("div", "")])
+def test_html_footnotes_read_as_in_word_files(tmp_path: Path, tag: str, lead: str) -> None:
+    """Markers read "[1]", the notes "[1] text", without their links back, both from
+    trafilatura's article and from the fallback that reads a short page whole."""
+    path = tmp_path / "notes.html"
+    path.write_text(FOOTNOTES.format(tag=tag, lead=lead), encoding="utf-8")
+    text = _parse(path).text
+    assert "shade[1]. Pears want full sun[2], and plums crop best on a south wall[3]." in text
+    assert text.endswith(
+        "[1] Half a day of sun is enough.\n\n[2] Six hours a day.\n\n[3] Smith, Fruit Walls, 1901."
+    )
+    assert "\u21a9" not in text and "^" not in text
+
+
 def test_html_without_text_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "blank.html"
     path.write_text("<html><script>only()</script><nav>Menu</nav></html>", encoding="utf-8")
@@ -303,7 +370,7 @@ def test_epub_chapters_in_reading_order_with_metadata(tmp_path: Path) -> None:
         (["Getting started"], "Worms eat scraps."),
         (
             ["Getting started", "The bin"],
-            "Thirty centimetres deep.\n\nPart | Size\nLid | 40 cm\n\nDrill holes.1\n\n"
+            "Thirty centimetres deep.\n\nPart | Size\nLid | 40 cm\n\nDrill holes.[1]\n\n"
             "1. Eight millimetres.",
         ),
         (["Harvest time"], "Castings are ready after three months."),
@@ -331,6 +398,28 @@ def test_drm_epub_and_non_epub_are_one_line(tmp_path: Path) -> None:
         _parse(fake)
 
 
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (_truncated, "(the file was cut short: the zip directory at its end is missing)"),
+        (
+            lambda book: _damaged(book, "EPUB/one.xhtml"),
+            "(the compressed data of EPUB/one.xhtml is corrupt)",
+        ),
+    ],
+)
+def test_truncated_or_damaged_epub_is_one_line_with_the_fix(
+    tmp_path: Path, make, reason: str
+) -> None:
+    path = make(write_epub(tmp_path / "book.epub"))
+    with pytest.raises(DocumentProcessingError) as caught:
+        _parse(path)
+    assert str(caught.value) == (
+        f"{path}: a damaged or truncated zip archive {reason}; get a fresh copy (download or "
+        "copy it again), or export it again from the program that made it."
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # through the command
 # --------------------------------------------------------------------------------------------------
@@ -345,16 +434,20 @@ def test_extract_reads_the_new_formats_and_reports_bad_ones(run_main, tmp_path: 
     _ole_file(docs / "locked.docx", True)
     _write(docs / "notes.docx", b"plain text saved with the wrong name\n")
     _write(docs / "broken.epub", b"PK\x03\x04 truncated")
+    _damaged(write_docx(docs / "whole.docx"), "word/document.xml")  # damaged.docx
+    (docs / "whole.docx").unlink()
     out = tmp_path / "out"
     status, stdout, err = run_main("extract", docs, out, "--workers", "2", "--no-progress")
     assert status == 3, err  # some failed, the rest written
     report = json.loads((out / "extract_report.json").read_text(encoding="utf-8"))
     files = {entry["source"]: entry for entry in report["files"]}
     failed = {source: f["reason"] for source, f in files.items() if f["status"] == "failed"}
-    assert set(failed) == {"locked.docx", "notes.docx", "broken.epub"}
+    assert set(failed) == {"locked.docx", "notes.docx", "broken.epub", "damaged.docx"}
     for source, reason in failed.items():
         assert f"failed: {source}: {reason}" in err and "\n" not in reason
         assert "Traceback" not in reason
+    assert failed["broken.epub"].startswith("a damaged or truncated zip archive (the file was cut")
+    assert failed["damaged.docx"].startswith("a damaged or truncated zip archive (the compressed")
     records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     by_type = {record["type"] for record in records}
     assert by_type == {"docx", "epub", "html"}

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from document_processing.converters.sentences import Span, segments, sentence_spans
-from document_processing.records import ParsedDocument
+from document_processing.records import ParsedDocument, Section
 from shared_utils.config import DocumentProcessingConfig
 from shared_utils.errors import ConfigurationError
 
@@ -393,6 +393,7 @@ class Chunker:
                         "page_start": min(section.pages, default=0),
                         "page_end": max(section.pages, default=0),
                         "engine": "+".join(dict.fromkeys(str(e) for e in section.engines)),
+                        "ocr_confidence": _ocr_confidence(doc, section),
                         "char_start": chunk.start,
                         "char_end": chunk.end,
                         "section_index": section_index,
@@ -405,6 +406,18 @@ class Chunker:
                 }
             )
         return records
+
+
+def _ocr_confidence(doc: ParsedDocument, section: Section) -> float:
+    """The lowest OCR confidence (0..1) of the section's pages that OCR read, -1.0 when it read
+    none: a chunk's pages are its section's, so a filter at t keeps a chunk only when every page
+    it may come from reached t."""
+    values = [
+        float(doc.page_ocr[page]["confidence"])
+        for page in section.pages
+        if "confidence" in doc.page_ocr.get(page, {})
+    ]
+    return min(values, default=-1.0)
 
 
 __all__ = ["Chunk", "Chunker"]

@@ -10,13 +10,13 @@ contents is left out. Footnotes and endnotes are numbered where they are referen
 their text closes the section that references them.
 
 Bad input gets one line: an encrypted (password-protected) file, an old binary `.doc` under a
-`.docx` name, a file that is not a zip archive or a zip without a Word document inside.
+`.docx` name, a file that is not a zip archive, a damaged or truncated one (`zip_archive`), or a
+zip without a Word document inside.
 """
 
 from __future__ import annotations
 
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from document_processing.parsers.sections import (
     table_rows,
 )
 from document_processing.parsers.text_parser import cut_warning
+from document_processing.parsers.zip_archive import damaged_zip, is_zip_damage, zip_names
 from document_processing.records import DocumentMetadata, ParsedDocument
 from shared_utils.config import DocumentProcessingConfig
 from shared_utils.errors import DocumentProcessingError
@@ -45,6 +46,10 @@ _HEADING_STYLE = re.compile(r"heading\s*([1-9])$", re.IGNORECASE)
 _TOC_STYLE = re.compile(r"toc\s*\d|table of contents|toc heading", re.IGNORECASE)
 _BODY_TEXT_OUTLINE = 9  # w:outlineLvl 9 means body text
 _ORDERED_FORMATS_EXCLUDED = ("bullet", "none")
+_FIX_ZIP = (
+    "get a fresh copy (download or copy it again), or let Word or LibreOffice repair it and "
+    "save it again."
+)
 
 
 def _w(name: str) -> str:
@@ -77,16 +82,12 @@ def _check_package(path: Path) -> None:
             f"{path}: an old binary Word document (.doc) with a .docx name; save it as .docx "
             "in Word or LibreOffice (soffice --convert-to docx)."
         )
-    if not zipfile.is_zipfile(path):
-        raise DocumentProcessingError(
-            f"{path}: not a Word document (a .docx is a zip archive and this file is not one); "
-            "check what the file really is."
-        )
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise DocumentProcessingError(f"{path}: corrupt zip archive ({one_line(exc)})") from None
+    names = zip_names(
+        path,
+        "not a Word document (a .docx is a zip archive and this file is not one); check what "
+        "the file really is.",
+        _FIX_ZIP,
+    )
     if "word/document.xml" not in names:
         kind = (
             "an Excel workbook"
@@ -413,6 +414,8 @@ class DocxParser(DocumentParser):
         except DocumentProcessingError:
             raise
         except Exception as exc:  # python-docx and lxml raise many kinds on damaged packages
+            if is_zip_damage(exc):
+                raise damaged_zip(path, _FIX_ZIP) from None
             raise DocumentProcessingError(
                 f"{path}: corrupt Word document ({one_line(exc)})"
             ) from None

@@ -3,22 +3,21 @@
 ebooklib reads the package: its Dublin Core metadata (title, creators, date, language, publisher)
 and its spine, the reading order of the chapters. Each chapter is XHTML, read with the HTML
 walker of `html_parser` (headings start sections with their heading path, tables become rows,
-lists keep their markers, footnote asides stay as text, page-break markers and the navigation
-document are left out). A chapter without headings is headed by its title in the table of
-contents.
+lists keep their markers, footnote markers read "[1]" as in Word files, footnote asides stay as
+text, page-break markers and the navigation document are left out). A chapter without headings
+is headed by its title in the table of contents.
 
-Bad input gets one line: not a zip archive, a zip without an EPUB package, and DRM (encrypted
-chapters, which would read as noise).
+Bad input gets one line: not a zip archive, a damaged or truncated one (`zip_archive`), a zip
+without an EPUB package, and DRM (encrypted chapters, which would read as noise).
 """
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
 from document_processing.parsers.base import DocumentParser
-from document_processing.parsers.html_parser import html_items, parse_html_bytes
+from document_processing.parsers.html_parser import html_items, mark_footnotes, parse_html_bytes
 from document_processing.parsers.sections import (
     Block,
     Heading,
@@ -27,27 +26,33 @@ from document_processing.parsers.sections import (
     one_line,
 )
 from document_processing.parsers.text_parser import cut_warning
+from document_processing.parsers.zip_archive import (
+    damaged_zip,
+    is_zip_damage,
+    zip_member,
+    zip_names,
+)
 from document_processing.records import DocumentMetadata, ParsedDocument
 from shared_utils.config import DocumentProcessingConfig
 from shared_utils.errors import DocumentProcessingError
 
 _ENCRYPTION = "META-INF/encryption.xml"
 _CHAPTER_SUFFIXES = (".xhtml", ".html", ".htm", ".xml")
+_FIX_ZIP = (
+    "get a fresh copy (download or copy it again), or export it again from the program that "
+    "made it."
+)
 
 
 def _check_archive(path: Path) -> None:
     """One clear reason for a file that is not a readable, DRM-free EPUB."""
-    if not zipfile.is_zipfile(path):
-        raise DocumentProcessingError(
-            f"{path}: not an EPUB book (an .epub is a zip archive and this file is not one); "
-            "check what the file really is."
-        )
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            encryption = archive.read(_ENCRYPTION) if _ENCRYPTION in names else b""
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        raise DocumentProcessingError(f"{path}: corrupt zip archive ({one_line(exc)})") from None
+    names = zip_names(
+        path,
+        "not an EPUB book (an .epub is a zip archive and this file is not one); check what the "
+        "file really is.",
+        _FIX_ZIP,
+    )
+    encryption = zip_member(path, _ENCRYPTION, _FIX_ZIP) if _ENCRYPTION in names else b""
     if "META-INF/container.xml" not in names:
         raise DocumentProcessingError(
             f"{path}: a zip archive with an .epub name but no EPUB package "
@@ -144,6 +149,8 @@ class EpubParser(DocumentParser):
         except DocumentProcessingError:
             raise
         except Exception as exc:  # ebooklib raises many kinds on damaged books
+            if is_zip_damage(exc):
+                raise damaged_zip(path, _FIX_ZIP) from None
             raise DocumentProcessingError(f"{path}: corrupt EPUB book ({one_line(exc)})") from None
         sections, first_title = build_sections(items)
         if not sections:
@@ -172,6 +179,7 @@ class EpubParser(DocumentParser):
         except Exception as exc:
             warnings.append(f"chapter {name} is not readable XHTML ({one_line(exc)}); left out")
             return []
+        mark_footnotes(root)
         body = root.find("body")
         chapter = html_items(body if body is not None else root)
         if not any(isinstance(entry, Block) for entry in chapter):

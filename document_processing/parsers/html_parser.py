@@ -6,7 +6,9 @@ extraction benchmarks) picks the article and the page's metadata (title, author,
 `favor_recall` keeps short documentation pages whole. Its output, simplified HTML, is read here
 into the same sections as every other format: headings start sections with their heading path,
 tables become "a | b" rows, lists keep their "- " and "1. " markers, `<pre>` is code; scripts,
-styles and navigation never reach the text. When trafilatura finds no article, or a very short
+styles and navigation never reach the text. Footnotes read as in Word files (`mark_footnotes`,
+before trafilatura, which drops superscripts and links): the marker "[1]", the note "[1] text",
+its link back to the marker ("↩", "^") left out. When trafilatura finds no article, or a very short
 one (then it returns all the text of the page, flattened), the whole body is read without its
 `nav`, `header`, `footer`, `aside` and form elements instead (with a warning when trafilatura
 found nothing).
@@ -57,6 +59,14 @@ _BREAK = "\x00"  # a <br> while whitespace is collapsed; control characters neve
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 _WHITESPACE = re.compile(r"[ \t\n\r\f\v]+")
 _EPUB_TYPE = "{http://www.idpf.org/2007/ops}type"
+# Footnotes: a marker is a link to an anchor of the page, set as a superscript or marked as a
+# note reference (Python-Markdown, Pandoc, kramdown, markdown-it, Wikipedia, EPUB); its label is
+# a short number, letter or symbol, with or without brackets ("1", "[1]", "[note 2]", "*").
+_NOTEREF_HINTS = ("noteref", "footnote-ref", "footnote")
+_NOTE_LABEL = re.compile(r"\[?\s*([^\s\[\]]{1,8}(?: [^\s\[\]]{1,8})?)\s*\]?")
+# A footnote's link back to its marker: by its class or role, or by the arrow it shows.
+_BACKLINK_HINTS = ("backlink", "backref", "footnote-back", "reversefootnote")
+_BACKLINK_ARROWS = frozenset("\u21a9 \u21a5 \u2191 \u2934 \u2b11 ^".split())
 
 
 def _collapse(text: str) -> str:
@@ -238,6 +248,104 @@ def _inline_text(element: Any, collapse: bool = True) -> str:
     return "".join(parts)
 
 
+def mark_footnotes(root: Any) -> bool:
+    """Footnotes in place, as Word's read: each marker becomes "[1]" in the text, each note of a
+    footnote list starts with "[1] " (a paragraph, no longer a list item), and the links back to
+    the markers ("↩", "^", "↑") are dropped. Whether anything changed."""
+    backlinks = [element for element in root.iter() if _is_backlink(element)]
+    for element in backlinks:
+        if element.getparent() is not None:
+            _replace_with_text(element, "")
+    by_id: dict[str, Any] | None = None
+    noted: set[str] = set()
+    markers = 0
+    for anchor in list(root.iter()):
+        label = _note_label(anchor)
+        if label is None or anchor.getparent() is None:
+            continue
+        sup = _sup_around(anchor)
+        whole = sup is not None and sup.text_content().strip() == anchor.text_content().strip()
+        _replace_with_text(sup if whole else anchor, f"[{label}]")
+        markers += 1
+        if by_id is None:
+            by_id = {element.get("id"): element for element in root.iter() if element.get("id")}
+        target = anchor.get("href", "")[1:]
+        note = by_id.get(target)
+        if note is not None and _tag(note) == "li" and target not in noted:
+            noted.add(target)
+            _as_note_paragraph(note, label)
+    return bool(backlinks or markers)
+
+
+def _hints(element: Any) -> str:
+    """The element's class, role, rel and epub:type, lower case: where footnote markup names
+    itself."""
+    names = ("class", "role", "rel", _EPUB_TYPE, "epub:type")
+    return " ".join(element.get(name) or "" for name in names).lower()
+
+
+def _is_backlink(element: Any) -> bool:
+    """A footnote's link back to its marker (or the span that holds such links)."""
+    tag = _tag(element)
+    if tag not in ("a", "span", "sup", "b"):
+        return False
+    if any(hint in _hints(element) for hint in _BACKLINK_HINTS):
+        return True
+    text = element.text_content().replace("\ufe0e", "").replace("\ufe0f", "").strip()
+    return tag == "a" and (element.get("href") or "").startswith("#") and text in _BACKLINK_ARROWS
+
+
+def _sup_around(anchor: Any) -> Any | None:
+    """The <sup> that is the parent or grandparent of `anchor`, or None."""
+    parent = anchor.getparent()
+    for element in (parent, parent.getparent() if parent is not None else None):
+        if element is not None and _tag(element) == "sup":
+            return element
+    return None
+
+
+def _note_label(anchor: Any) -> str | None:
+    """The label of a footnote marker ("1" of "[1]"); None when `anchor` is no marker."""
+    if _tag(anchor) != "a" or not (anchor.get("href") or "").startswith("#"):
+        return None
+    if not (
+        _sup_around(anchor) is not None
+        or any(_tag(element) == "sup" for element in anchor.iterdescendants())
+        or any(hint in _hints(anchor) for hint in _NOTEREF_HINTS)
+    ):
+        return None
+    match = _NOTE_LABEL.fullmatch(_collapse(anchor.text_content()).strip())
+    return match.group(1) if match else None
+
+
+def _replace_with_text(element: Any, text: str) -> None:
+    """Remove `element`, leaving `text` (and the text after it) in its place."""
+    text += element.tail or ""
+    previous, parent = element.getprevious(), element.getparent()
+    if previous is not None:
+        previous.tail = (previous.tail or "") + text
+    else:
+        parent.text = (parent.text or "") + text
+    parent.remove(element)
+
+
+def _as_note_paragraph(note: Any, label: str) -> None:
+    """A footnote list item as a block that starts with its label; a list left without items
+    (every note moved out of it) becomes a plain block too."""
+    first = note
+    while not (first.text or "").strip() and len(first) and _tag(first[0]) in ("p", "span", "div"):
+        first = first[0]
+    first.text = f"[{label}] " + (first.text or "").lstrip()
+    note.tag = "div"
+    parent = note.getparent()
+    if (
+        parent is not None
+        and _tag(parent) in ("ol", "ul")
+        and not any(_tag(child) == "li" for child in parent)
+    ):
+        parent.tag = "div"
+
+
 def html_items(root: Any) -> list[Heading | Block]:
     """Headings and blocks of an lxml element tree (a whole page, a chapter, an HTML fragment)."""
     walker = _Walker()
@@ -267,7 +375,7 @@ def parse_html_bytes(data: bytes | str) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
-def _article(data: bytes) -> tuple[Any | None, Any]:
+def _article(data: bytes | str) -> tuple[Any | None, Any]:
     """(trafilatura's article as an lxml tree or None, its metadata document or None)."""
     import trafilatura
 
@@ -347,7 +455,13 @@ class HTMLParser(DocumentParser):
         warnings: list[str] = []
         try:
             tree = parse_html_bytes(data)
-            article, document = _article(data)
+            # trafilatura drops superscripts and links: footnotes are marked before it reads.
+            page: bytes | str = data
+            if mark_footnotes(tree):
+                import lxml.html
+
+                page = lxml.html.tostring(tree, encoding="unicode")
+            article, document = _article(page)
         except Exception as exc:  # lxml and trafilatura raise many kinds on broken markup
             raise DocumentProcessingError(
                 f"{path}: not readable as HTML ({one_line(exc)})"

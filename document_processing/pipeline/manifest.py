@@ -25,7 +25,7 @@ CACHE_DIR = ".extract_cache"
 MANIFEST = "manifest.json"
 _CACHE_FILE = re.compile(r"[0-9a-f]{24}\.jsonl")  # what `cache_name` makes
 # Bump when the cached record format or the processing changes, so old caches are not reused.
-PIPELINE_VERSION = 6
+PIPELINE_VERSION = 7
 
 
 def settings_key_of(settings: DocumentProcessingConfig) -> str:
