@@ -33,15 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from shared_utils.config import ToolkitConfig  # noqa: E402
+from shared_utils.sample_corpus import PROSE_WORDS  # noqa: E402
 from shared_utils.worker_pool import default_worker_count  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpora" / "pdf-samples"
-WORDS = (
-    "compost soil microorganisms bacteria fungi decompose organic matter carbon nitrogen moisture "
-    "oxygen temperature layers browns greens leaves straw cardboard peelings coffee grounds grass "
-    "turning aeration pathogens seeds finished crumbly structure nutrients garden beds containers "
-    "worms castings bedding harvest sieve screen ratio volume pile heat centre weeks months"
-).split()
 
 
 def make_book(path: Path, pages: int) -> None:
@@ -70,7 +65,7 @@ def make_book(path: Path, pages: int) -> None:
         for _ in range(6):
             sentences = []
             for _ in range(4):
-                words = rng.choices(WORDS, k=rng.randint(8, 16))
+                words = rng.choices(PROSE_WORDS, k=rng.randint(8, 16))
                 sentences.append(" ".join(words).capitalize() + ".")
             pdf.multi_cell(0, 5, " ".join(sentences))
             pdf.ln(2)
@@ -160,7 +155,7 @@ def chunking_speed() -> float:
     sentences = []
     size = 0
     while size < 5_000_000:
-        sentence = " ".join(rng.choices(WORDS, k=rng.randint(6, 20))).capitalize() + ". "
+        sentence = " ".join(rng.choices(PROSE_WORDS, k=rng.randint(6, 20))).capitalize() + ". "
         sentences.append(sentence)
         size += len(sentence)
         if rng.random() < 0.1:

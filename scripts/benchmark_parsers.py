@@ -44,6 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from shared_utils.sample_corpus import PROSE_WORDS  # noqa: E402
 from shared_utils.worker_pool import default_worker_count  # noqa: E402
 
 SPEC_MEMBER = "tests/test_cmark_spec/commonmark.json"
@@ -181,12 +182,6 @@ def benchmark_spec(spec_path: Path | None, show: int) -> None:
 # Formats: generated documents
 # --------------------------------------------------------------------------------------------------
 
-WORDS = (
-    "compost soil microorganisms bacteria fungi decompose organic matter carbon nitrogen moisture "
-    "oxygen temperature layers browns greens leaves straw cardboard peelings coffee grounds grass "
-    "turning aeration pathogens seeds finished crumbly structure nutrients garden beds containers "
-    "worms castings bedding harvest sieve screen ratio volume pile heat centre weeks months"
-).split()
 # Words only the page around the article uses: a leak of any of them is boilerplate in the text.
 BOILERPLATE = (
     "homepage shopcart newsletter subscribe login signup sitemap careers pressroom copyright "
@@ -197,7 +192,7 @@ _TOKEN = re.compile(r"\w+")
 
 
 def _sentence(rng: random.Random) -> str:
-    return " ".join(rng.choices(WORDS, k=rng.randint(8, 16))).capitalize() + "."
+    return " ".join(rng.choices(PROSE_WORDS, k=rng.randint(8, 16))).capitalize() + "."
 
 
 def _document(rng: random.Random) -> list[dict[str, object]]:
@@ -206,16 +201,15 @@ def _document(rng: random.Random) -> list[dict[str, object]]:
     for number in range(rng.randint(3, 6)):
         sections.append(
             {
-                "heading": f"Part {number + 1} {rng.choice(WORDS)}",
+                "heading": f"Part {number + 1} {rng.choice(PROSE_WORDS)}",
                 "paragraphs": [
                     " ".join(_sentence(rng) for _ in range(rng.randint(3, 5)))
                     for _ in range(rng.randint(2, 4))
                 ],
                 "items": [_sentence(rng) for _ in range(3)],
-                "rows": [[rng.choice(WORDS), str(rng.randint(1, 99)), rng.choice(WORDS)]] * 1
-                + [
-                    [rng.choice(WORDS), str(rng.randint(1, 99)), rng.choice(WORDS)]
-                    for _ in range(3)
+                "rows": [
+                    [rng.choice(PROSE_WORDS), str(rng.randint(1, 99)), rng.choice(PROSE_WORDS)]
+                    for _ in range(4)
                 ],
             }
         )
@@ -375,7 +369,7 @@ def make_fixtures(kind: str, folder: Path, count: int) -> dict[str, tuple[list[s
     expected = {}
     for number in range(count):
         sections = _document(rng)
-        title = f"Document {number} {rng.choice(WORDS)}"
+        title = f"Document {number} {rng.choice(PROSE_WORDS)}"
         semantic = number % 2 == 0
         suffix = {"markdown": "md", "scanned": "pdf"}.get(kind, kind)
         path = folder / f"doc{number:03d}.{suffix}"

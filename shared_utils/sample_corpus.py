@@ -8,6 +8,15 @@ tokenizer on its text. It lives here so that neither package imports the other f
 
 from __future__ import annotations
 
+# The vocabulary the benchmarks draw generated prose from (scripts/benchmark_extract.py,
+# scripts/benchmark_parsers.py): the sample corpus's subject, so generated documents read alike.
+PROSE_WORDS = (
+    "compost soil microorganisms bacteria fungi decompose organic matter carbon nitrogen moisture "
+    "oxygen temperature layers browns greens leaves straw cardboard peelings coffee grounds grass "
+    "turning aeration pathogens seeds finished crumbly structure nutrients garden beds containers "
+    "worms castings bedding harvest sieve screen ratio volume pile heat centre weeks months"
+).split()
+
 PDF_TITLE = "Community Compost Handbook"
 PDF_AUTHOR = "Riverside Garden Cooperative"
 

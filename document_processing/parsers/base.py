@@ -15,9 +15,7 @@ from shared_utils.config import DocumentProcessingConfig
 
 
 class DocumentParser(ABC):
-    """Turns one file of the suffixes it declares into a `ParsedDocument`."""
-
-    suffixes: tuple[str, ...] = ()
+    """Turns one file into a `ParsedDocument` (`parsers/__init__.py` maps suffixes to parsers)."""
 
     @abstractmethod
     def parse(self, path: Path, source: str, settings: DocumentProcessingConfig) -> ParsedDocument:

@@ -398,8 +398,6 @@ def _metadata(document: Any, fallback_title: str) -> DocumentMetadata:
 class DocxParser(DocumentParser):
     """A Word document (`.docx`) as one section per heading, with its core properties."""
 
-    suffixes = (".docx",)
-
     def parse(self, path: Path, source: str, settings: DocumentProcessingConfig) -> ParsedDocument:
         _check_package(path)
         import docx

@@ -124,8 +124,6 @@ def _metadata(book: Any, fallback_title: str, chapters: int) -> DocumentMetadata
 class EpubParser(DocumentParser):
     """An EPUB book as one section per heading, chapters in reading order."""
 
-    suffixes = (".epub",)
-
     def parse(self, path: Path, source: str, settings: DocumentProcessingConfig) -> ParsedDocument:
         _check_archive(path)
         import ebooklib

@@ -441,8 +441,6 @@ def _page_metadata(tree: Any, document: Any, path: Path) -> DocumentMetadata:
 class HTMLParser(DocumentParser):
     """A web page (`.html`, `.htm`) as the sections of its article, with its metadata."""
 
-    suffixes = (".html", ".htm", ".xhtml")
-
     def parse(self, path: Path, source: str, settings: DocumentProcessingConfig) -> ParsedDocument:
         data = read_document_bytes(path)
         if not data.strip():

@@ -18,8 +18,6 @@ from shared_utils.errors import DocumentProcessingError
 
 
 class ImageParser(DocumentParser):
-    suffixes = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
     def parse(self, path: Path, source: str, settings: DocumentProcessingConfig) -> ParsedDocument:
         from document_processing.cleaning import clean_text
         from document_processing.parsers.ocr import ocr_engine

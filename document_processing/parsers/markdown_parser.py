@@ -369,8 +369,6 @@ def _render_markdown(body: str, first_line: int) -> _MarkdownRender:
 class MarkdownParser(DocumentParser):
     """A Markdown file as one section per heading, with frontmatter in the metadata."""
 
-    suffixes = (".md", ".markdown")
-
     def parse(self, path: Path, source: str, settings: DocumentProcessingConfig) -> ParsedDocument:
         data = read_document_bytes(path)
         raw, encoding, warnings = decode_bytes(data, path, kind="Markdown")

@@ -198,8 +198,6 @@ def _garbage_share(text: str) -> float:
 class TextParser(DocumentParser):
     """A `.txt` file as one section of cleaned text, titled by the file's stem."""
 
-    suffixes = (".txt",)
-
     def parse(self, path: Path, source: str, settings: DocumentProcessingConfig) -> ParsedDocument:
         data = read_document_bytes(path)
         raw, encoding, warnings = decode_bytes(data, path)

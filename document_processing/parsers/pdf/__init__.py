@@ -41,8 +41,6 @@ from shared_utils.config import DocumentProcessingConfig
 class PDFParser(DocumentParser):
     """Whole-file parsing in one call: probe, extract every page, assemble."""
 
-    suffixes = (".pdf",)
-
     def parse(self, path: Path, source: str, settings: DocumentProcessingConfig) -> ParsedDocument:
         info = probe_pdf(path, settings)
         pages = extract_pages(path, 1, info.page_count, settings)
