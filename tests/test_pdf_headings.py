@@ -219,8 +219,8 @@ def test_body_size_is_the_size_of_most_characters() -> None:
 
 
 def test_levels_follow_the_heading_sizes_and_the_title_heads_them_all() -> None:
-    lines = ["Field Report", "Results", "Station 3", "Body text of the station.", "Appendix"]
-    fonts = [font(16, True), font(14), font(11, True), BODY, font(16, True)]
+    lines = ["Field Report", "Results", "Station 3", "Body text of the station.", "Appendix", "A."]
+    fonts = [font(16, True), font(14), font(11, True), BODY, font(16, True), BODY]
     [headings] = find_headings([lines], [fonts], title="Field  report")
     assert [(h.start, h.stop, h.level, h.text) for h in headings] == [
         (0, 1, 0, "Field Report"),  # the metadata title, compared without case and spacing
@@ -228,6 +228,28 @@ def test_levels_follow_the_heading_sizes_and_the_title_heads_them_all() -> None:
         (2, 3, 3, "Station 3"),
         (4, 5, 1, "Appendix"),
     ]
+
+
+def test_a_heading_with_no_text_under_it_stays_text() -> None:
+    """A title page's author and date in large type head nothing before the next heading of
+    their level: they stay text (in no heading path they would reach no record); a heading over a
+    deeper one, or over text on the next page, stays a heading."""
+    pages = [
+        ["Field Report", "Ann Lee", "Methods", "Station", "Body.", "Results"],
+        ["Body on the next page.", "Index"],
+    ]
+    fonts = [
+        [font(16, True), font(13), font(14), font(12, True), BODY, font(14)],
+        [BODY, font(14)],
+    ]
+    first, second = find_headings(pages, fonts, title="Field Report")
+    assert [(h.text, h.level) for h in first] == [
+        ("Field Report", 0),
+        ("Methods", 2),  # over "Station", a deeper heading
+        ("Station", 4),
+        ("Results", 2),  # its text is on the next page
+    ]
+    assert second == []  # "Ann Lee" and "Index", the document's last line, are text
 
 
 def test_bold_lines_at_body_size_are_headings_only_when_short_phrases() -> None:

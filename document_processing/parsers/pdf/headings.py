@@ -16,7 +16,9 @@ page edge (its first or last `EDGE_LINES` lines) on half the pages or more is a 
 the rule of `remove_running_lines` (compared with its digits: "Chapter 1" and "Chapter 2" are
 headings); it matters when running lines are kept, or stand further in than that removal looks.
 Levels follow the distinct heading sizes, largest first (level 1); a level-1 heading that is the
-document's title heads all the others (level 0), as a Markdown H1 does.
+document's title heads all the others (level 0), as a Markdown H1 does. A heading with no text under
+it before the next heading of its level or above (a title page's author and date lines in large
+type) stays text: as a heading it would be in no section's path and reach no record.
 
 Only pages whose engine reports line fonts (pdfplumber) take part: the other engines give plain
 text, and a document in one type has no headings, so both are assembled as before.
@@ -80,12 +82,34 @@ def find_headings(
         size: level for level, size in enumerate(sorted({r.size for r in runs}, reverse=True), 1)
     }
     wanted_title = _comparable(title)
+    ranked = []
     for run in runs:
         level = levels[run.size]
         if level == 1 and _comparable(run.text) == wanted_title:
             level = 0
-        headings[run.page].append(PdfHeading(run.start, run.stop, level, run.text))
+        ranked.append((run, level))
+    for index, (run, level) in enumerate(ranked):
+        following = ranked[index + 1] if index + 1 < len(ranked) else None
+        if level == 0 or not _heads_nothing(run, level, following, pages):
+            headings[run.page].append(PdfHeading(run.start, run.stop, level, run.text))
     return headings
+
+
+def _heads_nothing(
+    run: _Run, level: int, following: tuple[_Run, int] | None, pages: list[list[str]]
+) -> bool:
+    """Whether `run` has no text under it before the next heading of its level or above (or the
+    document's end): a title page's author and date lines set in large type. Such a line stays
+    text; as a heading it would reach no record, being in no section's heading path."""
+    if following is not None and following[1] > level:
+        return False  # it heads a deeper heading
+    end = (following[0].page, following[0].start) if following else (len(pages), 0)
+    for page in range(run.page, end[0] + 1 if end[0] < len(pages) else len(pages)):
+        first = run.stop if page == run.page else 0
+        last = end[1] if page == end[0] else len(pages[page])
+        if any(line.strip() for line in pages[page][first:last]):
+            return False
+    return True
 
 
 def body_size(fonts: list[list[LineFont] | None]) -> float | None:
