@@ -11,23 +11,17 @@ import logging
 import sys
 from pathlib import Path
 
-from shared_utils.arg_types import fraction, non_negative_int, positive_float, positive_int
-from shared_utils.config import ToolkitConfig, apply_overrides
+from shared_utils.arg_types import (
+    choice_list,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from shared_utils.config import RECORD_KIND_NAMES, ToolkitConfig, apply_overrides
 from shared_utils.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL
 
 logger = logging.getLogger(__name__)
-
-
-def _record_kinds(text: str) -> list[str]:
-    from shared_utils.config import RECORD_KIND_NAMES
-
-    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
-    unknown = [kind for kind in kinds if kind not in RECORD_KIND_NAMES]
-    if not kinds or unknown:
-        raise argparse.ArgumentTypeError(
-            f"{', '.join(unknown) or 'nothing'}: use one or more of {', '.join(RECORD_KIND_NAMES)}"
-        )
-    return kinds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,7 +73,7 @@ def add_extract_command(
     )
     parser.add_argument(
         "--record-kinds",
-        type=_record_kinds,
+        type=choice_list(RECORD_KIND_NAMES),
         metavar="KINDS",
         help="comma-separated kinds of instruction records: section, continuation, topic, "
         "question, cloze (default: document_processing.record_kinds)",

@@ -1,4 +1,5 @@
-"""Argument types of the command line: one converter per kind of number, one error wording.
+"""Argument types of the command line: one converter per kind of number, one error wording, and
+one parser of comma-separated choices.
 
 Every numeric flag of every command uses one of these as its argparse `type`. A bad value raises
 `argparse.ArgumentTypeError("must be <what>, got '<text>'")`; argparse puts the flag in front and
@@ -10,6 +11,7 @@ argparse print the converter's function name instead.)
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
 
@@ -81,3 +83,25 @@ def fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise _refuse(expected, text)
     return value
+
+
+def comma_list(text: str, choices: Sequence[str]) -> list[str]:
+    """`"f16, Q8_0"` -> `["f16", "q8_0"]`: items stripped and lowercased, each once, in order.
+    ArgumentTypeError naming the unknown items (or the empty text) and the choices."""
+    items = list(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    unknown = [item for item in items if item not in choices]
+    if not items or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or repr(text)}: use one or more of {', '.join(choices)}, "
+            "comma-separated"
+        )
+    return items
+
+
+def choice_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    """The argparse type of a flag that takes a comma-separated list of `choices`."""
+
+    def parse(text: str) -> list[str]:
+        return comma_list(text, choices)
+
+    return parse

@@ -7,6 +7,7 @@ tests/gguf_models.py, the fine-tunes by tests/finetune_helpers.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,21 @@ def next_token_agreement(llm: Any, ids: list[int], expected: list[int]) -> float
 
 
 EXPORT_TYPES = ("f32", "f16")
+
+
+_EXPORTS: dict[tuple[Path, str], tuple[FineTuned, dict[str, Path]]] = {}
+
+
+def exported_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, finetune: Callable[[], FineTuned]
+) -> tuple[FineTuned, dict[str, Path]]:
+    """The fine-tune `finetune()` makes and its GGUF files (`export_adapter`), made once per test
+    session and `name` (an architecture or variant), however pytest orders the modules."""
+    key = (tmp_path_factory.getbasetemp(), name)
+    if key not in _EXPORTS:
+        finetuned = finetune()
+        _EXPORTS[key] = (finetuned, export_adapter(tmp_path_factory, finetuned, name))
+    return _EXPORTS[key]
 
 
 def export_adapter(

@@ -42,3 +42,14 @@ def test_refuses_with_one_wording(convert, text: str, message: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError) as caught:
         convert(text)
     assert str(caught.value) == message
+
+
+def test_comma_list_keeps_known_items_once_in_order() -> None:
+    from shared_utils.arg_types import choice_list, comma_list
+
+    assert comma_list(" F16, q8_0,f16 ", ("f16", "q8_0")) == ["f16", "q8_0"]
+    parse = choice_list(("topic", "cloze"))
+    assert parse("cloze,topic") == ["cloze", "topic"]
+    for bad, named in (("topic,quiz", "quiz:"), (" , ", "' , ':")):
+        with pytest.raises(argparse.ArgumentTypeError, match=named):
+            parse(bad)

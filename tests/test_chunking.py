@@ -310,7 +310,7 @@ def test_sizes_come_from_the_config_section() -> None:
     settings_ = DocumentProcessingConfig(chunk_size=123, overlap_size=7, min_chunk_size=3)
     converter = Chunker(settings_)
     assert (converter.chunk_size, converter.overlap_size, converter.min_chunk_size) == (123, 7, 3)
-    assert converter.unit == "characters"
+    assert converter.count("two words") == len("two words")  # characters without a tokenizer
     # Without settings, the config section's defaults: they have no second copy.
     defaults, plain = DocumentProcessingConfig(), Chunker()
     assert (plain.chunk_size, plain.overlap_size, plain.min_chunk_size, plain.tokenizer) == (
@@ -375,7 +375,7 @@ def test_token_mode_counts_tokens_not_characters(tiny_tokenizer: Path, count_tok
     converter = chunker(
         chunk_size=30, overlap_size=0, min_chunk_size=0, tokenizer=str(tiny_tokenizer)
     )
-    assert converter.unit == "tokens"
+    assert converter.count(text) == count_tokens(text) < len(text)
     chunks = converter.chunk_text(text)
     assert all(count_tokens(chunk.text) <= 30 for chunk in chunks)
     # The trained sentences are a few tokens each, so chunks hold far more than 30 characters.

@@ -28,7 +28,7 @@ from tests.gguf_models import (
 from tests.gguf_roundtrip import (
     check_chat_answers,
     check_greedy_tokens_and_logits,
-    export_adapter,
+    exported_once,
     gguf_fields,
     open_llama,
 )
@@ -36,7 +36,6 @@ from tests.gguf_roundtrip import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "llama_cpp_without_amx_repacking")
 
 ARCHITECTURES = ["gemma2", "gemma3"]
-_EXPORTS: dict[tuple[Path, str], tuple[FineTuned, dict[str, Path]]] = {}
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
@@ -45,13 +44,12 @@ def exported(
 ) -> tuple[str, FineTuned, dict[str, Path]]:
     """(architecture, the fine-tune, type → GGUF file exported from its adapter in one call)."""
     arch = request.param
-    key = (tmp_path_factory.getbasetemp(), arch)
-    if key not in _EXPORTS:
+
+    def finetune() -> FineTuned:
         base = build_tiny_gemma(tmp_path_factory.mktemp(f"tiny-{arch}"), arch)
-        finetuned = finetune_on_chats(tmp_path_factory, base)
-        _EXPORTS[key] = (finetuned, export_adapter(tmp_path_factory, finetuned, arch))
-    finetuned, files = _EXPORTS[key]
-    return arch, finetuned, files
+        return finetune_on_chats(tmp_path_factory, base)
+
+    return arch, *exported_once(tmp_path_factory, arch, finetune)
 
 
 def test_metadata_and_tensors_follow_llama_cpp(exported: tuple[str, FineTuned, dict]) -> None:

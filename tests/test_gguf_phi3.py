@@ -31,7 +31,7 @@ from tests.gguf_roundtrip import (
     LOGIT_ATOL,
     check_chat_answers,
     check_greedy_tokens_and_logits,
-    export_adapter,
+    exported_once,
     gguf_fields,
     open_llama,
 )
@@ -40,19 +40,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread", "llama_cpp_without_amx_
 
 
 Exported = tuple[str, FineTuned, dict[str, Path]]
-_EXPORTS: dict[tuple[Path, str], tuple[FineTuned, dict[str, Path]]] = {}
 
 
 @pytest.fixture(scope="module", params=list(PHI3_VARIANTS))
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Exported:
     """(variant, the fine-tune, type → GGUF file exported from its adapter in one call)."""
     variant = request.param
-    key = (tmp_path_factory.getbasetemp(), variant)
-    if key not in _EXPORTS:
-        finetuned = finetune_on_chats(tmp_path_factory, tiny_phi3(tmp_path_factory, variant))
-        _EXPORTS[key] = (finetuned, export_adapter(tmp_path_factory, finetuned, variant))
-    finetuned, files = _EXPORTS[key]
-    return variant, finetuned, files
+
+    def finetune() -> FineTuned:
+        return finetune_on_chats(tmp_path_factory, tiny_phi3(tmp_path_factory, variant))
+
+    return variant, *exported_once(tmp_path_factory, variant, finetune)
 
 
 def test_fused_projections_rotary_and_factors_follow_llama_cpp(exported: Exported) -> None:

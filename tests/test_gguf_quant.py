@@ -103,7 +103,7 @@ def test_type_lists() -> None:
 
     assert parse_gguf_types("f16, Q4_K_M,f16") == ["f16", "q4_k_m"]
     assert parse_gguf_types(["q6_k"]) == ["q6_k"]
-    with pytest.raises(ConfigurationError, match="q3_k: use one of"):
+    with pytest.raises(ConfigurationError, match="q3_k: use one or more of"):
         parse_gguf_types("f16,q3_k")
 
 

@@ -24,7 +24,7 @@ from tests.gguf_models import (
 from tests.gguf_roundtrip import (
     check_chat_answers,
     check_greedy_tokens_and_logits,
-    export_adapter,
+    exported_once,
     gguf_fields,
     open_llama,
 )
@@ -37,7 +37,6 @@ LEADING_SPACE_SAMPLES = [text for text in TOKENIZER_SAMPLES if text.startswith("
 
 
 ARCHITECTURES = ["llama", "mistral"]
-_EXPORTS: dict[tuple[Path, str], tuple[FineTuned, dict[str, Path]]] = {}
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
@@ -46,14 +45,14 @@ def exported(
 ) -> tuple[str, FineTuned, dict[str, Path]]:
     """(architecture, the fine-tune, type → GGUF file exported from its adapter in one call)."""
     arch = request.param
-    key = (tmp_path_factory.getbasetemp(), arch)
-    if key not in _EXPORTS:
+
+    def finetune() -> FineTuned:
         base = build_tiny_sentencepiece_model(tmp_path_factory.mktemp(f"tiny-spm-{arch}"), arch)
         finetuned = finetune_on_chats(tmp_path_factory, base)
         assert not (finetuned.adapter / "tokenizer.model").exists()  # found in the base folder
-        _EXPORTS[key] = (finetuned, export_adapter(tmp_path_factory, finetuned, arch))
-    finetuned, files = _EXPORTS[key]
-    return arch, finetuned, files
+        return finetuned
+
+    return arch, *exported_once(tmp_path_factory, arch, finetune)
 
 
 def test_metadata_carries_the_sentencepiece_vocabulary(

@@ -115,7 +115,7 @@ def test_chunk_records_carry_the_lowest_ocr_confidence_of_their_pages():
 
 def test_engine_reads_a_rendered_page_with_a_confidence():
     engine = ocr.ocr_engine()
-    assert engine is not None, ocr.unavailable_reason()
+    assert engine is not None, "OCR unavailable: see the debug log of ocr.ocr_engine"
     result = engine.read(page_image(HARBOUR))
     assert recall(HARBOUR, result.text) >= 0.9
     assert 0.5 < result.confidence <= 1.0

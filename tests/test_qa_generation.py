@@ -26,6 +26,7 @@ import pytest
 
 from document_processing.qa_generation import filters, prompts, teachers
 from document_processing.qa_generation.outputs import split_documents
+from tests.time_limits import alarm_after
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECONDS = 60  # every test here is stopped after this long
@@ -33,18 +34,8 @@ TEST_SECONDS = 60  # every test here is stopped after this long
 
 @pytest.fixture(autouse=True)
 def time_limit() -> Iterator[None]:
-    """Fail a test that runs longer than TEST_SECONDS instead of hanging the suite."""
-
-    def expired(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"test ran longer than {TEST_SECONDS} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(TEST_SECONDS)
-    try:
+    with alarm_after(TEST_SECONDS):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(autouse=True)

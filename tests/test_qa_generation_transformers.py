@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pytest
 from document_processing.qa_generation import prompts, transformers_teacher
 from document_processing.qa_generation.teachers import RequestFailed
 from document_processing.qa_generation.transformers_teacher import CLOSED, Batcher, Job
+from tests.time_limits import alarm_after
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECONDS = 60  # every test here is stopped after this long; the slow one gets SLOW_SECONDS
@@ -48,19 +48,8 @@ REAL_CHUNKS = [
 
 @pytest.fixture(autouse=True)
 def time_limit(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a test that runs longer than its limit instead of hanging the suite."""
-    seconds = SLOW_SECONDS if request.node.get_closest_marker("slow") else TEST_SECONDS
-
-    def expired(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"test ran longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
+    with alarm_after(SLOW_SECONDS if request.node.get_closest_marker("slow") else TEST_SECONDS):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def write_chunks(folder: Path, chunks: list[tuple[str, str]]) -> Path:

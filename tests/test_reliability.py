@@ -367,7 +367,7 @@ def test_workers_die_with_the_parent(tmp_path: Path, signal_name: str) -> None:
         from shared_utils.worker_pool import KillableProcessPool
 
         def report_and_sleep():
-            print(os.getpid(), flush=True)
+            os.write(1, b"%d\\n" % os.getpid())  # one write: the two workers' lines never mix
             time.sleep(600)
 
         pool = KillableProcessPool(workers=2, timeout=600)

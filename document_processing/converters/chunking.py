@@ -346,11 +346,6 @@ class Chunker:
         self.tokenizer = tokenizer
         self._counter = _TokenCounter(tokenizer) if tokenizer else None
 
-    @property
-    def unit(self) -> str:
-        """What `chunk_size` counts: "characters" or "tokens"."""
-        return "tokens" if self._counter is not None else "characters"
-
     def count(self, text: str) -> int:
         """The size of `text` in this chunker's unit."""
         if self._counter is None:

@@ -98,8 +98,8 @@ _UNAVAILABLE: str | None = None
 
 
 def ocr_engine() -> TesseractEngine | None:
-    """This process's engine, built on first use; None (and why, in `unavailable_reason`) when
-    tesserocr or the English model is missing."""
+    """This process's engine, built on first use; None when tesserocr or the English model is
+    missing (the reason is logged at debug level once, and not tried again)."""
     global _ENGINE, _UNAVAILABLE
     if _ENGINE is None and _UNAVAILABLE is None:
         try:
@@ -108,7 +108,3 @@ def ocr_engine() -> TesseractEngine | None:
             _UNAVAILABLE = f"OCR unavailable ({type(exc).__name__}: {exc})"[:300]
             logger.debug(_UNAVAILABLE)
     return _ENGINE
-
-
-def unavailable_reason() -> str | None:
-    return _UNAVAILABLE

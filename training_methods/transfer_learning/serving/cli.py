@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from shared_utils.arg_types import non_negative_float, positive_int
+from shared_utils.arg_types import choice_list, non_negative_float, positive_int
 from shared_utils.config import ToolkitConfig
 from shared_utils.errors import EXIT_OK
 from training_methods.transfer_learning.merge import DEFAULT_MERGE_DTYPE, MERGE_DTYPES
@@ -33,18 +33,6 @@ def register_commands(
     add_merge_command(subparsers, parent)
     add_export_command(subparsers, parent)
     add_chat_command(subparsers, parent)
-
-
-def _gguf_types(text: str) -> str:
-    """A comma-separated list of GGUF types, each one of GGUF_TYPES."""
-    kinds = [part.strip().lower() for part in text.split(",") if part.strip()]
-    unknown = [kind for kind in kinds if kind not in GGUF_TYPES]
-    if not kinds or unknown:
-        raise argparse.ArgumentTypeError(
-            f"{', '.join(unknown) or repr(text)}: use one or more of "
-            f"{', '.join(GGUF_TYPES)}, comma-separated"
-        )
-    return ",".join(dict.fromkeys(kinds))
 
 
 def add_export_command(
@@ -84,7 +72,7 @@ def add_export_command(
     )
     parser.add_argument(
         "--gguf-type",
-        type=_gguf_types,
+        type=choice_list(GGUF_TYPES),
         default=DEFAULT_GGUF_TYPE,
         metavar="TYPE[,TYPE...]",
         help="weight types of the GGUF files, one file each from one merge: f32 exact, f16 half "

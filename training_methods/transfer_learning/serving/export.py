@@ -23,6 +23,7 @@ afterwards.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from shared_utils.arg_types import comma_list
 from shared_utils.errors import ConfigurationError
 from training_methods.transfer_learning.model_source import (
     ModelSource,
@@ -71,14 +73,11 @@ def lora_gguf_file_name(name: str, gguf_type: GGUFType) -> str:
 def parse_gguf_types(gguf_type: str | Sequence[str]) -> list[GGUFType]:
     """ "f16,q4_k_m" (or a list) → the types in order, once each; ConfigurationError for an
     unknown one."""
-    parts = gguf_type.split(",") if isinstance(gguf_type, str) else list(gguf_type)
-    types = list(dict.fromkeys(part.strip().lower() for part in parts if part.strip()))
-    if not types:
-        raise ConfigurationError(f"--gguf-type: name a type, one of {', '.join(GGUF_TYPES)}")
-    for kind in types:
-        if kind not in GGUF_TYPES:
-            raise ConfigurationError(f"--gguf-type {kind}: use one of {', '.join(GGUF_TYPES)}")
-    return types  # type: ignore[return-value]
+    text = gguf_type if isinstance(gguf_type, str) else ",".join(gguf_type)
+    try:
+        return comma_list(text, GGUF_TYPES)  # type: ignore[return-value]
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigurationError(f"--gguf-type {exc}") from None
 
 
 def export_model(
