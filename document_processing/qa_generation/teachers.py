@@ -26,6 +26,7 @@ import json
 import logging
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -362,7 +363,28 @@ class HttpTeacher:
         self._client.close()
 
 
-class GgufTeacher:
+class InProcessTeacher(ABC):
+    """A teacher run in this process: its structured-output form is fixed (a grammar, a prefill),
+    so the first request of a run is asked like any other, with nothing to probe."""
+
+    @abstractmethod
+    def complete(
+        self, messages: Messages, schema: dict[str, Any], *, temperature: float, max_tokens: int
+    ) -> str: ...
+
+    def choose_form(
+        self,
+        messages: Messages,
+        schema: dict[str, Any],
+        parses: Callable[[str], bool],
+        *,
+        temperature: float,
+        max_tokens: int,
+    ) -> str:
+        return self.complete(messages, schema, temperature=temperature, max_tokens=max_tokens)
+
+
+class GgufTeacher(InProcessTeacher):
     """A .gguf file run in this process by llama.cpp; replies held to the schema by a grammar."""
 
     max_concurrency: int | None = 1  # one llama.cpp context: one request at a time
@@ -418,17 +440,6 @@ class GgufTeacher:
         if not content.strip():
             raise RequestFailed("an empty reply")
         return content
-
-    def choose_form(
-        self,
-        messages: Messages,
-        schema: dict[str, Any],
-        parses: Callable[[str], bool],
-        *,
-        temperature: float,
-        max_tokens: int,
-    ) -> str:
-        return self.complete(messages, schema, temperature=temperature, max_tokens=max_tokens)
 
     def close(self) -> None:
         self._llm.close()

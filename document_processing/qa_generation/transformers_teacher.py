@@ -31,7 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from document_processing.qa_generation.teachers import Messages, RequestFailed, first_line
+from document_processing.qa_generation.teachers import (
+    InProcessTeacher,
+    Messages,
+    RequestFailed,
+    first_line,
+)
 from shared_utils.errors import ConfigurationError
 
 PREFILL_FORM = "prompt+prefill"
@@ -214,7 +219,7 @@ class Batcher:
 # --------------------------------------------------------------------------------------------------
 
 
-class TransformersTeacher:
+class TransformersTeacher(InProcessTeacher):
     """A transformers causal LM run in this process (module docstring)."""
 
     max_concurrency: int | None = None  # every request in flight joins a batch of up to as many
@@ -350,17 +355,6 @@ class TransformersTeacher:
             end = next((i for i, t in enumerate(new_tokens) if t in self._stops), len(new_tokens))
             replies.append(self._tokenizer.decode(new_tokens[:end], skip_special_tokens=True))
         return replies
-
-    def choose_form(
-        self,
-        messages: Messages,
-        schema: dict[str, Any],
-        parses: Callable[[str], bool],
-        *,
-        temperature: float,
-        max_tokens: int,
-    ) -> str:
-        return self.complete(messages, schema, temperature=temperature, max_tokens=max_tokens)
 
     def close(self) -> None:
         self._batcher.close()
