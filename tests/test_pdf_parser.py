@@ -400,13 +400,15 @@ def test_cid_page_falls_back_to_pypdf(three_pages: Path, monkeypatch: pytest.Mon
     assert pages[0].warnings == ["page 1: fell back to pypdf (cid tokens)"]
 
 
-def test_without_fallback_the_primary_text_stays(
+def test_without_fallback_a_page_of_cid_tokens_only_goes_to_ocr(
     three_pages: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """pdfplumber could map none of the page's glyphs: no text is left once the tokens go, so the
+    page is read like a scan."""
     _plumber_returns(monkeypatch, "(cid:12)(cid:13)")
     [page] = extract_pages(three_pages, 2, 2, settings(fallback_to_pypdf=False))
-    assert (page.engine, page.text) == ("pdfplumber", "(cid:12)(cid:13)")
-    assert page.warnings == ["page 2: cid tokens"]
+    assert page.engine == "tesseract" and "(cid:" not in page.text
+    assert page.warnings[0] == "page 2: cid tokens"
 
 
 def test_the_better_text_is_kept_when_both_engines_fail(
@@ -416,8 +418,8 @@ def test_the_better_text_is_kept_when_both_engines_fail(
     _plumber_returns(monkeypatch, "Mostly fine words here (cid:3) and more")
     monkeypatch.setattr(engines._PypdfPages, "page_text", lambda self, number: "")
     [page] = extract_pages(three_pages, 1, 1, settings())
-    assert page.engine == "pdfplumber" and "Mostly fine" in page.text
-    assert page.warnings == ["page 1: cid tokens; pypdf did no better"]
+    assert page.engine == "pdfplumber" and "Mostly fine" in page.text and "(cid:" not in page.text
+    assert page.warnings == ["page 1: cid tokens; 1 removed; pypdf did no better"]
 
 
 def test_pages_passing_the_check_are_extracted_once(
@@ -566,7 +568,9 @@ def test_predicted_cid_pages_skip_pdfplumber(
     laid_out.clear()
     pages = extract_pages(unmapped, 1, len(UNMAPPED_PAGES), settings(fallback_to_pypdf=False))
     assert laid_out == list(range(1, len(UNMAPPED_PAGES) + 1))
-    assert "(cid:1)" in pages[1].text and pages[1].warnings == ["page 2: cid tokens"]
+    # pdfplumber's text is kept, without the tokens (they would be learned as words).
+    assert pages[1].text.strip() and "(cid:" not in pages[1].text
+    assert pages[1].warnings == ["page 2: cid tokens; 1 removed"]
 
 
 def test_pdfplumber_still_runs_when_the_fallback_text_is_damaged_too(
@@ -575,8 +579,8 @@ def test_pdfplumber_still_runs_when_the_fallback_text_is_damaged_too(
     monkeypatch.setattr(engines._PypdfPages, "page_text", lambda self, number: "")
     [page] = extract_pages(unmapped, 2, 2, settings())
     # pdfplumber's text, one damaged word in four, beats pypdf's none.
-    assert page.engine == "pdfplumber" and "(cid:1)" in page.text
-    assert page.warnings == ["page 2: cid tokens; pypdf did no better"]
+    assert page.engine == "pdfplumber" and page.text.strip() and "(cid:" not in page.text
+    assert page.warnings == ["page 2: cid tokens; 1 removed; pypdf did no better"]
 
 
 def test_carriage_returns_become_newlines(

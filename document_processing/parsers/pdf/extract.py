@@ -33,10 +33,12 @@ from document_processing.parsers.pdf.engines import (
     open_with_passwords,
 )
 from document_processing.parsers.pdf.quality import (
+    CID_PROBLEM,
     GLYPH_PROBLEM,
     LIGATURE_PROBLEM,
     damaged_word_share,
     page_quality_problem,
+    remove_cid_tokens,
     remove_glyph_names,
 )
 from document_processing.records import LineFont, PageText
@@ -283,6 +285,11 @@ def _keep(
         # either way, so the names go (and a page of nothing else is left for OCR).
         text, removed = remove_glyph_names(text)
         fonts = None  # no longer the lines the fonts were read from
+        note = f"{removed} removed" + (f"; {note}" if note else "")
+    elif problem == CID_PROBLEM:
+        # The same for "(cid:12)": a token per glyph pdfminer could not map, never a word. The
+        # lines stay, so the line fonts still match them.
+        text, removed = remove_cid_tokens(text)
         note = f"{removed} removed" + (f"; {note}" if note else "")
     if not text.strip():
         # "no text" is what a scanned page looks like: pages_needing_ocr reports it, no warning.

@@ -3,7 +3,8 @@
 Glyph names. Where pdfminer reads a font's codes through its base encoding, pypdf writes the
 glyph names of fonts without a Unicode map ("/s72/s101/s108": dvips bitmap fonts in arXiv
 papers); such a page fails the quality check, so pypdf's text of it no longer beats pdfplumber's,
-and names left in text that is kept anyway are removed (they would be learned as words).
+and names left in text that is kept anyway are removed (they would be learned as words), as are
+the "(cid:NN)" tokens pdfminer writes for codes it cannot map.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _GLYPH_NAME = re.compile(r"/[A-Za-z]{1,8}\d{1,5}")
 # Fewer names than this on a page may be paths in the text ("see /s3"); more are a font.
 _MIN_GLYPH_NAMES = 3
 GLYPH_PROBLEM = "glyph names where a font has no Unicode map"
+CID_PROBLEM = "cid tokens"
 _LIGATURE = re.compile("[\ufb00-\ufb06]")
 LIGATURE_PROBLEM = "ligature code points"
 
@@ -36,7 +38,7 @@ def page_quality_problem(text: str, max_mean_word_length: float) -> str | None:
     if not words:
         return "no text"
     if "(cid:" in text and _CID_TOKEN.search(text):
-        return "cid tokens"
+        return CID_PROBLEM
     if glyph_name_count(text) >= _MIN_GLYPH_NAMES:
         return GLYPH_PROBLEM
     if "\ufffd" in text:
@@ -66,6 +68,11 @@ def remove_glyph_names(text: str) -> tuple[str, int]:
         return ""
 
     return _GLYPH_NAMES.sub(drop, text), removed
+
+
+def remove_cid_tokens(text: str) -> tuple[str, int]:
+    """The text without its "(cid:NN)" tokens, and how many went."""
+    return _CID_TOKEN.subn("", text)
 
 
 def damaged_word_share(text: str, max_mean_word_length: float) -> float:
