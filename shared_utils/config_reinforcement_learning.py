@@ -177,10 +177,11 @@ class RLTrainingConfig:
         "averaged since the last record), taken at the next update.",
         1_000,
     )
-    vector_env: Literal["sync", "async"] = setting(
-        "Vector-env backend: sync steps the environments in this process, async in one "
-        "subprocess each (only worth it for slow environments).",
-        "sync",
+    vector_env: Literal["auto", "sync", "async"] = setting(
+        "Vector-env backend: sync steps the environments in this process one by one, async in "
+        "one subprocess each (only worth it for slow environments), auto as one NumPy vector "
+        "environment where gymnasium implements one (CartPole), else sync.",
+        "auto",
     )
 
 

@@ -117,16 +117,27 @@ def test_ppo_truncation_with_final_state_bootstraps_from_it() -> None:
     assert advantages[1, 0] == pytest.approx(-v1, abs=1e-5)  # last row: no bootstrap given
 
 
-def test_ppo_ratio_is_exactly_one_on_the_first_minibatch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The log-probabilities stored while acting are those the update recomputes."""
-    ratios: list[torch.Tensor] = []
-    original = ppo_agent.clipped_surrogate_loss
+@pytest.mark.parametrize("path", ["numpy", "torch"])
+def test_ppo_ratio_is_exactly_one_on_the_first_minibatch(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """The log-probabilities stored while acting are those the update recomputes, on the NumPy
+    path (the CPU's) and the torch one (CUDA's)."""
+    ratios: list[np.ndarray] = []
+    original_loss = ppo_agent.clipped_surrogate_loss
+    original_numpy = PPOAgent._numpy_loss_and_gradients
 
     def spy(ratio: torch.Tensor, advantages: torch.Tensor, clip_coef: float) -> torch.Tensor:
-        ratios.append(ratio.detach().clone())
-        return original(ratio, advantages, clip_coef)
+        ratios.append(ratio.detach().numpy().copy())
+        return original_loss(ratio, advantages, clip_coef)
+
+    def numpy_spy(self: PPOAgent, *args: Any) -> Any:
+        losses, log_ratio = original_numpy(self, *args)
+        ratios.append(np.exp(log_ratio))
+        return losses, log_ratio
 
     monkeypatch.setattr(ppo_agent, "clipped_surrogate_loss", spy)
+    monkeypatch.setattr(PPOAgent, "_numpy_loss_and_gradients", numpy_spy)
     for continuous in (False, True):
         ratios.clear()
         agent = PPOAgent(
@@ -136,10 +147,12 @@ def test_ppo_ratio_is_exactly_one_on_the_first_minibatch(monkeypatch: pytest.Mon
             continuous=continuous,
             num_steps=16,
         )
+        if path == "torch":
+            agent.numpy_policy = None
         agent.update(next_state=_fill(agent, np.random.default_rng(1), 16))
         assert len(ratios) == 3 * 2
-        assert torch.allclose(ratios[0], torch.ones_like(ratios[0]), atol=1e-6, rtol=0)
-        assert not torch.allclose(ratios[-1], torch.ones_like(ratios[-1]), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(ratios[0], 1.0, atol=1e-6, rtol=0)
+        assert not np.allclose(ratios[-1], 1.0, atol=1e-6, rtol=0)
 
 
 def test_ppo_target_kl_stops_the_update_early() -> None:

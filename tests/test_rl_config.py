@@ -218,9 +218,11 @@ def test_async_vector_env_runs_the_same_episodes_in_subprocesses(
 
     monkeypatch.setattr(training_run, "make_vector_env", spy)
     config = base_config()
+    config.reinforcement_learning.training.vector_env = "sync"
+    in_process = fingerprint(config, "ppo", tmp_path / "sync")
     config.reinforcement_learning.training.vector_env = "async"
-    assert fingerprint(config, "ppo", tmp_path / "async") == base_fingerprints["ppo"]
-    assert built[0] == "AsyncVectorEnv"
+    assert fingerprint(config, "ppo", tmp_path / "async") == in_process
+    assert built == ["SyncVectorEnv", "AsyncVectorEnv"]
 
 
 def test_device_cuda_without_cuda_is_a_configuration_error(tmp_path: Path) -> None:

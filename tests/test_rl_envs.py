@@ -45,7 +45,14 @@ def test_max_steps_per_episode_cuts_but_never_extends_the_registered_limit() -> 
 
 
 def test_vector_env_backends() -> None:
-    sync = make_vector_env("CartPole-v1", 2, 0)
+    native = make_vector_env("CartPole-v1", 3, 0)  # auto: gymnasium's NumPy CartPole
+    assert type(native.unwrapped).__name__ == "CartPoleVectorEnv"
+    again = make_vector_env("CartPole-v1", 3, 0)
+    actions = np.array([0, 1, 1])
+    for _ in range(30):  # seeded: the same episodes, resets included
+        assert np.array_equal(native.step(actions)[0], again.step(actions)[0])
+    assert isinstance(make_vector_env("Counter-v0", 2, 0).unwrapped, gym.vector.SyncVectorEnv)
+    sync = make_vector_env("CartPole-v1", 2, 0, backend="sync")
     assert isinstance(sync.unwrapped, gym.vector.SyncVectorEnv)
     async_envs = make_vector_env("CartPole-v1", 2, 0, backend="async")
     try:

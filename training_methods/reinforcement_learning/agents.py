@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from shared_utils.config import DQNConfig, PPOConfig, ReinforcementLearningConfig
 from shared_utils.errors import ConfigurationError
@@ -81,14 +82,18 @@ def build_agent(algorithm: Algorithm, kwargs: dict[str, Any], device: torch.devi
 
 
 @contextlib.contextmanager
-def torch_threads(device: torch.device) -> Iterator[None]:
-    """One intra-op thread on the CPU while the block runs: these networks are tiny, and more
-    threads only add synchronisation (the setting is process-wide, so it is restored after)."""
-    previous = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
+def one_thread(device: torch.device) -> Iterator[None]:
+    """One thread for torch's and NumPy's (BLAS) arithmetic on the CPU while the block runs: these
+    networks are tiny, and more threads only add synchronisation (on 2 busy cores, BLAS threads
+    made a PPO run several times slower). The settings are process-wide: restored after."""
+    if device.type != "cpu":
         yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(previous)
 

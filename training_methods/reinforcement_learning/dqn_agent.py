@@ -5,6 +5,9 @@ buffer with `store_transition`, and `update` takes one gradient step of the Hube
 sampled minibatch. Improvements over the 2015 agent, each switchable: double DQN targets (van
 Hasselt et al. 2016), dueling value/advantage streams (Wang et al. 2016), soft (Polyak) target
 updates (Lillicrap et al. 2016), gradient clipping.
+
+On the CPU both networks run in NumPy (numpy_nets.py) on the torch modules' weights: acting and
+the TD gradient are the same arithmetic as the torch path, which runs on CUDA.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from shared_utils.config import DQNConfig
-from training_methods.reinforcement_learning.buffers import NStepReturns, ReplayBuffer
+from training_methods.reinforcement_learning.buffers import NStepReturns, ReplayBuffer, ReplaySample
+from training_methods.reinforcement_learning.numpy_nets import (
+    Cache,
+    FlatAdam,
+    NumpyQNetwork,
+    uses_numpy,
+)
 from training_methods.reinforcement_learning.ppo_agent import adam, check_finite
 from training_methods.reinforcement_learning.schedules import exponential_epsilon, linear_epsilon
 
@@ -106,6 +115,14 @@ class DQNAgent:
         self.optimizer = adam(
             self.q_network.parameters(), config.learning_rate, eps=1e-8, device=self.device
         )
+        # On the CPU the networks run in NumPy, on the same weights (see numpy_nets.py).
+        self.numpy_networks: tuple[NumpyQNetwork, NumpyQNetwork] | None = None
+        self.numpy_adam: FlatAdam | None = None
+        if uses_numpy(self.device):
+            online = NumpyQNetwork(self.q_network, trainable=True)
+            self.numpy_networks = (online, NumpyQNetwork(self.target_network, trainable=False))
+            assert online.flat is not None
+            self.numpy_adam = FlatAdam(self.optimizer, online.flat)
         self.buffer = ReplayBuffer(config.buffer_size, (state_dim,))
         self.n_step = config.n_step
         self.n_step_returns: NStepReturns | None = None  # built for the first batch size seen
@@ -142,12 +159,18 @@ class DQNAgent:
         if explore.all():  # no need to ask the network
             actions = self.rng.integers(0, self.action_dim, size=len(array))
         else:
-            obs = torch.from_numpy(array).to(self.device)
-            actions = self.q_network(obs).argmax(dim=-1).cpu().numpy()
+            actions = self.q_values(array).argmax(axis=-1)
             if explore.any():
                 random_actions = self.rng.integers(0, self.action_dim, size=len(array))
                 actions = np.where(explore, random_actions, actions)
         return actions if batched else int(actions[0])
+
+    @torch.no_grad()
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        """Q(obs, .) of the online network: (batch, action_dim)."""
+        if self.numpy_networks is not None:
+            return self.numpy_networks[0].forward(obs)
+        return self.q_network(torch.from_numpy(obs).to(self.device)).cpu().numpy()
 
     def store_transition(
         self,
@@ -202,6 +225,46 @@ class DQNAgent:
     def update(self) -> dict[str, float]:
         """One gradient step of the Huber TD loss on a replay minibatch; syncs the target."""
         batch = self.buffer.sample(self.batch_size, self.rng)
+        if self.numpy_networks is not None:
+            losses = self._numpy_step(batch)
+        else:
+            losses = self._torch_step(batch)
+        self.updates += 1
+        if self.updates % self.target_update == 0:
+            self.sync_target()
+        return losses
+
+    def _numpy_step(self, batch: ReplaySample) -> dict[str, float]:
+        """`_torch_step` in NumPy: the same targets, loss and gradient, written out."""
+        assert self.numpy_networks is not None
+        online, target = self.numpy_networks
+        next_q_target = target.forward(batch.next_observations)
+        if self.double_dqn:  # the online network picks, the target network evaluates
+            next_actions = online.forward(batch.next_observations).argmax(axis=-1)
+            next_q = next_q_target[np.arange(len(next_actions)), next_actions]
+        else:
+            next_q = next_q_target.max(axis=1)
+        discounts = self.gamma**batch.horizons
+        td_target = batch.rewards + discounts * (1.0 - batch.terminations) * next_q
+        caches = (Cache(), Cache(), Cache())
+        q_all = online.forward(batch.observations, caches)
+        rows = np.arange(len(batch.actions))
+        q = q_all[rows, batch.actions]
+        error = q - td_target
+        # Huber (smooth L1, beta 1): quadratic inside |error| < 1, linear outside
+        absolute = np.abs(error)
+        loss = float(np.where(absolute < 1.0, 0.5 * error * error, absolute - 0.5).mean())
+        check_finite(loss, "DQN loss")
+        grad_q = np.zeros_like(q_all)
+        grad_q[rows, batch.actions] = np.clip(error, -1.0, 1.0) / len(error)
+        online.backward(grad_q, caches)
+        assert online.flat is not None and self.numpy_adam is not None
+        online.flat.clip(self.max_grad_norm)
+        self.numpy_adam.step()
+        return {"loss": loss, "q_mean": float(q.mean())}
+
+    def _torch_step(self, batch: ReplaySample) -> dict[str, float]:
+        """One gradient step with autograd (the CUDA path)."""
         obs = torch.from_numpy(batch.observations).to(self.device)
         next_obs = torch.from_numpy(batch.next_observations).to(self.device)
         actions = torch.from_numpy(batch.actions).to(self.device)
@@ -226,9 +289,6 @@ class DQNAgent:
         if self.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.q_network.parameters(), self.max_grad_norm)
         self.optimizer.step()
-        self.updates += 1
-        if self.updates % self.target_update == 0:
-            self.sync_target()
         return {"loss": loss.item(), "q_mean": q.mean().item()}
 
     @torch.no_grad()
@@ -261,6 +321,8 @@ class DQNAgent:
         self.target_network.load_state_dict(state.get("target_network", state["q_network"]))
         if with_optimizer and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.numpy_adam is not None:
+                self.numpy_adam.bind()
         self.steps = int(state.get("steps", 0))
         self.updates = int(state.get("updates", 0))
         if "rng" in state:

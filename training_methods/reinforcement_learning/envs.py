@@ -3,7 +3,9 @@
 Agents never see a gymnasium environment directly: the trainer collects through the vector-env
 interface, so the backend (in-process `sync`, subprocess `async`, later a distributed engine) can
 change here without touching the agents. Vector environments use gymnasium's next-step autoreset
-explicitly (the trainer masks the reset step; see `buffers.py`).
+explicitly (the trainer masks the reset step; see `buffers.py`). An environment gymnasium also
+implements as one NumPy vector environment (CartPole) is built that way by the `auto` backend:
+one array operation steps every copy.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from shared_utils.errors import ConfigurationError
 
-VectorBackend = Literal["sync", "async"]
+VectorBackend = Literal["auto", "sync", "async"]
 
 
 @dataclass(frozen=True)
@@ -90,27 +92,61 @@ def flat_observations(obs: np.ndarray) -> np.ndarray:
     return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
 
 
+def native_vector_env(
+    env_id: str, num_envs: int, seed: int, max_episode_steps: int | None = None
+) -> gym.vector.VectorEnv | None:
+    """gymnasium's own NumPy implementation of `num_envs` copies of `env_id` (its registered
+    `vector_entry_point`: CartPole has one), seeded with `seed`; None when the environment has
+    none, it needs a package that is not installed (the JAX ones), or it does not reset on the
+    next step."""
+    spec = gym.spec(env_id)
+    if spec.vector_entry_point is None or spec.additional_wrappers:
+        return None
+    try:
+        envs = gym.make_vec(
+            env_id,
+            num_envs,
+            vectorization_mode="vector_entry_point",
+            max_episode_steps=_time_limit(env_id, max_episode_steps),
+        )
+    except (ImportError, gym.error.Error):
+        return None
+    if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
+        envs.close()
+        return None
+    envs.reset(seed=seed)
+    envs.action_space.seed(seed)
+    return envs
+
+
 def make_vector_env(
     env_id: str,
     num_envs: int,
     seed: int,
     *,
     max_episode_steps: int | None = None,
-    backend: VectorBackend = "sync",
+    backend: VectorBackend = "auto",
     record_statistics: bool = True,
 ) -> gym.vector.VectorEnv:
     """`num_envs` copies of `env_id` behind gymnasium's vector interface, with next-step autoreset.
 
-    `sync` steps them in this process (for cheap environments like CartPole it was ~8x faster
-    than subprocesses on 2 cores); `async` runs each in its own process. With
-    `record_statistics`, `info["episode"]` carries each finished episode's raw return and length.
+    `sync` steps them in this process one by one (for cheap environments like CartPole it was ~8x
+    faster than subprocesses on 2 cores); `async` runs each in its own process; `auto` is
+    gymnasium's NumPy vector implementation where the environment has one (CartPole: about 10x
+    faster again than `sync`), else `sync`. With `record_statistics`, `info["episode"]` carries
+    each finished episode's raw return and length.
     """
     check_env_id(env_id)
+    native = None
+    if backend == "auto":
+        native = native_vector_env(env_id, num_envs, seed, max_episode_steps)
     thunks = [make_env(env_id, seed, i, max_episode_steps) for i in range(num_envs)]
     autoreset = gym.vector.AutoresetMode.NEXT_STEP
     try:
-        if backend == "async":
-            envs: gym.vector.VectorEnv = gym.vector.AsyncVectorEnv(thunks, autoreset_mode=autoreset)
+        if native is not None:
+            envs: gym.vector.VectorEnv = native
+        elif backend == "async":
+            envs = gym.vector.AsyncVectorEnv(thunks, autoreset_mode=autoreset)
         else:
             envs = gym.vector.SyncVectorEnv(thunks, autoreset_mode=autoreset)
     except gym.error.DependencyNotInstalled as exc:

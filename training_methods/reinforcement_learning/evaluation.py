@@ -15,7 +15,7 @@ from training_methods.reinforcement_learning import checkpoints as ckpt
 from training_methods.reinforcement_learning.agents import (
     Agent,
     load_agent_from_checkpoint,
-    torch_threads,
+    one_thread,
 )
 from training_methods.reinforcement_learning.dqn_agent import DQNAgent
 from training_methods.reinforcement_learning.envs import (
@@ -111,7 +111,7 @@ class Evaluator:
 def evaluate_checkpoint(path: Path, episodes: int, seed: int, device_name: str) -> dict[str, Any]:
     """Play `episodes` deterministic episodes with a checkpoint's agent on its environment."""
     device = resolve_device(device_name)
-    with torch_threads(device):
+    with one_thread(device):
         agent, saved = load_agent_from_checkpoint(path, device)
         env_id = saved["spaces"]["env_id"]
         check_env_id(env_id)

@@ -6,6 +6,10 @@ details are those of "The 37 Implementation Details of PPO" (Huang et al. 2022):
 Adam eps 1e-5, linear learning-rate annealing, GAE, shuffled minibatches over several epochs,
 per-minibatch advantage normalisation, clipped surrogate, optional value clipping, entropy bonus,
 global gradient clipping and an optional approximate-KL early stop.
+
+On the CPU the agent runs its network in NumPy (numpy_nets.py): `select_action` samples from the
+same distributions and `_optimise_numpy` takes the same gradient steps as `_optimise`, whose torch
+version runs on CUDA.
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ from torch import nn
 from shared_utils.config import PPOConfig
 from shared_utils.errors import TrainingError
 from training_methods.reinforcement_learning.buffers import RolloutBuffer, compute_gae
+from training_methods.reinforcement_learning.numpy_nets import (
+    ActorCriticPass,
+    FlatAdam,
+    NumpyActorCritic,
+    log_softmax,
+    uses_numpy,
+)
 from training_methods.reinforcement_learning.schedules import linear_annealing
 
 LOG_2PI = math.log(2 * math.pi)
@@ -143,20 +154,23 @@ def value_loss(
     return torch.max(unclipped, (clipped_values - returns).pow(2)).mean()
 
 
-def approx_kl(log_ratio: torch.Tensor) -> float:
+def approx_kl(log_ratio: torch.Tensor | np.ndarray) -> float:
     """KL(old || new) estimated from log(new/old) at old's samples: E[(r - 1) - log r] (the
     unbiased, always positive "k3" estimator of Schulman's "Approximating KL Divergence")."""
+    if isinstance(log_ratio, np.ndarray):
+        return float(np.mean(np.expm1(log_ratio) - log_ratio))
     with torch.no_grad():
         return ((log_ratio.exp() - 1) - log_ratio).mean().item()
 
 
-def check_finite(loss: torch.Tensor, what: str) -> None:
+def check_finite(loss: torch.Tensor | float, what: str) -> None:
     """Raise TrainingError before a non-finite loss reaches the optimizer. `what`: "PPO loss" or
     "DQN loss"; the message names that algorithm's config keys."""
-    if not bool(torch.isfinite(loss)):
+    value = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+    if not math.isfinite(value):
         section = f"reinforcement_learning.{what.split()[0].lower()}"
         raise TrainingError(
-            f"the {what} became {loss.item()} (not finite); lower {section}.learning_rate or "
+            f"the {what} became {value} (not finite); lower {section}.learning_rate or "
             f"{section}.max_grad_norm, and check the environment's rewards and observations for "
             "NaN or inf"
         )
@@ -209,6 +223,11 @@ class PPOAgent:
         )
         self.policy.to(self.device)
         self.optimizer = adam(self.policy.parameters(), self.lr, eps=1e-5, device=self.device)
+        # On the CPU the network runs in NumPy, on the same weights (see numpy_nets.py).
+        self.numpy_policy = self.numpy_adam = None
+        if uses_numpy(self.device):
+            self.numpy_policy = NumpyActorCritic(self.policy)
+            self.numpy_adam = FlatAdam(self.optimizer, self.numpy_policy.flat)
         self.buffer = RolloutBuffer(
             num_steps,
             self.num_envs,
@@ -238,15 +257,45 @@ class PPOAgent:
         Continuous actions are returned unclipped (the log-probability is of this action); clip
         them to the action space's bounds before stepping the environment.
         """
-        obs, batched = self._batch(state)
-        action, log_prob, value = self.policy.act(obs, deterministic)
-        action, log_prob, value = (x.cpu().numpy() for x in (action, log_prob, value))
+        if self.numpy_policy is not None:
+            array = np.asarray(state, dtype=np.float32)
+            batched = array.ndim == 2
+            forward = self.numpy_policy.forward(array if batched else array[None])
+            action, log_prob = self._sample(forward.out, deterministic)
+            value = forward.value
+        else:
+            obs, batched = self._batch(state)
+            action, log_prob, value = self.policy.act(obs, deterministic)
+            action, log_prob, value = (x.cpu().numpy() for x in (action, log_prob, value))
         if batched:
             return action, log_prob, value
         return action[0], log_prob[0], value[0]
 
+    def _sample(self, out: np.ndarray, deterministic: bool) -> tuple[np.ndarray, np.ndarray]:
+        """`ActorCritic.act` in NumPy: (action, log_prob) from the actor's output. The noise comes
+        from torch's generator, so `common.seed` seeds it on either path."""
+        if self.continuous:
+            assert self.numpy_policy is not None and self.numpy_policy.log_std is not None
+            log_std = self.numpy_policy.log_std
+            action = out
+            if not deterministic:
+                action = out + np.exp(log_std) * torch.randn(out.shape).numpy()
+            return action, numpy_gaussian(out, log_std, action)[0]
+        log_probs = log_softmax(out)
+        if deterministic:
+            action = out.argmax(axis=-1)
+        else:  # inverse transform sampling of the categorical distribution
+            uniform = torch.rand(len(out), 1).numpy()
+            below = (np.cumsum(np.exp(log_probs), axis=-1) < uniform).sum(axis=-1)
+            action = np.minimum(below, self.action_dim - 1)
+        return action, np.take_along_axis(log_probs, action[:, None], axis=-1)[:, 0]
+
     @torch.no_grad()
     def value(self, state: np.ndarray) -> np.ndarray:
+        if self.numpy_policy is not None:
+            array = np.asarray(state, dtype=np.float32)
+            value = self.numpy_policy.value(array if array.ndim == 2 else array[None])
+            return value if array.ndim == 2 else value[0]
         obs, batched = self._batch(state)
         value = self.policy.value(obs).cpu().numpy()
         return value if batched else value[0]
@@ -326,24 +375,34 @@ class PPOAgent:
         # Flatten (steps, envs) and keep real transitions only: no autoreset steps.
         keep = rollout.valid[:steps].reshape(-1)
 
-        def flat(array: np.ndarray) -> torch.Tensor:
+        def flat(array: np.ndarray) -> np.ndarray:
             rows = array[:steps].reshape(steps * self.num_envs, *array.shape[2:])[keep]
-            return torch.from_numpy(np.ascontiguousarray(rows)).to(self.device)
+            return np.ascontiguousarray(rows)
 
-        obs, actions = flat(rollout.observations), flat(rollout.actions)
-        old_log_probs, old_values = flat(rollout.log_probs), flat(rollout.values)
-        advantages_t, returns_t = flat(advantages), flat(returns)
+        # obs, actions, old log-probs, old values, advantages, returns: each (n, ...)
+        arrays = [
+            flat(array)
+            for array in (
+                rollout.observations,
+                rollout.actions,
+                rollout.log_probs,
+                rollout.values,
+                advantages,
+                returns,
+            )
+        ]
         rollout.reset()
 
         lr = linear_annealing(self.lr, progress_remaining) if self.anneal_lr else self.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        stats = self._optimise(obs, actions, old_log_probs, old_values, advantages_t, returns_t)
+        if self.numpy_policy is not None:
+            stats = self._optimise_numpy(*arrays)
+        else:
+            stats = self._optimise(*(torch.from_numpy(a).to(self.device) for a in arrays))
         self.updates += 1
         stats["learning_rate"] = lr
-        stats["explained_variance"] = explained_variance(
-            old_values.cpu().numpy(), returns_t.cpu().numpy()
-        )
+        stats["explained_variance"] = explained_variance(arrays[3], arrays[5])
         return stats
 
     def _optimise(
@@ -406,6 +465,138 @@ class PPOAgent:
         stats["stopped_early"] = float(stopped_early)
         return stats
 
+    def _optimise_numpy(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        old_log_probs: np.ndarray,
+        old_values: np.ndarray,
+        advantages: np.ndarray,
+        returns: np.ndarray,
+    ) -> dict[str, float]:
+        """`_optimise` in NumPy: the same minibatches, losses and gradients, written out."""
+        net = self.numpy_policy
+        assert net is not None
+        n = len(obs)
+        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0}
+        minibatches = 0
+        stopped_early = False
+        for _epoch in range(self.k_epochs):
+            order = torch.randperm(n).numpy()
+            for start in range(0, n, self.batch_size):
+                mb = order[start : start + self.batch_size]
+                forward = net.forward(obs[mb], keep=True)
+                losses, log_ratio = self._numpy_loss_and_gradients(
+                    forward,
+                    actions[mb],
+                    old_log_probs[mb],
+                    old_values[mb],
+                    advantages[mb],
+                    returns[mb],
+                )
+                if self.target_kl is not None and approx_kl(log_ratio) > 1.5 * self.target_kl:
+                    stopped_early = True  # the policy moved too far from the rollout's
+                    break
+                net.flat.clip(self.max_grad_norm)
+                assert self.numpy_adam is not None
+                self.numpy_adam.step()
+                minibatches += 1
+                for key in sums:
+                    sums[key] += losses[key]
+            if stopped_early:
+                break
+
+        stats = {key: value / max(minibatches, 1) for key, value in sums.items()}
+        # how far this update moved the policy, over the whole rollout
+        log_ratio = self._numpy_log_prob(net.forward(obs).out, actions) - old_log_probs
+        stats["approx_kl"] = approx_kl(log_ratio)
+        stats["clip_fraction"] = float(np.mean(np.abs(np.expm1(log_ratio)) > self.eps_clip))
+        stats["minibatches"] = float(minibatches)
+        stats["stopped_early"] = float(stopped_early)
+        return stats
+
+    def _numpy_log_prob(self, out: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        if self.continuous:
+            assert self.numpy_policy is not None and self.numpy_policy.log_std is not None
+            return numpy_gaussian(out, self.numpy_policy.log_std, actions)[0]
+        return np.take_along_axis(log_softmax(out), actions[:, None], axis=-1)[:, 0]
+
+    def _numpy_loss_and_gradients(
+        self,
+        forward: ActorCriticPass,
+        actions: np.ndarray,
+        old_log_probs: np.ndarray,
+        old_values: np.ndarray,
+        advantages: np.ndarray,
+        returns: np.ndarray,
+    ) -> tuple[dict[str, float], np.ndarray]:
+        """The minibatch loss of `_optimise` and its gradient, written into the parameters'
+        `.grad`; returns the loss terms and log(new/old) of each action.
+
+        Where torch.min/max meet a tie (the clipped and unclipped terms equal), the gradient
+        follows the unclipped term; torch splits it, which differs only where the two agree.
+        """
+        net = self.numpy_policy
+        assert net is not None
+        batch = len(actions)
+        if self.continuous:
+            assert net.log_std is not None
+            log_prob, z = numpy_gaussian(forward.out, net.log_std, actions)
+            entropy = np.full(batch, np.sum(0.5 + 0.5 * LOG_2PI + net.log_std), np.float32)
+        else:
+            log_probs = log_softmax(forward.out)
+            probs = np.exp(log_probs)
+            log_prob = np.take_along_axis(log_probs, actions[:, None], axis=-1)[:, 0]
+            entropy = -(probs * log_probs).sum(axis=-1)
+        log_ratio = log_prob - old_log_probs
+        ratio = np.exp(log_ratio)
+        if batch > 1:  # per-minibatch normalisation, unbiased std as torch's
+            advantages = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)
+
+        # clipped surrogate: gradient through the smaller term, none where the clip is active
+        unclipped = ratio * advantages
+        clipped = np.clip(ratio, 1.0 - self.eps_clip, 1.0 + self.eps_clip) * advantages
+        policy_loss = -float(np.minimum(unclipped, clipped).mean())
+        inside = np.abs(ratio - 1.0) <= self.eps_clip
+        grad_log_prob = -(advantages * ((unclipped <= clipped) | inside)) * ratio / batch
+
+        # value loss, optionally clipped around the rollout's values
+        error = forward.value - returns
+        squared = error * error
+        if self.clip_value_loss:
+            delta = forward.value - old_values
+            clipped_error = old_values + np.clip(delta, -self.eps_clip, self.eps_clip) - returns
+            clipped_squared = clipped_error * clipped_error
+            v_loss = float(np.maximum(squared, clipped_squared).mean())
+            grad_value = np.where(
+                squared >= clipped_squared,
+                2.0 * error,
+                2.0 * clipped_error * (np.abs(delta) <= self.eps_clip),
+            )
+        else:
+            v_loss = float(squared.mean())
+            grad_value = 2.0 * error
+        grad_value *= self.value_coef / batch
+
+        entropy_mean = float(entropy.mean())
+        check_finite(
+            policy_loss - self.entropy_coef * entropy_mean + self.value_coef * v_loss, "PPO loss"
+        )
+        grad_entropy = -self.entropy_coef / batch
+        if self.continuous:
+            grad_out = (grad_log_prob[:, None] * z) * np.exp(-net.log_std)
+            net.backward(forward, grad_out.astype(np.float32), grad_value.astype(np.float32))
+            grad_log_std = (grad_log_prob[:, None] * (z * z - 1.0)).sum(axis=0)
+            net.log_std_grad[:] = grad_log_std + grad_entropy * batch
+        else:
+            # d log p(a) / d logits = onehot(a) - p;  d H / d logits = -p (log p + H)
+            grad_out = -probs * grad_log_prob[:, None]
+            grad_out[np.arange(batch), actions] += grad_log_prob  # one action per row
+            grad_out -= grad_entropy * probs * (log_probs + entropy[:, None])
+            net.backward(forward, grad_out.astype(np.float32), grad_value.astype(np.float32))
+        losses = {"policy_loss": policy_loss, "value_loss": v_loss, "entropy": entropy_mean}
+        return losses, log_ratio
+
     # ---------------------------------------------------------------------------------------------
     # checkpoints
     # ---------------------------------------------------------------------------------------------
@@ -421,6 +612,8 @@ class PPOAgent:
         self.policy.load_state_dict(state["policy"])
         if with_optimizer and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.numpy_adam is not None:
+                self.numpy_adam.bind()
         self.updates = int(state.get("updates", 0))
 
 
@@ -430,6 +623,14 @@ def adam(
     """Adam, fused into one kernel where torch has one (4x faster steps on these tiny nets)."""
     fused = device.type in ("cpu", "cuda")
     return torch.optim.Adam(params, lr=lr, eps=eps, fused=fused or None)
+
+
+def numpy_gaussian(
+    mean: np.ndarray, log_std: np.ndarray, action: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`gaussian_log_prob` in NumPy: (log-probability (batch,), z = (action - mean) / std)."""
+    z = (action - mean) * np.exp(-log_std)
+    return (-0.5 * z * z - log_std - 0.5 * LOG_2PI).sum(axis=-1), z
 
 
 def explained_variance(predicted: np.ndarray, target: np.ndarray) -> float:

@@ -23,7 +23,7 @@ import numpy as np
 from shared_utils.config import ToolkitConfig
 from shared_utils.errors import TrainingError
 from shared_utils.training_utils import resolve_device
-from training_methods.reinforcement_learning.agents import Algorithm, torch_threads
+from training_methods.reinforcement_learning.agents import Algorithm, one_thread
 from training_methods.reinforcement_learning.dqn_agent import DQNAgent
 from training_methods.reinforcement_learning.envs import (
     EnvSpaces,
@@ -148,7 +148,7 @@ def train(
     with TrainingError and leaves the last good checkpoint as it was.
     """
     device = resolve_device(config.common.device)
-    with torch_threads(device):
+    with one_thread(device):
         run = TrainingRun(
             config, algorithm, output_dir, resume=resume, show_progress=show_progress, preset=preset
         )
