@@ -180,7 +180,8 @@ class RLTrainingConfig:
     vector_env: Literal["auto", "sync", "async"] = setting(
         "Vector-env backend: sync steps the environments in this process one by one, async in "
         "one subprocess each (only worth it for slow environments), auto as one NumPy vector "
-        "environment where gymnasium implements one (CartPole), else sync.",
+        "environment where gymnasium implements one (CartPole) and num_envs is 8 or more, "
+        "else sync.",
         "auto",
     )
 

@@ -42,13 +42,20 @@ def test_max_steps_per_episode_cuts_but_never_extends_the_registered_limit() -> 
     envs.reset()
     truncated = [envs.step(np.array([0]))[3][0] for _ in range(5)]
     assert truncated == [False, False, False, False, True]
+    native = make_vector_env("CartPole-v1", 8, 0, max_episode_steps=5)  # gymnasium's NumPy one
+    assert type(native.unwrapped).__name__ == "CartPoleVectorEnv"
+    native.reset()
+    alternate = np.array([0, 1] * 4)  # keeps every pole up for 5 steps
+    truncated = [native.step(alternate)[3].all() for _ in range(5)]
+    assert truncated == [False, False, False, False, True]
 
 
 def test_vector_env_backends() -> None:
-    native = make_vector_env("CartPole-v1", 3, 0)  # auto: gymnasium's NumPy CartPole
+    native = make_vector_env("CartPole-v1", 8, 0)  # auto: gymnasium's NumPy CartPole
     assert type(native.unwrapped).__name__ == "CartPoleVectorEnv"
-    again = make_vector_env("CartPole-v1", 3, 0)
-    actions = np.array([0, 1, 1])
+    assert isinstance(make_vector_env("CartPole-v1", 1, 0).unwrapped, gym.vector.SyncVectorEnv)
+    again = make_vector_env("CartPole-v1", 8, 0)
+    actions = np.array([0, 1, 1, 0, 0, 1, 0, 1])
     for _ in range(30):  # seeded: the same episodes, resets included
         assert np.array_equal(native.step(actions)[0], again.step(actions)[0])
     assert isinstance(make_vector_env("Counter-v0", 2, 0).unwrapped, gym.vector.SyncVectorEnv)
