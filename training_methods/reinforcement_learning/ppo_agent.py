@@ -248,7 +248,6 @@ class PPOAgent:
         tensor = torch.from_numpy(array if batched else array[None])
         return tensor.to(self.device), batched
 
-    @torch.no_grad()
     def select_action(
         self, state: np.ndarray, deterministic: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -265,7 +264,8 @@ class PPOAgent:
             value = forward.value
         else:
             obs, batched = self._batch(state)
-            action, log_prob, value = self.policy.act(obs, deterministic)
+            with torch.no_grad():
+                action, log_prob, value = self.policy.act(obs, deterministic)
             action, log_prob, value = (x.cpu().numpy() for x in (action, log_prob, value))
         if batched:
             return action, log_prob, value
@@ -281,14 +281,17 @@ class PPOAgent:
             if not deterministic:
                 action = out + np.exp(log_std) * torch.randn(out.shape).numpy()
             return action, numpy_gaussian(out, log_std, action)[0]
-        log_probs = log_softmax(out)
+        shifted = out - out.max(axis=-1, keepdims=True)
+        probs = np.exp(shifted)
+        total = probs.sum(axis=-1, keepdims=True)
         if deterministic:
             action = out.argmax(axis=-1)
         else:  # inverse transform sampling of the categorical distribution
-            uniform = torch.rand(len(out), 1).numpy()
-            below = (np.cumsum(np.exp(log_probs), axis=-1) < uniform).sum(axis=-1)
+            uniform = torch.rand(len(out), 1).numpy() * total
+            below = (np.cumsum(probs, axis=-1) < uniform).sum(axis=-1)
             action = np.minimum(below, self.action_dim - 1)
-        return action, np.take_along_axis(log_probs, action[:, None], axis=-1)[:, 0]
+        rows = np.arange(len(out))
+        return action, shifted[rows, action] - np.log(total[:, 0])
 
     @torch.no_grad()
     def value(self, state: np.ndarray) -> np.ndarray:
@@ -519,7 +522,7 @@ class PPOAgent:
         if self.continuous:
             assert self.numpy_policy is not None and self.numpy_policy.log_std is not None
             return numpy_gaussian(out, self.numpy_policy.log_std, actions)[0]
-        return np.take_along_axis(log_softmax(out), actions[:, None], axis=-1)[:, 0]
+        return log_softmax(out)[np.arange(len(actions)), actions]
 
     def _numpy_loss_and_gradients(
         self,
@@ -546,7 +549,7 @@ class PPOAgent:
         else:
             log_probs = log_softmax(forward.out)
             probs = np.exp(log_probs)
-            log_prob = np.take_along_axis(log_probs, actions[:, None], axis=-1)[:, 0]
+            log_prob = log_probs[np.arange(batch), actions]
             entropy = -(probs * log_probs).sum(axis=-1)
         log_ratio = log_prob - old_log_probs
         ratio = np.exp(log_ratio)
