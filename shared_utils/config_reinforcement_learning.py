@@ -96,7 +96,7 @@ class DQNConfig:
     target_update: int = setting(
         "Updates (gradient steps) between target-network syncs; the default equals "
         "gradient_steps, one sync after every training phase.",
-        64,
+        128,
     )
     tau: float = setting(
         "Target sync weight: 1 copies the online network (hard update), less moves the target "
@@ -114,7 +114,11 @@ class DQNConfig:
     train_freq: int = setting(
         "Environment steps (all environments together) between training phases.", 256
     )
-    gradient_steps: int = setting("Updates (gradient steps) per training phase.", 64)
+    gradient_steps: int = setting(
+        "Updates (gradient steps) per training phase. 128 (the zoo's CartPole value): with 64, one "
+        "of 5 CartPole seeds reached no evaluation of 475 within 50,000 steps.",
+        128,
+    )
     n_step: int = setting(
         "Multi-step returns: sum n rewards before bootstrapping (Rainbow); 1 is plain DQN.", 3
     )

@@ -446,7 +446,7 @@ def test_agents_take_their_defaults_from_the_config_sections() -> None:
     ppo, dqn = PPOAgent(4, 2, num_steps=4), DQNAgent(4, 2, seed=0)
     assert (ppo.num_envs, ppo.lr, ppo.batch_size) == (8, 3e-4, 64)  # PPOConfig's
     assert ppo.buffer.rewards.shape == (4, 8)
-    assert (dqn.batch_size, dqn.buffer.capacity, dqn.target_update) == (128, 100_000, 64)
+    assert (dqn.batch_size, dqn.buffer.capacity, dqn.target_update) == (128, 100_000, 128)
 
 
 def test_build_agent_reads_the_settings_of_older_checkpoints() -> None:
