@@ -189,3 +189,31 @@ def test_a_restored_agent_takes_the_same_next_step() -> None:
         np.testing.assert_array_equal(a, b)
     saved = agent.optimizer.state_dict()["state"]
     assert [float(s["step"]) for s in saved.values()] == [16.0] * len(saved)  # 4 x 2 x 2
+
+
+def test_a_restored_agent_anneals_its_learning_rate() -> None:
+    """Loading the optimiser's state replaces its param group; FlatAdam must step with the new
+    group's (annealed) learning rate: at the end of the budget, 0, so nothing moves."""
+    config = PPOConfig(hidden_dim=8, num_envs=2, batch_size=4, k_epochs=2, anneal_lr=True)
+    rng = np.random.default_rng(0)
+
+    def fill(agent: PPOAgent) -> np.ndarray:
+        for _ in range(4):
+            obs = rng.standard_normal((2, 4)).astype(np.float32)
+            action, log_prob, value = agent.select_action(obs)
+            agent.store_transition(obs, action, rng.standard_normal(2), False, log_prob, value)
+        return rng.standard_normal((2, 4)).astype(np.float32)
+
+    torch.manual_seed(0)
+    agent = PPOAgent(4, 2, config, num_steps=4)
+    agent.update(next_state=fill(agent), progress_remaining=0.5)
+    buffer = io.BytesIO()
+    torch.save(agent.state_dict(), buffer)
+    buffer.seek(0)
+    restored = PPOAgent(4, 2, config, num_steps=4)
+    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    before = _weights(restored.policy)
+    stats = restored.update(next_state=fill(restored), progress_remaining=0.0)
+    assert stats["learning_rate"] == 0.0
+    for a, b in zip(before, _weights(restored.policy), strict=True):
+        np.testing.assert_array_equal(a, b)

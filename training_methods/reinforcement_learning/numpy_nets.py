@@ -80,7 +80,7 @@ class FlatAdam:
         (group,) = optimizer.param_groups
         if group["amsgrad"] or list(group["params"]) != flat.parameters:
             raise ValueError("FlatAdam takes an Adam without amsgrad over the flat parameters")
-        self.optimizer, self.flat, self.group = optimizer, flat, group
+        self.optimizer, self.flat = optimizer, flat
         self.bind()
 
     def bind(self) -> None:
@@ -107,21 +107,23 @@ class FlatAdam:
         self.exp_avg, self.exp_avg_sq = _array(exp_avg), _array(exp_avg_sq)
 
     def step(self) -> None:
-        """One Adam step from the gradients in the flat buffer, at the group's current lr."""
-        beta1, beta2 = self.group["betas"]
+        """One Adam step from the gradients in the flat buffer, with the settings the optimiser's
+        param group holds now (its lr is annealed; `load_state_dict` replaces the group)."""
+        (group,) = self.optimizer.param_groups
+        beta1, beta2 = group["betas"]
         self.steps += 1
         t = float(self.steps[0])
         grads = self.flat.grads
-        if self.group["weight_decay"]:
-            grads = grads + self.group["weight_decay"] * self.flat.values
+        if group["weight_decay"]:
+            grads = grads + group["weight_decay"] * self.flat.values
         self.exp_avg *= beta1
         self.exp_avg += (1.0 - beta1) * grads
         self.exp_avg_sq *= beta2
         self.exp_avg_sq += (1.0 - beta2) * (grads * grads)
-        step_size = self.group["lr"] / (1.0 - beta1**t)
+        step_size = group["lr"] / (1.0 - beta1**t)
         denom = np.sqrt(self.exp_avg_sq)
         denom /= np.sqrt(1.0 - beta2**t)
-        denom += self.group["eps"]
+        denom += group["eps"]
         self.flat.values -= step_size * (self.exp_avg / denom)
 
 
@@ -206,7 +208,8 @@ class ActorCriticPass:
 
     out: np.ndarray  # (batch, action_dim): logits, or the Gaussian mean
     value: np.ndarray  # (batch,)
-    caches: tuple[Cache, Cache, Cache, Cache]  # actor features, actor head, critic ...
+    # actor features, actor head, critic features, critic head; None when not kept
+    caches: tuple[Cache | None, Cache | None, Cache | None, Cache | None]
 
 
 class NumpyActorCritic:
@@ -237,16 +240,20 @@ class NumpyActorCritic:
             critic_features = self.critic_features.forward(obs, caches[2])
         out = self.actor_head.forward(actor_features, caches[1])
         value = self.critic_head.forward(critic_features, caches[3])[:, 0]
-        return ActorCriticPass(out, value, caches)  # type: ignore[arg-type]
+        return ActorCriticPass(out, value, caches)
 
     def value(self, obs: np.ndarray) -> np.ndarray:
         """V(obs): (batch,)"""
         return self.critic_head.forward(self.critic_features.forward(obs))[:, 0]
 
-    def backward(self, forward: ActorCriticPass, grad_out: np.ndarray, grad_value: np.ndarray):
+    def backward(
+        self, forward: ActorCriticPass, grad_out: np.ndarray, grad_value: np.ndarray
+    ) -> None:
         """Write the gradients of every layer from the loss's gradients at the actor output
         (batch, action_dim) and at the value (batch,). The log-std's is the caller's to write."""
         actor_cache, actor_head_cache, critic_cache, critic_head_cache = forward.caches
+        assert actor_cache is not None and actor_head_cache is not None, "forward(keep=True)"
+        assert critic_head_cache is not None
         grad_actor = self.actor_head.backward(grad_out, actor_head_cache, input_grad=True)
         grad_critic = self.critic_head.backward(
             grad_value[:, None], critic_head_cache, input_grad=True
@@ -254,6 +261,7 @@ class NumpyActorCritic:
         if self.shared:
             self.actor_features.backward(grad_actor + grad_critic, actor_cache)
         else:
+            assert critic_cache is not None
             self.actor_features.backward(grad_actor, actor_cache)
             self.critic_features.backward(grad_critic, critic_cache)
 

@@ -224,7 +224,8 @@ class PPOAgent:
         self.policy.to(self.device)
         self.optimizer = adam(self.policy.parameters(), self.lr, eps=1e-5, device=self.device)
         # On the CPU the network runs in NumPy, on the same weights (see numpy_nets.py).
-        self.numpy_policy = self.numpy_adam = None
+        self.numpy_policy: NumpyActorCritic | None = None
+        self.numpy_adam: FlatAdam | None = None
         if uses_numpy(self.device):
             self.numpy_policy = NumpyActorCritic(self.policy)
             self.numpy_adam = FlatAdam(self.optimizer, self.numpy_policy.flat)
@@ -497,7 +498,7 @@ class PPOAgent:
                     advantages[mb],
                     returns[mb],
                 )
-                if self.target_kl is not None and approx_kl(log_ratio) > 1.5 * self.target_kl:
+                if losses is None:
                     stopped_early = True  # the policy moved too far from the rollout's
                     break
                 net.flat.clip(self.max_grad_norm)
@@ -532,9 +533,10 @@ class PPOAgent:
         old_values: np.ndarray,
         advantages: np.ndarray,
         returns: np.ndarray,
-    ) -> tuple[dict[str, float], np.ndarray]:
+    ) -> tuple[dict[str, float] | None, np.ndarray]:
         """The minibatch loss of `_optimise` and its gradient, written into the parameters'
-        `.grad`; returns the loss terms and log(new/old) of each action.
+        `.grad`; returns the loss terms (None when `target_kl` stops the update first, as in
+        `_optimise`: no loss, no gradient) and log(new/old) of each action.
 
         Where torch.min/max meet a tie (the clipped and unclipped terms equal), the gradient
         follows the unclipped term; torch splits it, which differs only where the two agree.
@@ -552,6 +554,8 @@ class PPOAgent:
             log_prob = log_probs[np.arange(batch), actions]
             entropy = -(probs * log_probs).sum(axis=-1)
         log_ratio = log_prob - old_log_probs
+        if self.target_kl is not None and approx_kl(log_ratio) > 1.5 * self.target_kl:
+            return None, log_ratio
         ratio = np.exp(log_ratio)
         if batch > 1:  # per-minibatch normalisation, unbiased std as torch's
             advantages = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)
