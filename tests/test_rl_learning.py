@@ -57,8 +57,8 @@ def test_the_defaults_solve_cartpole(
 ) -> None:
     """No preset, no config file: the dataclass defaults (what `train-rl --no-preset` trains
     with) solve CartPole-v1 within 50,000 (DQN) or 100,000 (PPO) steps, and best_model.pt holds
-    it over 20 episodes. One seed, stopping at 475; scripts/benchmark_rl.py --defaults measures
-    5 seeds over the whole budget."""
+    it over 20 episodes. One seed over the whole budget (a few seconds for PPO, half a minute for
+    DQN); scripts/benchmark_rl.py --defaults measures 5 seeds."""
     from shared_utils.config import ToolkitConfig
     from training_methods.reinforcement_learning.evaluation import evaluate_checkpoint
 
@@ -69,7 +69,6 @@ def test_the_defaults_solve_cartpole(
     training = config.reinforcement_learning.training
     assert training.env_id == "CartPole-v1"
     training.total_timesteps = budget
-    training.stop_at_reward = 475.0
     summary = train(config, algorithm, tmp_path / "run", show_progress=False)
     assert summary["first_eval_at_threshold"] is not None, summary["evaluations"]
     result = evaluate_checkpoint(tmp_path / "run" / "best_model.pt", 20, seed, "cpu")
