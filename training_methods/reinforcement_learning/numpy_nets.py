@@ -105,6 +105,8 @@ class FlatAdam:
             offset += size
         self.steps = _array(steps)
         self.exp_avg, self.exp_avg_sq = _array(exp_avg), _array(exp_avg_sq)
+        # scratch buffers: no temporary arrays (a large one costs page faults on every step)
+        self._scratch = np.empty_like(self.exp_avg), np.empty_like(self.exp_avg)
 
     def step(self) -> None:
         """One Adam step from the gradients in the flat buffer, with the settings the optimiser's
@@ -113,18 +115,24 @@ class FlatAdam:
         beta1, beta2 = group["betas"]
         self.steps += 1
         t = float(self.steps[0])
-        grads = self.flat.grads
+        grads, scratch, denom = self.flat.grads, *self._scratch
         if group["weight_decay"]:
-            grads = grads + group["weight_decay"] * self.flat.values
+            grads = np.multiply(self.flat.values, group["weight_decay"], out=scratch)
+            grads += self.flat.grads
         self.exp_avg *= beta1
-        self.exp_avg += (1.0 - beta1) * grads
+        np.multiply(grads, 1.0 - beta1, out=denom)
+        self.exp_avg += denom
+        np.multiply(grads, grads, out=denom)
+        denom *= 1.0 - beta2
         self.exp_avg_sq *= beta2
-        self.exp_avg_sq += (1.0 - beta2) * (grads * grads)
+        self.exp_avg_sq += denom
         step_size = group["lr"] / (1.0 - beta1**t)
-        denom = np.sqrt(self.exp_avg_sq)
+        np.sqrt(self.exp_avg_sq, out=denom)
         denom /= np.sqrt(1.0 - beta2**t)
         denom += group["eps"]
-        self.flat.values -= step_size * (self.exp_avg / denom)
+        np.divide(self.exp_avg, denom, out=denom)
+        denom *= step_size
+        self.flat.values -= denom
 
 
 class _Linear:
