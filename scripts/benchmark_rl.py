@@ -7,9 +7,12 @@ Three measurements, each a markdown table (median and range over seeds):
     python scripts/benchmark_rl.py --defaults      # the defaults, no preset: PPO 100k, DQN 50k
     python scripts/benchmark_rl.py --presets Acrobot-v1 MountainCar-v0 --seeds 3   # the presets
     python scripts/benchmark_rl.py --seeds 1 --ppo-steps 30000 --dqn-steps 20000   # quick look
+    python scripts/benchmark_rl.py --same-settings --config configs/rl/compare/CartPole-v1.zoo.yaml
 
 Against SB3: SB3 uses the rl-baselines3-zoo CartPole-v1 settings; ours uses
-configs/rl/CartPole-v1.yaml. Both are evaluated by the same code: every --*-eval-every steps,
+configs/rl/CartPole-v1.yaml (or --config). With --same-settings SB3 runs --config's settings,
+translated into its keyword arguments (a setting SB3 has no equivalent for is refused). Both
+are evaluated by the same code: every --*-eval-every steps,
 10 deterministic episodes on the same seeds, with evaluation time left out of the wall times.
 Seeds alternate between the two libraries so that machine noise falls on both alike.
 
@@ -118,28 +121,126 @@ def cartpole_config(config_path: Path, steps: int, eval_every: int, episodes: in
     return config
 
 
-def run_sb3(algorithm: str, seed: int, steps: int, eval_every: int, episodes: int) -> dict:
-    import torch
+def sb3_settings(config: ToolkitConfig, algorithm: str) -> dict[str, Any]:
+    """`config`'s PPO or DQN settings as Stable-Baselines3's keyword arguments (plus `n_envs`),
+    for a same-settings run; SystemExit naming the first setting SB3 cannot express."""
+    rl = config.reinforcement_learning
+    training = rl.training
+
+    def refuse(key: str) -> None:
+        raise SystemExit(
+            f"--same-settings: {algorithm}.{key} has no Stable-Baselines3 equivalent here; "
+            f"set it to its plain value in {ENV_ID}'s config or compare without --same-settings"
+        )
+
+    if algorithm == "ppo":
+        ppo = rl.ppo
+        for key in ("normalize_observations", "normalize_rewards", "shared_features"):
+            if getattr(ppo, key):
+                refuse(key)
+        if ppo.clip_value_loss:
+            refuse("clip_value_loss")
+        return {
+            "n_envs": ppo.num_envs,
+            "n_steps": training.update_frequency // ppo.num_envs,
+            "batch_size": ppo.batch_size,
+            "n_epochs": ppo.k_epochs,
+            "gamma": ppo.gamma,
+            "gae_lambda": ppo.gae_lambda,
+            "clip_range": ppo.eps_clip,
+            "ent_coef": ppo.entropy_coef,
+            "vf_coef": ppo.value_coef,
+            "max_grad_norm": ppo.max_grad_norm or float("inf"),
+            "target_kl": ppo.target_kl,
+            # linearly decayed, as ours with anneal_lr
+            "learning_rate": _linear(ppo.learning_rate) if ppo.anneal_lr else ppo.learning_rate,
+            "policy_kwargs": {"net_arch": [ppo.hidden_dim, ppo.hidden_dim]},
+        }
+    dqn = rl.dqn
+    for key in ("double_dqn", "use_dueling", "normalize_observations"):
+        if getattr(dqn, key):
+            refuse(key)
+    if dqn.epsilon_schedule != "linear":
+        refuse("epsilon_schedule")
+    if dqn.num_envs != 1:
+        refuse("num_envs")
+    # Ours syncs the target every `target_update` gradient steps; SB3 every so many environment
+    # steps, and between training phases the network does not change: a sync every k phases.
+    if dqn.target_update % dqn.gradient_steps:
+        refuse("target_update (not a multiple of gradient_steps)")
+    assert training.total_timesteps is not None
+    return {
+        "n_envs": 1,
+        "learning_rate": dqn.learning_rate,
+        "batch_size": dqn.batch_size,
+        "buffer_size": dqn.buffer_size,
+        "learning_starts": dqn.learning_starts,
+        "gamma": dqn.gamma,
+        "n_steps": dqn.n_step,
+        "train_freq": dqn.train_freq,
+        "gradient_steps": dqn.gradient_steps,
+        "target_update_interval": dqn.target_update // dqn.gradient_steps * dqn.train_freq,
+        "tau": dqn.tau,
+        "exploration_fraction": dqn.exploration_steps / training.total_timesteps,
+        "exploration_initial_eps": dqn.epsilon_start,
+        "exploration_final_eps": dqn.epsilon_end,
+        "max_grad_norm": dqn.max_grad_norm or float("inf"),
+        "policy_kwargs": {"net_arch": [dqn.hidden_dim, dqn.hidden_dim]},
+    }
+
+
+def _linear(initial: float) -> Callable[[float], float]:
+    """SB3's form of a linearly decayed setting: a function of the share of training left."""
+    return lambda progress_remaining: progress_remaining * initial
+
+
+def zoo_settings(algorithm: str) -> dict[str, Any]:
+    """rl-baselines3-zoo's CartPole-v1 settings, as SB3 runs them (linearly decayed PPO
+    learning rate and clip range)."""
+    if algorithm == "dqn":
+        return {"n_envs": 1, **SB3_DQN}
+    settings = dict(SB3_PPO)
+    settings["learning_rate"] = _linear(settings["learning_rate"])
+    settings["clip_range"] = _linear(settings["clip_range"])
+    return settings
+
+
+def run_sb3(
+    algorithm: str, seed: int, steps: int, eval_every: int, episodes: int, settings: dict[str, Any]
+) -> dict:
+    """One SB3 run of `settings` (`sb3_settings` or `zoo_settings`) on CartPole-v1."""
     from stable_baselines3 import DQN, PPO
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
     from training_methods.reinforcement_learning.evaluation import Evaluator
 
     evaluator = Evaluator(ENV_ID, episodes, seed, None, normalize_observations=False)
+    settings = dict(settings)
+    env = make_vec_env(ENV_ID, n_envs=settings.pop("n_envs"), seed=seed)
+    algorithm_class: Any = PPO if algorithm == "ppo" else DQN
+    model = algorithm_class("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **settings)
+    timer = _eval_timer(model, evaluator, eval_every)
+    import torch
 
-    def linear(initial: float) -> Callable[[float], float]:
-        return lambda progress_remaining: progress_remaining * initial
+    torch.set_num_threads(1)
+    model.learn(total_timesteps=steps, callback=timer)
+    train_seconds = time.perf_counter() - timer.start - timer.eval_seconds
+    if not timer.evaluations or timer.evaluations[-1]["step"] != model.num_timesteps:
+        timer.evaluate()
+    evaluator.close()
+    env.close()
+    return {
+        "evaluations": timer.evaluations,
+        "steps": model.num_timesteps,
+        "train_seconds": train_seconds,
+        "best_model_eval": None,
+    }
 
-    if algorithm == "ppo":
-        settings = dict(SB3_PPO)
-        env = make_vec_env(ENV_ID, n_envs=settings.pop("n_envs"), seed=seed)
-        settings["learning_rate"] = linear(settings["learning_rate"])
-        settings["clip_range"] = linear(settings["clip_range"])
-        model: Any = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **settings)
-    else:
-        env = make_vec_env(ENV_ID, n_envs=1, seed=seed)
-        model = DQN("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **SB3_DQN)
+
+def _eval_timer(model: Any, evaluator: Any, eval_every: int) -> Any:
+    """An SB3 callback that evaluates `model` every `eval_every` steps with our Evaluator and
+    keeps the evaluation time out of the training time."""
+    from stable_baselines3.common.callbacks import BaseCallback
 
     class EvalTimer(BaseCallback):
         """Evaluates every `eval_every` steps; the time it takes is not training time."""
@@ -172,20 +273,7 @@ def run_sb3(algorithm: str, seed: int, steps: int, eval_every: int, episodes: in
                 self.next_eval = (self.num_timesteps // eval_every + 1) * eval_every
             return True
 
-    timer = EvalTimer()
-    torch.set_num_threads(1)
-    model.learn(total_timesteps=steps, callback=timer)
-    train_seconds = time.perf_counter() - timer.start - timer.eval_seconds
-    if not timer.evaluations or timer.evaluations[-1]["step"] != model.num_timesteps:
-        timer.evaluate()
-    evaluator.close()
-    env.close()
-    return {
-        "evaluations": timer.evaluations,
-        "steps": model.num_timesteps,
-        "train_seconds": train_seconds,
-        "best_model_eval": None,
-    }
+    return EvalTimer()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,6 +295,7 @@ def measures(run: dict[str, Any], threshold: float = THRESHOLD) -> dict[str, Any
         "later_evals": len(later),
         "later_at_475": sum(e["mean_return"] >= threshold for e in later),
         "final_eval": evals[-1]["mean_return"],
+        "mean_eval": statistics.fmean(e["mean_return"] for e in evals),
         "best_model_eval": run["best_model_eval"],
     }
 
@@ -245,6 +334,9 @@ def column(
             [r["seconds_to_475"] for r in solved], ".1f"
         ),
         f"later evals still ≥ {at}": f"{100 * later_ok / later:.0f}%" if later else "n/a",
+        "mean of all evaluations, median (range)": _median_range(
+            [r["mean_eval"] for r in results if "mean_eval" in r], ".0f"
+        ),
         f"final eval ≥ {at}": f"{sum(f >= threshold for f in finals)}/{len(finals)} "
         f"(values {', '.join(f'{f:.0f}' for f in finals)})",
         f"`best_model.pt` re-evaluated ({best_episodes} episodes) ≥ {at}": (
@@ -282,12 +374,13 @@ def table(
     sb3: list[dict],
     threshold: float = THRESHOLD,
     best_episodes: int = 10,
+    sb3_label: str = "SB3",
 ) -> str:
     ours_col = column(ours, threshold, best_episodes)
     lines = [f"### {title}, {len(ours)} seeds", ""]
     if sb3:
         sb3_col = column(sb3, threshold, best_episodes)
-        lines += ["| measure | ours | SB3 (zoo settings) |", "|---|---:|---:|"]
+        lines += [f"| measure | ours | {sb3_label} |", "|---|---:|---:|"]
         lines += [
             f"| {key} | {value} | {sb3_col.get(key, '—')} |" for key, value in ours_col.items()
         ]
@@ -321,6 +414,9 @@ def against_sb3(args: argparse.Namespace, raw: dict[str, Any]) -> list[str]:
         steps = args.ppo_steps if algorithm == "ppo" else args.dqn_steps
         every = args.ppo_eval_every if algorithm == "ppo" else args.dqn_eval_every
         config = cartpole_config(args.config, steps, every, args.eval_episodes)
+        settings = (
+            sb3_settings(config, algorithm) if args.same_settings else zoo_settings(algorithm)
+        )
         ours: list[dict] = []
         sb3: list[dict] = []
         for seed in args.seed_list:
@@ -332,12 +428,13 @@ def against_sb3(args: argparse.Namespace, raw: dict[str, Any]) -> list[str]:
                 if who == "ours":
                     ours.append(measures(run_ours(algorithm, seed, config, args.eval_episodes)))
                 else:
-                    run = run_sb3(algorithm, seed, steps, every, args.eval_episodes)
+                    run = run_sb3(algorithm, seed, steps, every, args.eval_episodes, settings)
                     sb3.append(measures(run))
                 _report(f"{algorithm} {who:4s}", seed, (ours if who == "ours" else sb3)[-1], 475)
         raw[algorithm] = {"ours": ours, "sb3": sb3}
         title = f"{algorithm.upper()} on {ENV_ID}, {steps:,} steps"
-        tables.append(table(title, ours, sb3, best_episodes=args.eval_episodes))
+        label = "SB3 (same settings)" if args.same_settings else "SB3 (zoo settings)"
+        tables.append(table(title, ours, sb3, best_episodes=args.eval_episodes, sb3_label=label))
     return tables
 
 
@@ -455,6 +552,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=REPO_ROOT / "configs" / "rl" / f"{ENV_ID}.yaml",
         help="our settings against SB3 (default: configs/rl/CartPole-v1.yaml)",
+    )
+    parser.add_argument(
+        "--same-settings",
+        action="store_true",
+        help="SB3 runs --config's settings too (default: the zoo's CartPole settings)",
     )
     parser.add_argument("--no-sb3", action="store_true", help="measure ours only")
     parser.add_argument(

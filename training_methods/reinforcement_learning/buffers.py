@@ -17,6 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def per_env(value: np.ndarray | float | bool, n: int, dtype: type | None = None) -> np.ndarray:
+    """`value` as an (n,) array: one per sub-environment (a scalar is repeated). Arrays already
+    of that shape pass through as they are (np.broadcast_to costs microseconds per call, and the
+    loops store every step)."""
+    array = np.asarray(value, dtype=dtype)
+    return array if array.shape == (n,) else np.broadcast_to(array, (n,))
+
+
 def compute_gae(
     rewards: np.ndarray,
     values: np.ndarray,
@@ -151,7 +159,10 @@ class ReplayBuffer:
         `horizons`: how many rewards each `rewards` entry sums (n-step returns); 1 when None.
         """
         n = len(actions)
-        rows = (self.pos + np.arange(n)) % self.capacity
+        if self.pos + n <= self.capacity:
+            rows: slice | np.ndarray = slice(self.pos, self.pos + n)
+        else:
+            rows = (self.pos + np.arange(n)) % self.capacity
         self.observations[rows] = obs
         self.actions[rows] = actions
         self.rewards[rows] = rewards

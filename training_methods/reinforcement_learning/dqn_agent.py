@@ -18,7 +18,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from shared_utils.config import DQNConfig
-from training_methods.reinforcement_learning.buffers import NStepReturns, ReplayBuffer, ReplaySample
+from training_methods.reinforcement_learning.buffers import (
+    NStepReturns,
+    ReplayBuffer,
+    ReplaySample,
+    per_env,
+)
 from training_methods.reinforcement_learning.numpy_nets import (
     Cache,
     FlatAdam,
@@ -144,7 +149,6 @@ class DQNAgent:
     # acting
     # ---------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def select_action(self, state: np.ndarray, training: bool = True) -> np.ndarray | int:
         """Greedy action, or with probability epsilon (when `training`) a uniformly random one.
 
@@ -165,12 +169,12 @@ class DQNAgent:
                 actions = np.where(explore, random_actions, actions)
         return actions if batched else int(actions[0])
 
-    @torch.no_grad()
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q(obs, .) of the online network: (batch, action_dim)."""
         if self.numpy_networks is not None:
             return self.numpy_networks[0].forward(obs)
-        return self.q_network(torch.from_numpy(obs).to(self.device)).cpu().numpy()
+        with torch.no_grad():
+            return self.q_network(torch.from_numpy(obs).to(self.device)).cpu().numpy()
 
     def store_transition(
         self,
@@ -192,10 +196,10 @@ class DQNAgent:
         actions = np.atleast_1d(np.asarray(action, dtype=np.int64))
         n = len(actions)
         states = np.reshape(state, (n, self.state_dim))
-        rewards = np.broadcast_to(np.asarray(reward, dtype=np.float32), (n,))
+        rewards = per_env(reward, n, np.float32)
         next_states = np.reshape(next_state, (n, self.state_dim))
-        terminated = np.broadcast_to(np.asarray(done, dtype=bool), (n,))
-        keep = np.broadcast_to(np.asarray(valid, dtype=bool), (n,))
+        terminated = per_env(done, n, bool)
+        keep = per_env(valid, n, bool)
         self.steps += int(keep.sum())
         if self.n_step == 1:
             if not keep.all():
@@ -211,7 +215,7 @@ class DQNAgent:
             rewards,
             next_states,
             terminated,
-            np.broadcast_to(np.asarray(truncated, dtype=bool), (n,)),
+            per_env(truncated, n, bool),
             keep,
         )
         if ready:

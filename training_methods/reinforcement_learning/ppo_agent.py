@@ -23,7 +23,7 @@ from torch import nn
 
 from shared_utils.config import PPOConfig
 from shared_utils.errors import TrainingError
-from training_methods.reinforcement_learning.buffers import RolloutBuffer, compute_gae
+from training_methods.reinforcement_learning.buffers import RolloutBuffer, compute_gae, per_env
 from training_methods.reinforcement_learning.numpy_nets import (
     ActorCriticPass,
     FlatAdam,
@@ -294,14 +294,14 @@ class PPOAgent:
         rows = np.arange(len(out))
         return action, shifted[rows, action] - np.log(total[:, 0])
 
-    @torch.no_grad()
     def value(self, state: np.ndarray) -> np.ndarray:
         if self.numpy_policy is not None:
             array = np.asarray(state, dtype=np.float32)
             value = self.numpy_policy.value(array if array.ndim == 2 else array[None])
             return value if array.ndim == 2 else value[0]
         obs, batched = self._batch(state)
-        value = self.policy.value(obs).cpu().numpy()
+        with torch.no_grad():
+            value = self.policy.value(obs).cpu().numpy()
         return value if batched else value[0]
 
     def store_transition(
@@ -327,9 +327,9 @@ class PPOAgent:
         the reset, and is stored with `valid=False`, a row that is never learned from.
         """
         n = self.num_envs
-        done = np.broadcast_to(np.asarray(done, dtype=bool), (n,))
-        truncated = np.broadcast_to(np.asarray(truncated, dtype=bool), (n,))
-        reward = np.broadcast_to(np.asarray(reward, dtype=np.float32), (n,))
+        done = per_env(done, n, bool)
+        truncated = per_env(truncated, n, bool)
+        reward = per_env(reward, n, np.float32)
         terminated = done & ~truncated
         if final_state is not None and truncated.any():
             final_values = np.reshape(self.value(final_state), (n,))
@@ -341,9 +341,9 @@ class PPOAgent:
             reward=reward,
             terminated=terminated,
             truncated=truncated,
-            log_prob=np.broadcast_to(log_prob, (n,)),
-            value=np.broadcast_to(value, (n,)),
-            valid=np.broadcast_to(valid, (n,)),
+            log_prob=per_env(log_prob, n),
+            value=per_env(value, n),
+            valid=per_env(valid, n),
         )
 
     # ---------------------------------------------------------------------------------------------

@@ -230,7 +230,7 @@ class TrainingRun:
 
     def record_step(self, valid: np.ndarray, info: dict[str, Any]) -> None:
         """Count the real transitions of one vector step and the episodes it finished."""
-        steps = int(valid.sum())
+        steps = int(np.count_nonzero(valid))
         self.progress.global_step += steps
         episodes = 0
         finished = info.get("_episode")

@@ -1,0 +1,61 @@
+"""scripts/benchmark_rl.py --same-settings: our config as Stable-Baselines3's keyword arguments."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "benchmark_rl.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("benchmark_rl", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_zoo_file_translates_to_the_zoo_settings() -> None:
+    """configs/rl/compare/CartPole-v1.zoo.yaml is the zoo's CartPole settings: translated for SB3
+    they are what the zoo runs, except where the file's header says (the target sync)."""
+    benchmark = _load()
+    config = benchmark.cartpole_config(
+        ROOT / "configs" / "rl" / "compare" / "CartPole-v1.zoo.yaml", 50_000, 1000, 10
+    )
+    dqn = benchmark.sb3_settings(config, "dqn")
+    zoo = {"n_envs": 1, **benchmark.SB3_DQN}
+    assert dqn.pop("target_update_interval") == 256  # one sync per phase, as ours
+    assert zoo.pop("target_update_interval") == 10  # also once per phase: see the header
+    assert dqn.pop("n_steps") == 1
+    assert dqn.pop("tau") == 1.0 and dqn.pop("exploration_initial_eps") == 1.0
+    assert dqn.pop("max_grad_norm") == 10.0  # SB3's default
+    assert dqn.pop("exploration_fraction") == pytest.approx(zoo.pop("exploration_fraction"))
+    assert dqn == zoo
+
+    ppo = benchmark.sb3_settings(config, "ppo")
+    zoo_ppo = dict(benchmark.SB3_PPO)
+    assert ppo["learning_rate"](0.25) == pytest.approx(0.25 * zoo_ppo.pop("learning_rate"))
+    assert ppo["clip_range"] == zoo_ppo.pop("clip_range")  # the zoo anneals it; here it stays
+    assert {key: ppo[key] for key in zoo_ppo} == zoo_ppo
+    assert ppo["policy_kwargs"] == {"net_arch": [64, 64]}
+
+
+def test_a_setting_sb3_cannot_express_is_refused() -> None:
+    benchmark = _load()
+    config = benchmark.cartpole_config(
+        ROOT / "configs" / "rl" / "CartPole-v1.yaml", 50_000, 1000, 10
+    )
+    with pytest.raises(SystemExit, match=r"dqn\.double_dqn"):
+        benchmark.sb3_settings(config, "dqn")
+    with pytest.raises(SystemExit, match=r"ppo\.normalize_observations"):
+        benchmark.sb3_settings(config, "ppo")
+    config.reinforcement_learning.dqn.double_dqn = False
+    config.reinforcement_learning.dqn.use_dueling = False
+    config.reinforcement_learning.dqn.normalize_observations = False
+    config.reinforcement_learning.dqn.target_update = 100  # not a whole number of phases
+    with pytest.raises(SystemExit, match="target_update"):
+        benchmark.sb3_settings(config, "dqn")
