@@ -124,6 +124,8 @@ def cartpole_config(config_path: Path, steps: int, eval_every: int, episodes: in
 def sb3_settings(config: ToolkitConfig, algorithm: str) -> dict[str, Any]:
     """`config`'s PPO or DQN settings as Stable-Baselines3's keyword arguments (plus `n_envs`),
     for a same-settings run; SystemExit naming the first setting SB3 cannot express."""
+    from torch import nn
+
     rl = config.reinforcement_learning
     training = rl.training
 
@@ -154,7 +156,12 @@ def sb3_settings(config: ToolkitConfig, algorithm: str) -> dict[str, Any]:
             "target_kl": ppo.target_kl,
             # linearly decayed, as ours with anneal_lr
             "learning_rate": _linear(ppo.learning_rate) if ppo.anneal_lr else ppo.learning_rate,
-            "policy_kwargs": {"net_arch": [ppo.hidden_dim, ppo.hidden_dim]},
+            "policy_kwargs": {
+                "net_arch": [ppo.hidden_dim, ppo.hidden_dim],
+                "activation_fn": nn.ReLU if ppo.activation == "relu" else nn.Tanh,
+                "ortho_init": ppo.orthogonal_init,
+                "log_std_init": ppo.log_std_init,
+            },
         }
     dqn = rl.dqn
     for key in ("double_dqn", "use_dueling", "normalize_observations"):

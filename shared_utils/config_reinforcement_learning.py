@@ -26,7 +26,16 @@ class PPOConfig:
         "environment, a number must match it.",
         None,
     )
-    hidden_dim: int = setting("Width of the two tanh hidden layers of actor and critic.", 64)
+    hidden_dim: int = setting("Width of the two hidden layers of actor and critic.", 64)
+    activation: Literal["tanh", "relu"] = setting(
+        "Activation after each hidden layer of actor and critic.", "tanh"
+    )
+    orthogonal_init: bool = setting(
+        "Orthogonal initialisation of the layers (the PPO paper's); false keeps torch's own.", True
+    )
+    log_std_init: float = setting(
+        "Starting log standard deviation of the Gaussian policy (Box actions).", 0.0
+    )
     learning_rate: float = setting("Adam learning rate (annealed linearly with anneal_lr).", 3e-4)
     gamma: float = setting("Discount factor.", 0.99)
     gae_lambda: float = setting("GAE lambda.", 0.95)

@@ -41,7 +41,14 @@ def test_the_zoo_file_translates_to_the_zoo_settings() -> None:
     assert ppo["learning_rate"](0.25) == pytest.approx(0.25 * zoo_ppo.pop("learning_rate"))
     assert ppo["clip_range"] == zoo_ppo.pop("clip_range")  # the zoo anneals it; here it stays
     assert {key: ppo[key] for key in zoo_ppo} == zoo_ppo
-    assert ppo["policy_kwargs"] == {"net_arch": [64, 64]}
+    from torch import nn
+
+    assert ppo["policy_kwargs"] == {  # SB3's defaults for PPO, spelled out
+        "net_arch": [64, 64],
+        "activation_fn": nn.Tanh,
+        "ortho_init": True,
+        "log_std_init": 0.0,
+    }
 
 
 def test_a_setting_sb3_cannot_express_is_refused() -> None:

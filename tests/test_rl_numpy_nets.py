@@ -55,12 +55,22 @@ def _ppo_rollout(agent: PPOAgent, rng: np.random.Generator, n: int, continuous: 
 
 
 @pytest.mark.parametrize(
-    "continuous, shared, clip_value",
-    [(False, False, False), (False, True, True), (True, False, True), (True, True, False)],
+    "continuous, shared, clip_value, activation",
+    [
+        (False, False, False, "tanh"),
+        (False, True, True, "tanh"),
+        (True, False, True, "tanh"),
+        (True, True, False, "tanh"),
+        (True, False, False, "relu"),
+        (False, True, False, "relu"),
+    ],
 )
-def test_ppo_numpy_update_matches_autograd(continuous: bool, shared: bool, clip_value: bool):
+def test_ppo_numpy_update_matches_autograd(
+    continuous: bool, shared: bool, clip_value: bool, activation: str
+) -> None:
     torch.manual_seed(3)
     config = PPOConfig(
+        activation=activation,
         hidden_dim=16,
         k_epochs=1,
         batch_size=64,
@@ -217,3 +227,30 @@ def test_a_restored_agent_anneals_its_learning_rate() -> None:
     assert stats["learning_rate"] == 0.0
     for a, b in zip(before, _weights(restored.policy), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_ppo_network_options_shape_the_policy() -> None:
+    """activation, orthogonal_init and log_std_init (the zoo's MuJoCo settings) build what they
+    say, and a checkpoint's agent settings carry them."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    config = PPOConfig(hidden_dim=8, activation="relu", orthogonal_init=False, log_std_init=-2.0)
+    agent = PPOAgent(3, 2, config, continuous=True, num_steps=4)
+    assert [type(m) for m in agent.policy.actor_features] == [nn.Linear, nn.ReLU] * 2
+    np.testing.assert_array_equal(agent.policy.log_std.detach().numpy(), [-2.0, -2.0])
+    # torch's own initialisation: the head is not scaled to 0.01, the biases are not zero
+    assert agent.policy.actor_head.bias.abs().sum() > 0
+    assert float(agent.policy.actor_head.weight.std()) > 0.05
+    # what a checkpoint stores of its agent builds the same network (evaluate-rl, --resume)
+    from dataclasses import asdict
+
+    from training_methods.reinforcement_learning.agents import build_agent
+
+    kwargs = {**asdict(config), "state_dim": 3, "action_dim": 2, "continuous": True, "num_steps": 4}
+    rebuilt = build_agent("ppo", kwargs, torch.device("cpu"))
+    assert [type(m) for m in rebuilt.policy.critic_features] == [nn.Linear, nn.ReLU] * 2
+    np.testing.assert_array_equal(rebuilt.policy.log_std.detach().numpy(), [-2.0, -2.0])
+    default = PPOAgent(3, 2, PPOConfig(hidden_dim=8), continuous=True, num_steps=4)
+    assert default.policy.actor_head.bias.abs().sum() == 0
+    assert [type(m) for m in default.policy.actor_features] == [nn.Linear, nn.Tanh] * 2

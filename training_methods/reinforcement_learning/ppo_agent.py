@@ -36,19 +36,26 @@ from training_methods.reinforcement_learning.schedules import linear_annealing
 LOG_2PI = math.log(2 * math.pi)
 
 
-def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
-    """Orthogonal weights scaled by `std`, constant bias (Engstrom et al. 2020, detail 2)."""
-    nn.init.orthogonal_(layer.weight, std)
-    nn.init.constant_(layer.bias, bias)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def layer_init(
+    layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0, *, orthogonal: bool = True
+) -> nn.Linear:
+    """Orthogonal weights scaled by `std`, constant bias (Engstrom et al. 2020, detail 2);
+    with `orthogonal=False`, torch's own initialisation is kept."""
+    if orthogonal:
+        nn.init.orthogonal_(layer.weight, std)
+        nn.init.constant_(layer.bias, bias)
     return layer
 
 
-def _tanh_mlp(in_dim: int, hidden_dim: int) -> nn.Sequential:
+def _mlp(in_dim: int, hidden_dim: int, activation: str, orthogonal: bool) -> nn.Sequential:
     return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden_dim)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden_dim, hidden_dim)),
-        nn.Tanh(),
+        layer_init(nn.Linear(in_dim, hidden_dim), orthogonal=orthogonal),
+        ACTIVATIONS[activation](),
+        layer_init(nn.Linear(hidden_dim, hidden_dim), orthogonal=orthogonal),
+        ACTIVATIONS[activation](),
     )
 
 
@@ -58,7 +65,8 @@ class ActorCritic(nn.Module):
     With `shared_features` the actor and critic read one feature trunk; without it (PPOConfig's
     default, as in CleanRL and Stable-Baselines3) each has its own, so the value loss cannot
     disturb the policy's features. A Box action space gets a state-independent log standard
-    deviation.
+    deviation, starting at `log_std_init`. `activation` ("tanh" or "relu") follows each hidden
+    layer; `orthogonal_init=False` keeps torch's initialisation (as the zoo's MuJoCo settings).
     """
 
     def __init__(
@@ -69,17 +77,26 @@ class ActorCritic(nn.Module):
         continuous: bool = False,
         *,
         shared_features: bool,
+        activation: str = "tanh",
+        orthogonal_init: bool = True,
+        log_std_init: float = 0.0,
     ) -> None:
         super().__init__()
         self.continuous = continuous
-        self.actor_features = _tanh_mlp(state_dim, hidden_dim)
+        self.actor_features = _mlp(state_dim, hidden_dim, activation, orthogonal_init)
         self.critic_features = (
-            self.actor_features if shared_features else _tanh_mlp(state_dim, hidden_dim)
+            self.actor_features
+            if shared_features
+            else _mlp(state_dim, hidden_dim, activation, orthogonal_init)
         )
         # Small actor init: near-uniform first policy; unit critic init (detail 2).
-        self.actor_head = layer_init(nn.Linear(hidden_dim, action_dim), std=0.01)
-        self.critic_head = layer_init(nn.Linear(hidden_dim, 1), std=1.0)
-        self.log_std = nn.Parameter(torch.zeros(action_dim)) if continuous else None
+        self.actor_head = layer_init(
+            nn.Linear(hidden_dim, action_dim), std=0.01, orthogonal=orthogonal_init
+        )
+        self.critic_head = layer_init(nn.Linear(hidden_dim, 1), std=1.0, orthogonal=orthogonal_init)
+        self.log_std = (
+            nn.Parameter(torch.full((action_dim,), float(log_std_init))) if continuous else None
+        )
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """(batch, state_dim) -> (batch,)"""
@@ -220,6 +237,9 @@ class PPOAgent:
             config.hidden_dim,
             continuous,
             shared_features=config.shared_features,
+            activation=config.activation,
+            orthogonal_init=config.orthogonal_init,
+            log_std_init=config.log_std_init,
         )
         self.policy.to(self.device)
         self.optimizer = adam(self.policy.parameters(), self.lr, eps=1e-5, device=self.device)
