@@ -126,8 +126,15 @@ def sb3_settings(config: ToolkitConfig, algorithm: str) -> dict[str, Any]:
     for a same-settings run; SystemExit naming the first setting SB3 cannot express."""
     from torch import nn
 
+    from training_methods.reinforcement_learning.agents import rollout_steps
+
     rl = config.reinforcement_learning
     training = rl.training
+    if training.env_id != ENV_ID or training.max_steps_per_episode not in (None, 500):
+        raise SystemExit(
+            f"--same-settings: SB3 trains {ENV_ID} with its 500-step episodes; set env_id to "
+            f"{ENV_ID} and max_steps_per_episode to 500 or null in the config"
+        )
 
     def refuse(key: str) -> None:
         raise SystemExit(
@@ -144,7 +151,7 @@ def sb3_settings(config: ToolkitConfig, algorithm: str) -> dict[str, Any]:
             refuse("clip_value_loss")
         return {
             "n_envs": ppo.num_envs,
-            "n_steps": training.update_frequency // ppo.num_envs,
+            "n_steps": rollout_steps(rl),
             "batch_size": ppo.batch_size,
             "n_epochs": ppo.k_epochs,
             "gamma": ppo.gamma,
@@ -171,10 +178,11 @@ def sb3_settings(config: ToolkitConfig, algorithm: str) -> dict[str, Any]:
         refuse("epsilon_schedule")
     if dqn.num_envs != 1:
         refuse("num_envs")
-    # Ours syncs the target every `target_update` gradient steps; SB3 every so many environment
-    # steps, and between training phases the network does not change: a sync every k phases.
-    if dqn.target_update % dqn.gradient_steps:
-        refuse("target_update (not a multiple of gradient_steps)")
+    # Ours syncs the target after every `target_update` gradient steps, SB3 every so many
+    # environment steps; the two agree when ours syncs once per training phase (SB3: every
+    # train_freq steps, the last of which comes just before the phase).
+    if dqn.target_update != dqn.gradient_steps:
+        refuse("target_update (SB3 can express one sync per phase: target_update = gradient_steps)")
     assert training.total_timesteps is not None
     return {
         "n_envs": 1,
@@ -186,7 +194,7 @@ def sb3_settings(config: ToolkitConfig, algorithm: str) -> dict[str, Any]:
         "n_steps": dqn.n_step,
         "train_freq": dqn.train_freq,
         "gradient_steps": dqn.gradient_steps,
-        "target_update_interval": dqn.target_update // dqn.gradient_steps * dqn.train_freq,
+        "target_update_interval": dqn.train_freq,
         "tau": dqn.tau,
         "exploration_fraction": dqn.exploration_steps / training.total_timesteps,
         "exploration_initial_eps": dqn.epsilon_start,

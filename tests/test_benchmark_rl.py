@@ -63,6 +63,11 @@ def test_a_setting_sb3_cannot_express_is_refused() -> None:
     config.reinforcement_learning.dqn.double_dqn = False
     config.reinforcement_learning.dqn.use_dueling = False
     config.reinforcement_learning.dqn.normalize_observations = False
-    config.reinforcement_learning.dqn.target_update = 100  # not a whole number of phases
+    config.reinforcement_learning.dqn.target_update = 128  # two phases: SB3 counts otherwise
     with pytest.raises(SystemExit, match="target_update"):
+        benchmark.sb3_settings(config, "dqn")
+    config.reinforcement_learning.dqn.target_update = 64
+    assert benchmark.sb3_settings(config, "dqn")["target_update_interval"] == 256
+    config.reinforcement_learning.training.env_id = "Acrobot-v1"  # SB3's side trains CartPole
+    with pytest.raises(SystemExit, match="env_id"):
         benchmark.sb3_settings(config, "dqn")

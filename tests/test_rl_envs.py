@@ -12,6 +12,7 @@ import pytest
 from shared_utils.errors import ConfigurationError
 from tests.rl_helpers import register_test_envs
 from training_methods.reinforcement_learning.envs import (
+    EpisodeStatistics,
     add_normalization,
     check_env_id,
     env_spaces,
@@ -137,3 +138,36 @@ def test_freeze_normalization_stops_the_statistics() -> None:
     obs = [envs.step(np.array([0, 1]))[0] for _ in range(3)]
     assert normalization_state(envs)["observations"]["count"] == before
     assert np.abs(obs[-1]).max() < 50  # still normalised with the frozen statistics
+
+
+@pytest.mark.parametrize("backend, num_envs", [("sync", 1), ("sync", 3), ("auto", 8)])
+def test_episode_statistics_report_what_gymnasium_reports(backend: str, num_envs: int) -> None:
+    """EpisodeStatistics (make_vector_env's) gives each finished episode the return and length
+    gymnasium's RecordEpisodeStatistics gives it, on the same seeded environments and actions;
+    the reset step of next-step autoreset is not counted."""
+    ours = make_vector_env("CartPole-v1", num_envs, 3, max_episode_steps=30, backend=backend)
+    bare = make_vector_env(
+        "CartPole-v1", num_envs, 3, max_episode_steps=30, backend=backend, record_statistics=False
+    )
+    theirs = gym.wrappers.vector.RecordEpisodeStatistics(bare)
+    assert isinstance(ours, EpisodeStatistics)
+    ours.reset(seed=3)
+    theirs.reset(seed=3)
+    rng = np.random.default_rng(0)
+    finished = 0
+    for _ in range(300):
+        actions = rng.integers(0, 2, size=num_envs)
+        *_, info_ours = ours.step(actions)
+        *_, info_theirs = theirs.step(actions)
+        assert ("_episode" in info_ours) == ("_episode" in info_theirs)
+        if "_episode" in info_theirs:
+            ended = info_theirs["_episode"]
+            np.testing.assert_array_equal(info_ours["_episode"], ended)
+            for key in ("r", "l"):
+                np.testing.assert_allclose(
+                    info_ours["episode"][key][ended], info_theirs["episode"][key][ended]
+                )
+            finished += int(ended.sum())
+    assert finished >= 10 * num_envs  # episodes of 30 steps at most: many ended
+    ours.close()
+    theirs.close()

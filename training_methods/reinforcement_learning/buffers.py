@@ -172,6 +172,27 @@ class ReplayBuffer:
         self.pos = int((self.pos + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
 
+    def add_one(
+        self,
+        obs: np.ndarray,
+        action: int,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: float,
+        horizon: int = 1,
+    ) -> None:
+        """Store one transition (no leading axis): the n-step path's, one row at a time without
+        building arrays first."""
+        pos = self.pos
+        self.observations[pos] = obs
+        self.actions[pos] = action
+        self.rewards[pos] = reward
+        self.next_observations[pos] = next_obs
+        self.terminations[pos] = terminated
+        self.horizons[pos] = horizon
+        self.pos = (pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> ReplaySample:
         """`batch_size` transitions drawn uniformly with replacement."""
         rows = rng.integers(0, self.size, size=batch_size)

@@ -157,6 +157,12 @@ class DQNAgent:
         array = np.asarray(state, dtype=np.float32)
         batched = array.ndim == 2
         array = array if batched else array[None]
+        if training and len(array) == 1:  # one environment: one draw (the same as the batch's)
+            if self.rng.random() < self.epsilon:
+                actions = self.rng.integers(0, self.action_dim, size=1)
+            else:
+                actions = self.q_values(array).argmax(axis=-1)
+            return actions if batched else int(actions[0])
         explore = np.zeros(len(array), dtype=bool)
         if training:
             explore = self.rng.random(len(array)) < self.epsilon
@@ -218,9 +224,8 @@ class DQNAgent:
             per_env(truncated, n, bool),
             keep,
         )
-        if ready:
-            columns = list(zip(*ready, strict=True))
-            self.buffer.add(*(np.array(column) for column in columns))
+        for transition in ready:
+            self.buffer.add_one(*transition)
 
     # ---------------------------------------------------------------------------------------------
     # learning
@@ -255,12 +260,13 @@ class DQNAgent:
         rows = np.arange(len(batch.actions))
         q = q_all[rows, batch.actions]
         error = q - td_target
-        # Huber (smooth L1, beta 1): quadratic inside |error| < 1, linear outside
-        absolute = np.abs(error)
-        loss = float(np.where(absolute < 1.0, 0.5 * error * error, absolute - 0.5).mean())
+        # Huber (smooth L1, beta 1): e^2 / 2 inside |e| < 1, |e| - 1/2 outside; both are
+        # c (e - c / 2) with c = clip(e, -1, 1), which is also the loss's gradient
+        clipped = np.clip(error, -1.0, 1.0)
+        loss = float(np.mean(clipped * (error - 0.5 * clipped)))
         check_finite(loss, "DQN loss")
         grad_q = np.zeros_like(q_all)
-        grad_q[rows, batch.actions] = np.clip(error, -1.0, 1.0) / len(error)
+        grad_q[rows, batch.actions] = clipped / len(error)
         online.backward(grad_q, caches)
         assert online.flat is not None and self.numpy_adam is not None
         online.flat.clip(self.max_grad_norm)

@@ -169,6 +169,8 @@ class EpisodeStatistics(gym.vector.VectorWrapper):
 
     def __init__(self, env: gym.vector.VectorEnv) -> None:
         super().__init__(env)
+        if env.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
+            raise ValueError("EpisodeStatistics counts episodes of next-step autoreset only")
         self.returns = np.zeros(self.num_envs, dtype=np.float64)
         self.lengths = np.zeros(self.num_envs, dtype=np.int64)
         self.ended = np.zeros(self.num_envs, dtype=bool)  # the next step only resets these
@@ -176,9 +178,11 @@ class EpisodeStatistics(gym.vector.VectorWrapper):
     def reset(
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        self.returns[:] = 0.0
-        self.lengths[:] = 0
-        self.ended[:] = False
+        mask = (options or {}).get("reset_mask")  # a partial reset: those sub-environments
+        reset = np.ones(self.num_envs, dtype=bool) if mask is None else np.asarray(mask)
+        self.returns[reset] = 0.0
+        self.lengths[reset] = 0
+        self.ended = self.ended & ~reset  # a new array: the last info["_episode"] stays as it was
         return self.env.reset(seed=seed, options=options)
 
     def step(
