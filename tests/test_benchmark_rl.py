@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from tests.script_helpers import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "benchmark_rl.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("benchmark_rl", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_zoo_file_translates_to_the_zoo_settings() -> None:
     """configs/rl/compare/CartPole-v1.zoo.yaml is the zoo's CartPole settings: translated for SB3
     they are what the zoo runs, except where the file's header says (the target sync)."""
-    benchmark = _load()
+    benchmark = load_script("benchmark_rl")
     config = benchmark.cartpole_config(
         ROOT / "configs" / "rl" / "compare" / "CartPole-v1.zoo.yaml", 50_000, 1000, 10
     )
@@ -52,7 +44,7 @@ def test_the_zoo_file_translates_to_the_zoo_settings() -> None:
 
 
 def test_a_setting_sb3_cannot_express_is_refused() -> None:
-    benchmark = _load()
+    benchmark = load_script("benchmark_rl")
     config = benchmark.cartpole_config(
         ROOT / "configs" / "rl" / "CartPole-v1.yaml", 50_000, 1000, 10
     )

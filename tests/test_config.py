@@ -15,6 +15,7 @@ from shared_utils.config import (
     render_default_yaml,
 )
 from shared_utils.errors import ConfigurationError
+from tests.script_helpers import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,13 +28,7 @@ def test_shipped_default_yaml_is_generated_from_the_dataclasses() -> None:
 def test_write_default_config_checks_and_writes_only_without_flags(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "write_default_config", REPO / "scripts" / "write_default_config.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("write_default_config")
     stale = tmp_path / "default.yaml"
     stale.write_text("common: {}\n", encoding="utf-8")
     monkeypatch.setattr(script, "DEFAULT_CONFIG_PATH", stale)

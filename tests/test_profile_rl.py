@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.script_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "profile_rl.py"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("profile_rl", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("algorithm", ["ppo", "dqn"])
 def test_profile_times_every_part_of_a_short_run(algorithm: str) -> None:
-    profile_rl = _load()
+    profile_rl = load_script("profile_rl")
     config = SCRIPT.parent.parent / "configs" / "rl" / "CartPole-v1.yaml"
     result = profile_rl.profile(algorithm, 3_000, config, seed=0)
     parts = result["parts"]

@@ -9,7 +9,6 @@ schema held by llama.cpp's grammar every reply of the small model parses.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.script_helpers import load_script
 from tests.time_limits import alarm_after
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,15 +58,6 @@ qa_generation:
 """
 
 
-def _fetch_module():
-    spec = importlib.util.spec_from_file_location(
-        "fetch_smollm2", ROOT / "scripts" / "fetch_smollm2.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(autouse=True)
 def time_limit() -> Iterator[None]:
     with alarm_after(TEST_SECONDS):
@@ -76,7 +67,7 @@ def time_limit() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
     pytest.importorskip("llama_cpp")
-    fetch = _fetch_module()
+    fetch = load_script("fetch_smollm2")
     return fetch.fetch(fetch.DEFAULT_DEST)
 
 

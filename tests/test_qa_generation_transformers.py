@@ -8,7 +8,6 @@ SmolLM2-135M-Instruct, dequantised from its GGUF file into a transformers folder
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import threading
@@ -22,6 +21,7 @@ import pytest
 from document_processing.qa_generation import prompts, transformers_teacher
 from document_processing.qa_generation.teachers import RequestFailed
 from document_processing.qa_generation.transformers_teacher import CLOSED, Batcher, Job
+from tests.script_helpers import load_script
 from tests.time_limits import alarm_after
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,20 +300,11 @@ def test_teachers_that_are_not_models_say_so_in_one_line(tmp_path, run_main):
 # --------------------------------------------------------------------------------------------------
 
 
-def _fetch_module():
-    spec = importlib.util.spec_from_file_location(
-        "fetch_smollm2", ROOT / "scripts" / "fetch_smollm2.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_smollm2_as_a_transformers_folder_writes_grounded_pairs(tmp_path, run_main):
     from training_methods.transfer_learning.model_loading import resolve_model_path
 
-    fetch = _fetch_module()
+    fetch = load_script("fetch_smollm2")
     folder = resolve_model_path(str(fetch.fetch(fetch.DEFAULT_DEST)))  # dequantised once, cached
     data = write_chunks(tmp_path / "data", REAL_CHUNKS)
     config = write_config(

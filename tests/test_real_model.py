@@ -9,12 +9,13 @@ answers the same through llama.cpp. The fixture fetches the model when it is mis
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.script_helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -52,19 +53,10 @@ transfer_learning:
 """
 
 
-def _fetch_module():
-    spec = importlib.util.spec_from_file_location(
-        "fetch_smollm2", ROOT / "scripts" / "fetch_smollm2.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The GGUF file, with the dequantised-weights cache in a folder of this module's own."""
-    fetch = _fetch_module()
+    fetch = load_script("fetch_smollm2")
     path = fetch.fetch(fetch.DEFAULT_DEST)
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("LLM_TOOLKIT_CACHE", str(tmp_path_factory.mktemp("toolkit-cache")))
