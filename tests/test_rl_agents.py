@@ -42,8 +42,9 @@ def _fill(agent: PPOAgent, rng: np.random.Generator, steps: int) -> np.ndarray:
 
 
 def test_actor_critic_has_feature_layers_and_two_heads() -> None:
-    separate = ActorCritic(4, 2, hidden_dim=8, shared_features=False)
-    shared = ActorCritic(4, 2, hidden_dim=8, shared_features=True)
+    network = {"activation": "tanh", "orthogonal_init": True, "log_std_init": 0.0}
+    separate = ActorCritic(4, 2, hidden_dim=8, shared_features=False, **network)
+    shared = ActorCritic(4, 2, hidden_dim=8, shared_features=True, **network)
     assert separate.actor_features is not separate.critic_features
     assert shared.actor_features is shared.critic_features
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

@@ -77,9 +77,9 @@ class ActorCritic(nn.Module):
         continuous: bool = False,
         *,
         shared_features: bool,
-        activation: str = "tanh",
-        orthogonal_init: bool = True,
-        log_std_init: float = 0.0,
+        activation: str,
+        orthogonal_init: bool,
+        log_std_init: float,
     ) -> None:
         super().__init__()
         self.continuous = continuous
