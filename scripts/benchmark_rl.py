@@ -124,9 +124,8 @@ def cartpole_config(config_path: Path, steps: int, eval_every: int, episodes: in
 def sb3_settings(config: ToolkitConfig, algorithm: str) -> dict[str, Any]:
     """`config`'s PPO or DQN settings as Stable-Baselines3's keyword arguments (plus `n_envs`),
     for a same-settings run; SystemExit naming the first setting SB3 cannot express."""
-    from torch import nn
-
     from training_methods.reinforcement_learning.agents import rollout_steps
+    from training_methods.reinforcement_learning.ppo_agent import ACTIVATIONS
 
     rl = config.reinforcement_learning
     training = rl.training
@@ -165,7 +164,7 @@ def sb3_settings(config: ToolkitConfig, algorithm: str) -> dict[str, Any]:
             "learning_rate": _linear(ppo.learning_rate) if ppo.anneal_lr else ppo.learning_rate,
             "policy_kwargs": {
                 "net_arch": [ppo.hidden_dim, ppo.hidden_dim],
-                "activation_fn": nn.ReLU if ppo.activation == "relu" else nn.Tanh,
+                "activation_fn": ACTIVATIONS[ppo.activation],
                 "ortho_init": ppo.orthogonal_init,
                 "log_std_init": ppo.log_std_init,
             },
