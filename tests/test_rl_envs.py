@@ -13,6 +13,7 @@ from shared_utils.errors import ConfigurationError
 from tests.rl_helpers import register_test_envs
 from training_methods.reinforcement_learning.envs import (
     EpisodeStatistics,
+    SingleSyncVectorEnv,
     add_normalization,
     check_env_id,
     env_spaces,
@@ -138,6 +139,54 @@ def test_freeze_normalization_stops_the_statistics() -> None:
     obs = [envs.step(np.array([0, 1]))[0] for _ in range(3)]
     assert normalization_state(envs)["observations"]["count"] == before
     assert np.abs(obs[-1]).max() < 50  # still normalised with the frozen statistics
+
+
+class _InfoCounter(gym.Wrapper):
+    """A counter whose step and reset infos carry values, to compare how infos are batched."""
+
+    def reset(self, **kwargs: object) -> tuple:
+        obs, _ = self.env.reset(**kwargs)
+        return obs, {"phase": "reset"}
+
+    def step(self, action: object) -> tuple:
+        obs, reward, terminated, truncated, _ = self.env.step(action)
+        return obs, reward, terminated, truncated, {"t": int(obs[0]), "half": float(obs[0]) / 2}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        make_env("CartPole-v1", 5, 0, max_episode_steps=12),
+        make_env("Pendulum-v1", 5, 0, max_episode_steps=7),  # Box actions
+        lambda: _InfoCounter(gym.make("Counter-v0")),
+    ],
+)
+def test_single_env_vector_steps_as_sync_vector_env(make: object) -> None:
+    """make_vector_env's one-environment fast path returns what SyncVectorEnv returns, step by
+    step through next-step autoresets: values, dtypes, infos, and fresh arrays each step."""
+    fast = SingleSyncVectorEnv([make], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    slow = gym.vector.SyncVectorEnv([make], autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    assert isinstance(make_vector_env("CartPole-v1", 1, 0).unwrapped, SingleSyncVectorEnv)
+    obs_fast, info_fast = fast.reset(seed=4)
+    obs_slow, info_slow = slow.reset(seed=4)
+    np.testing.assert_array_equal(obs_fast, obs_slow)
+    fast.action_space.seed(1)
+    ends = 0
+    for _ in range(40):
+        actions = fast.action_space.sample()
+        got, want = fast.step(actions), slow.step(actions)
+        for mine, theirs in zip(got[:4], want[:4], strict=True):
+            assert mine.dtype == theirs.dtype and mine.shape == theirs.shape
+            np.testing.assert_array_equal(mine, theirs)
+        assert got[4].keys() == want[4].keys()
+        for key in want[4]:
+            np.testing.assert_array_equal(got[4][key], want[4][key])
+        ends += int(got[2][0] or got[3][0])
+        got[0][:] = 1e6  # the caller may keep or change the arrays: the next step is unaffected
+        got[1][:] = 1e6
+    assert ends >= 3
+    fast.close()
+    slow.close()
 
 
 @pytest.mark.parametrize("backend, num_envs", [("sync", 1), ("sync", 3), ("auto", 8)])

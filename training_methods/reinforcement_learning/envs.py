@@ -11,7 +11,7 @@ when there are enough copies: one array operation steps them all.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -137,7 +137,8 @@ def make_vector_env(
     `sync` steps them in this process one by one (for cheap environments like CartPole it was ~8x
     faster than subprocesses on 2 cores); `async` runs each in its own process; `auto` is
     gymnasium's NumPy vector implementation where the environment has one (CartPole) and there
-    are at least NATIVE_VECTOR_MIN_ENVS copies, else `sync`. With `record_statistics`,
+    are at least NATIVE_VECTOR_MIN_ENVS copies, else `sync` (`SingleSyncVectorEnv` for one
+    copy). With `record_statistics`,
     `info["episode"]` carries each finished episode's raw return and length.
     """
     check_env_id(env_id)
@@ -151,6 +152,8 @@ def make_vector_env(
             envs: gym.vector.VectorEnv = native
         elif backend == "async":
             envs = gym.vector.AsyncVectorEnv(thunks, autoreset_mode=autoreset)
+        elif num_envs == 1:
+            envs = SingleSyncVectorEnv(thunks, autoreset_mode=autoreset)
         else:
             envs = gym.vector.SyncVectorEnv(thunks, autoreset_mode=autoreset)
     except gym.error.DependencyNotInstalled as exc:
@@ -158,6 +161,46 @@ def make_vector_env(
     if record_statistics:
         envs = EpisodeStatistics(envs)
     return envs
+
+
+class SingleSyncVectorEnv(gym.vector.SyncVectorEnv):
+    """SyncVectorEnv of one environment (next-step autoreset) whose step skips the batching
+    machinery: no space-dispatched iterate and concatenate, no deepcopy of the observation. One
+    DQN run steps a single CartPole, where that machinery cost more than CartPole's own step.
+    Results are those of SyncVectorEnv, fresh arrays each step (tests/test_rl_envs.py)."""
+
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], **kwargs: Any) -> None:
+        super().__init__(env_fns, **kwargs)
+        if self.num_envs != 1 or self.autoreset_mode != gym.vector.AutoresetMode.NEXT_STEP:
+            raise ValueError("SingleSyncVectorEnv runs one environment with next-step autoreset")
+        space = self.single_observation_space
+        # Other observation spaces take SyncVectorEnv's own step (env_spaces refuses them later).
+        self._obs_dtype = space.dtype if isinstance(space, gym.spaces.Box) else None
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if self._obs_dtype is None:
+            return super().step(actions)
+        env = self.envs[0]
+        if self._autoreset_envs[0]:
+            obs, env_info = env.reset()
+            reward, terminated, truncated = 0.0, False, False
+        else:
+            obs, reward, terminated, truncated, env_info = env.step(actions[0])
+        self._env_obs[0] = obs
+        self._rewards[0] = reward
+        self._terminations[0] = terminated
+        self._truncations[0] = truncated
+        self._autoreset_envs[0] = terminated or truncated
+        infos = self._add_info({}, env_info, 0) if env_info else {}
+        return (
+            np.array([obs], dtype=self._obs_dtype),
+            np.array([reward], dtype=np.float64),
+            np.array([terminated], dtype=np.bool_),
+            np.array([truncated], dtype=np.bool_),
+            infos,
+        )
 
 
 class EpisodeStatistics(gym.vector.VectorWrapper):
@@ -174,6 +217,7 @@ class EpisodeStatistics(gym.vector.VectorWrapper):
         self.returns = np.zeros(self.num_envs, dtype=np.float64)
         self.lengths = np.zeros(self.num_envs, dtype=np.int64)
         self.ended = np.zeros(self.num_envs, dtype=bool)  # the next step only resets these
+        self.any_ended = False
 
     def reset(
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
@@ -183,13 +227,14 @@ class EpisodeStatistics(gym.vector.VectorWrapper):
         self.returns[reset] = 0.0
         self.lengths[reset] = 0
         self.ended = self.ended & ~reset  # a new array: the last info["_episode"] stays as it was
+        self.any_ended = bool(self.ended.any())
         return self.env.reset(seed=seed, options=options)
 
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         obs, rewards, terminated, truncated, info = self.env.step(actions)
-        if self.ended.any():
+        if self.any_ended:
             self.returns[self.ended] = 0.0
             self.lengths[self.ended] = 0
             counted = ~self.ended
@@ -199,7 +244,8 @@ class EpisodeStatistics(gym.vector.VectorWrapper):
             self.returns += rewards
             self.lengths += 1
         self.ended = terminated | truncated
-        if self.ended.any():
+        self.any_ended = bool(self.ended.any())
+        if self.any_ended:
             info = dict(info)
             info["episode"] = {
                 "r": np.where(self.ended, self.returns, 0.0),
